@@ -1,0 +1,47 @@
+# posttrain: the README's two commands are `make run` and `make test`; each sets itself up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned so that pip takes the local CPU wheel instead of a multi-GB CUDA build.
+# Override on a GPU machine, e.g. `make setup TORCH_SPEC="torch==2.14.1"`.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,cluster
+STAMP := $(VENV)/.posttrain-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup run demo test test-fast check bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with pinned torch and an editable install (idempotent)
+
+run: setup  ## the embedded demo: tiny models on CPU, no API key, no network
+	$(BIN)/posttrain stage=eval model=tiny_instruct scorer=heuristic_triage benchmark.split=pilot
+
+test: setup  ## the test suite (tiny local models, loopback servers; a few minutes on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the suite without the slow subprocess/multirun tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+check: setup  ## ruff + mypy
+	$(BIN)/ruff check posttrain tests
+	$(BIN)/mypy
+
+bench: setup  ## measure throughput ratios; writes docs/benchmarks.md
+	$(BIN)/python -m posttrain.bench --out docs/benchmarks.md
+
+clean:  ## remove run outputs (not the venv)
+	rm -rf outputs multirun/*/ .pytest_cache

@@ -1,0 +1,131 @@
+"""The one entrypoint: ``posttrain [overrides]`` / ``posttrain -m ...`` / ``python -m posttrain``.
+
+Composition imports only Hydra and the schemas, so ``posttrain --cfg job`` answers in about a
+second; torch, transformers and the SDKs load when a stage runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from posttrain.config import ConfigError, register_configs, validate
+
+log = logging.getLogger("posttrain")
+
+# conf/ sits beside the package at the top of the repository (installed editable by `make setup`).
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _sweep_info() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    is_multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "multirun": is_multirun,
+        "job_num": hc.job.get("num"),
+        "sweep_dir": str(Path(hc.sweep.dir).resolve()) if is_multirun else None,
+        "output_dir": hc.runtime.output_dir,
+        "overrides": list(hc.overrides.task),
+    }
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, plan, check the budget, then run the stage inside one W&B run. Returns the summary."""
+    from posttrain.budget import Ledger, Spend, gpu_cost
+    from posttrain.paths import cache_dir, ledger_path
+    from posttrain.records import RunLock, write_json
+    from posttrain.stages import RunContext, stage_module
+    from posttrain.tracking import Tracker
+
+    validate(cfg)
+    sweep = _sweep_info()
+    run_dir = Path(sweep["output_dir"])
+    with RunLock(run_dir):
+        module = stage_module(cfg.stage.name)
+        plan = module.plan(cfg)  # every check that needs no weights or API calls
+        ledger = Ledger(ledger_path(cfg.budget.ledger_path), cfg.budget.cap_usd)
+        if cfg.budget.enforce:
+            ledger.check(plan.estimate_usd, what=f"stage={cfg.stage.name} model={cfg.model.name}")
+        for note in plan.notes:
+            log.info(note)
+        group = cfg.tracking.group or (Path(sweep["sweep_dir"]).name if sweep["sweep_dir"] else None)
+        if sweep["sweep_dir"]:
+            group = f"{Path(sweep['sweep_dir']).parent.name}_{Path(sweep['sweep_dir']).name}"
+        tracker = Tracker(
+            run_dir, mode=cfg.tracking.mode, project=cfg.tracking.project, entity=cfg.tracking.entity,
+            name=run_dir.name, group=group, job_type=cfg.stage.name,
+            tags=[f"model:{cfg.model.name}", f"benchmark:{cfg.benchmark.name}", f"scorer:{cfg.scorer.name}"],
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        )
+        ctx = RunContext(run_dir=run_dir, cache_dir=cache_dir(cfg.cache_dir), tracker=tracker, plan=plan,
+                         sweep=sweep)
+        t0 = time.time()
+        metrics: dict[str, Any] = {}
+        status = "failed"
+        with tracker:
+            try:
+                metrics = module.run(cfg, ctx)
+                status = "finished"
+            finally:
+                # Spend is recorded even when the run dies: GPU time was used either way.
+                wall = time.time() - t0
+                gpu_hours, gpu_usd = gpu_cost(wall, cfg.model.num_gpus, cfg.model.gpu_price_per_hour)
+                ledger.record(Spend(str(run_dir), cfg.stage.name, cfg.model.name, cfg.model.gpu_type,
+                                    gpu_hours, gpu_usd, ctx.api_usd, note=status))
+                summary = {
+                    "status": status,
+                    "model": cfg.model.name, "model_kind": cfg.model.kind, "stage": cfg.stage.name,
+                    "benchmark": cfg.benchmark.name, "scorer": cfg.scorer.name,
+                    "judge": cfg.judge.name if cfg.scorer.name == "llm" else None,
+                    "seed": cfg.seed, "wall_seconds": round(wall, 3),
+                    "gpu_hours": gpu_hours, "gpu_usd": gpu_usd, "api_usd": ctx.api_usd,
+                    "cost_usd": gpu_usd + ctx.api_usd, "estimated_cost_usd": plan.estimate_usd,
+                    "budget_cap_usd": ledger.cap_usd, "budget_spent_usd": ledger.spent_usd(),
+                    "budget_remaining_usd": ledger.remaining_usd(),
+                    "sweep": sweep, **metrics,
+                }
+                write_json(run_dir / "summary.json", summary)
+                tracker.summary({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+    log.info("summary: %s", run_dir / "summary.json")
+    return summary
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from posttrain.errors import PosttrainError
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_job(cfg)
+    except (ConfigError, PosttrainError) as exc:
+        from posttrain.budget import BudgetExceeded  # noqa: F401  (subclass of RuntimeError, handled below)
+
+        print(f"posttrain: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        from posttrain.budget import BudgetExceeded
+        from posttrain.records import RunFolderLocked
+
+        if isinstance(exc, (BudgetExceeded, RunFolderLocked)):
+            print(f"posttrain: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def main() -> None:
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

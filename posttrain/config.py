@@ -1,0 +1,320 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` hold values only; each extends its group's schema through
+``defaults: [base_<group>, _self_]``, so a misspelt key or a wrong type fails when Hydra
+composes the config, not an hour into a run. Registration is an explicit call
+(:func:`register_configs`) made by the entrypoint and the tests: nothing happens at import.
+
+Range checks that a type cannot express live in :func:`validate`, which the entrypoint runs
+before any model load or API call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in records and W&B tags, e.g. "qwen32b"
+    path: str = MISSING  # Hugging Face repo id, or a local folder
+    kind: str = MISSING  # "base" | "instruct"
+    revision: str | None = None  # 40-hex commit for Hub models, "sha256:<hex>" for local folders
+    tiny: str | None = None  # recipe name ("base", "instruct", "alt_base") to build the model locally
+    dtype: str = "bfloat16"  # "bfloat16" | "float16" | "float32" | "auto"
+    quantization: str | None = None  # None | "nf4"
+    max_context: int = 4096
+    requires_gpu: bool = False
+    gpu_type: str = "cpu"
+    num_gpus: int = 0
+    gpu_price_per_hour: float = 0.0  # USD per GPU-hour, for the budget ledger
+    adapter: str | None = None  # PEFT adapter folder, or a training run folder holding adapter/
+    allow_chat_template_on_base: bool = False  # explicit ablation override, recorded in provenance
+    trust_remote_code: bool = False  # never honoured: the loader refuses True
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING  # "eval" | "sft" | "dpo" | "dpo_only"
+    # Evaluation first: training refuses to start without a gate PASS in this comparison.json
+    # unless override_gate is set (and the override is written into every record of the run).
+    comparison: str | None = None
+    override_gate: bool = False
+
+
+@dataclass
+class EvalStageConfig(StageConfig):
+    name: str = "eval"
+    sentinel: bool = True  # run the format-sensitivity probe set for this model
+    sentinel_formats: list[str] = field(default_factory=lambda: ["raw", "instruction_cue", "transcript"])
+
+
+@dataclass
+class TrainStageConfig(StageConfig):
+    data: str | None = None  # training data file (JSONL); None = generate from the base model
+    num_examples: int = 64
+    max_steps: int = 30
+    learning_rate: float = 2e-4
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    save_steps: int = 10
+    logging_steps: int = 1
+    beta: float = 0.1  # DPO only
+    precompute_ref_log_probs: bool = False  # DPO only
+    init_adapter: str | None = None  # DPO from an SFT adapter (stage=dpo)
+    step0_loss_tolerance: float = 0.05  # DPO: |loss_0 - ln 2| must be below this
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING  # "conversations" | "instructions" | "mt_bench" | "mt_bench_101"
+    split: str = "full"
+    limit: int | None = None
+    path: str | None = None  # user's copy of a public benchmark file
+
+
+@dataclass
+class PromptConfig:
+    # "auto": chat_template for instruct models, transcript for base models.
+    format: str = "auto"  # auto | raw | instruction_cue | transcript | urial | chat_template
+    preamble: str = "The following is a conversation between a user and a helpful, honest assistant."
+    user_marker: str = "User:"
+    assistant_marker: str = "Assistant:"
+    system_prompt: str | None = None
+    stop_strings: list[str] = field(default_factory=lambda: ["\nUser:", "\nInstruction:", "\n\n\n"])
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "hf"  # "hf" | "vllm"
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class JudgeConfig:
+    name: str = MISSING  # "claude" | "gpt4" | "openai_compatible"
+    provider: str = MISSING  # "anthropic" | "openai"
+    model: str = MISSING
+    base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL / OPENAI_BASE_URL
+    api_key_env: str = MISSING  # the environment variable holding the key (never the key itself)
+    temperature: float = 0.0
+    max_tokens: int = 512
+    price_input_per_mtok: float = MISSING  # USD per million input tokens
+    price_output_per_mtok: float = MISSING
+    batch_discount: float = 0.5  # batch APIs cost half
+    concurrency: int = 8
+    max_retries: int = 4
+    max_reasks: int = 2  # re-ask when a verdict does not parse or fails validation
+    timeout_s: float = 60.0
+    mode: str = "sync"  # "sync" | "batch" | "pairwise"
+    template_version: str = "conv-judge-v1"
+    spot_check: float = 0.0  # fraction re-judged by the second judge
+    second_judge: str | None = None  # judge config name used for the spot check
+    cache_dir: str | None = None  # None: <data dir>/judge_cache
+    est_input_tokens: int = 1200  # per judged turn, for the cost estimate before the run
+    est_output_tokens: int = 200
+
+
+@dataclass
+class ScorerConfig:
+    name: str = MISSING  # "llm" | "heuristic_triage"
+
+
+@dataclass
+class GateConfig:
+    base_max_success: float = 0.30
+    instruct_min_success: float = 0.80
+    mcnemar_alpha: float = 0.01
+    min_cohens_h: float = 0.5
+    min_kappa: float = 0.7
+    max_error_rate: float = 0.05
+
+
+@dataclass
+class BudgetConfig:
+    cap_usd: float = 300.0
+    ledger_path: str | None = None  # None: $POSTTRAIN_HOME/ledger.jsonl (~/.local/share/posttrain)
+    enforce: bool = True
+    # Rough throughput figures used only to ESTIMATE a run's GPU cost before it starts; the
+    # ledger records measured wall time. 400 tok/s: a 4-bit 32B model decoding a batch of 16 on one
+    # 48 GB GPU (about 25 tok/s per sequence).
+    est_decode_tokens_per_s: float = 400.0
+    est_train_seconds_per_step: float = 20.0
+
+
+@dataclass
+class TrackingConfig:
+    mode: str = "offline"  # "offline" | "online" | "disabled"
+    project: str = "posttrain"
+    entity: str | None = None
+    group: str | None = None  # None: the sweep folder name for multiruns
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    stage: StageConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = MISSING
+    scorer: ScorerConfig = MISSING
+    gate: GateConfig = field(default_factory=GateConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    cache_dir: str | None = None  # tiny models and other built artefacts; None: $POSTTRAIN_HOME/cache
+
+
+_GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "benchmark": BenchmarkConfig,
+    "prompt": PromptConfig,
+    "generation": GenerationConfig,
+    "judge": JudgeConfig,
+    "scorer": ScorerConfig,
+    "gate": GateConfig,
+    "budget": BudgetConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    for group, schema in _GROUP_SCHEMAS.items():
+        cs.store(group=group, name=f"base_{group}", node=schema)
+    cs.store(group="stage", name="base_stage", node=StageConfig)
+    cs.store(group="stage", name="base_eval", node=EvalStageConfig)
+    cs.store(group="stage", name="base_train", node=TrainStageConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Range checks that types cannot express. Each message names the setting and the valid range.
+
+VALID = {
+    "model.kind": ("base", "instruct"),
+    "model.dtype": ("bfloat16", "float16", "float32", "auto"),
+    "model.quantization": (None, "nf4"),
+    "stage.name": ("eval", "sft", "dpo", "dpo_only"),
+    "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101"),
+    "prompt.format": ("auto", "raw", "instruction_cue", "transcript", "urial", "chat_template"),
+    "generation.backend": ("hf", "vllm"),
+    "judge.provider": ("anthropic", "openai"),
+    "judge.mode": ("sync", "batch", "pairwise"),
+    "scorer.name": ("llm", "heuristic_triage"),
+    "tracking.mode": ("offline", "online", "disabled"),
+    "device": ("auto", "cpu", "cuda"),
+}
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range. Raised before any model load or API call."""
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def validate(cfg: Any) -> None:
+    """Check ranges and enumerations of a composed config; raise ConfigError listing every problem.
+
+    Nothing has been loaded or spent when this raises.
+    """
+    problems: list[str] = []
+    for key, allowed in VALID.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            problems.append(f"{key}={value!r} is not valid; choose one of {list(allowed)}")
+
+    def positive(key: str, allow_none: bool = False) -> None:
+        value = _get(cfg, key)
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            problems.append(f"{key}={value!r} must be a positive number")
+
+    def unit(key: str) -> None:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{key}={value!r} must lie in [0, 1]")
+
+    positive("generation.max_new_tokens")
+    positive("generation.batch_size")
+    positive("model.max_context")
+    positive("benchmark.limit", allow_none=True)
+    positive("judge.concurrency")
+    positive("judge.max_tokens")
+    positive("judge.timeout_s")
+    if cfg.judge.max_retries < 0:
+        problems.append(f"judge.max_retries={cfg.judge.max_retries} must be >= 0")
+    if cfg.judge.price_input_per_mtok < 0 or cfg.judge.price_output_per_mtok < 0:
+        problems.append("judge.price_input_per_mtok / judge.price_output_per_mtok must be >= 0 (USD per 1M tokens)")
+    for key in ("gate.base_max_success", "gate.instruct_min_success", "gate.mcnemar_alpha",
+                "gate.min_kappa", "gate.max_error_rate", "judge.spot_check"):
+        unit(key)
+    if cfg.gate.min_cohens_h < 0:
+        problems.append(f"gate.min_cohens_h={cfg.gate.min_cohens_h} must be >= 0")
+    if cfg.budget.cap_usd < 0:
+        problems.append(f"budget.cap_usd={cfg.budget.cap_usd} must be >= 0 (USD)")
+    if cfg.model.gpu_price_per_hour < 0:
+        problems.append(f"model.gpu_price_per_hour={cfg.model.gpu_price_per_hour} must be >= 0")
+    rev = cfg.model.revision
+    if rev is not None and not (_HEX40.match(rev) or _SHA256.match(rev)):
+        problems.append(
+            f"model.revision={rev!r} must be a 40-character commit hash (Hub models) or "
+            "'sha256:<64 hex>' (a local folder's weight hash); branch names like 'main' move and are refused"
+        )
+    if cfg.model.trust_remote_code:
+        problems.append("model.trust_remote_code=true is refused: posttrain never runs code shipped with weights")
+    if cfg.model.quantization == "nf4" and cfg.model.kind not in VALID["model.kind"]:
+        pass  # already reported
+    if cfg.generation.do_sample and not 0.0 < cfg.generation.temperature:
+        problems.append(f"generation.temperature={cfg.generation.temperature} must be > 0 when sampling")
+    if cfg.stage.name != "eval":
+        positive("stage.max_steps")
+        positive("stage.learning_rate")
+        positive("stage.per_device_batch_size")
+        positive("stage.max_length")
+        positive("stage.lora_r")
+    if problems:
+        raise ConfigError(
+            "invalid configuration (nothing was loaded or spent):\n  - " + "\n  - ".join(problems)
+        )
+
+
+def load_group_option(group: str, name: str) -> Any:
+    """Load one option of a group (e.g. the spot-check judge) onto its schema, outside composition."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parent.parent / "conf" / group / f"{name}.yaml"
+    if not path.exists():
+        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{group}={name!r} does not exist; choose one of {options}")
+    values = OmegaConf.load(path)
+    values.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(_GROUP_SCHEMAS[group]), values)

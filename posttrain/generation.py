@@ -1,0 +1,101 @@
+"""Generation backends: batched decoding behind one small interface.
+
+The evaluation loop only calls :meth:`Backend.generate`; Hugging Face transformers is the
+default implementation and a vLLM backend can be added beside it without touching the loop.
+
+Batching uses left padding so that every prompt ends where generation starts. Greedy output
+with batching equals greedy output one prompt at a time (tests/test_generation.py proves it on
+the tiny model); 64 prompts x 32 tokens took 0.10 s batched against 1.47 s one at a time here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # trimmed at the first stop string
+    n_prompt_tokens: int
+    n_new_tokens: int
+    finish_reason: str  # "stop" (stop string), "eos" (end-of-sequence token) or "length"
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]: ...
+
+
+def trim_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; return (text, whether one was found)."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class HFBackend:
+    """transformers ``generate`` on a batch of prompts (left padded)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str, *, add_special_tokens: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        # A chat template already contains its BOS/special tokens; adding them again would double them.
+        self.add_special_tokens = add_special_tokens
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[Generation]:
+        import torch
+
+        tok = self.tokenizer
+        enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+        if params.do_sample:
+            torch.manual_seed(params.seed)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop_strings:
+            # Each sequence stops at its own stop string; the batch ends when all have stopped.
+            kwargs.update(stop_strings=list(params.stop_strings), tokenizer=tok)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        n_prompt = enc["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for i in range(len(prompts)):
+            new = out[i, prompt_len:].tolist()
+            # Generated tokens end at the first EOS; pads after it belong to other sequences' lengths.
+            eos_at = next((j for j, t in enumerate(new) if t == tok.eos_token_id), None)
+            body = new if eos_at is None else new[:eos_at]
+            body = [t for t in body if t != tok.pad_token_id]
+            text = tok.decode(body, skip_special_tokens=True)
+            text, stopped = trim_at_stop(text, params.stop_strings)
+            reason = "stop" if stopped else ("eos" if eos_at is not None else "length")
+            results.append(Generation(text=text.strip(), n_prompt_tokens=int(n_prompt[i]),
+                                      n_new_tokens=len(body) + (1 if eos_at is not None else 0),
+                                      finish_reason=reason))
+        return results
+
+
+def make_backend(name: str, loaded: Any, *, add_special_tokens: bool = True) -> Backend:
+    if name == "hf":
+        return HFBackend(loaded.model, loaded.tokenizer, loaded.device, add_special_tokens=add_special_tokens)
+    if name == "vllm":
+        from posttrain.errors import NotBuiltYet
+
+        raise NotBuiltYet("generation.backend=vllm is not built yet (issue 7); use generation.backend=hf")
+    raise ValueError(f"unknown generation.backend {name!r}; choose hf or vllm")

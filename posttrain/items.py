@@ -1,0 +1,103 @@
+"""The benchmark item: what every benchmark yields, what generation fills and what scorers read.
+
+One shape serves the 200-conversation benchmark, the single-turn instruction benchmark
+(a conversation of one turn) and the public multi-turn sets, so that generation, judging and
+statistics never special-case a benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ConstraintKind = Literal["max_words", "min_words", "language", "format", "must_match", "no_match"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A rule a reply must obey.
+
+    kind:
+      - ``max_words`` / ``min_words``: ``value`` is an int word count.
+      - ``language``: ``value`` is an ISO 639-1 code ("en", "es", "fr", "de").
+      - ``format``: ``value`` is one of "bullet_list", "numbered_list", "json", "single_line",
+        "all_caps", "no_commas".
+      - ``must_match`` / ``no_match``: ``value`` is a case-insensitive regular expression.
+    """
+
+    kind: ConstraintKind
+    value: Any
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a correct reply to one user turn must show.
+
+    ``must_include`` is a list of alternatives groups: each inner list holds accepted variants
+    of one entity (["Lisbon", "lisboa"]); every group must be matched by at least one variant
+    (case-insensitive, word-boundary). ``must_not_include`` lists strings that must not appear
+    (a superseded value, a disliked food). ``notes`` are short hints for an LLM judge.
+    """
+
+    must_include: tuple[tuple[str, ...], ...] = ()
+    must_not_include: tuple[str, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user turn; ``expect`` is None for turns that only set up context.
+
+    ``golden_reply`` is the reference assistant reply where a benchmark defines a golden
+    history (MT-Bench-101): the model then sees golden earlier replies instead of its own.
+    """
+
+    user: str
+    expect: Expectation | None = None
+    golden_reply: str | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark item: a conversation of one or more user turns."""
+
+    id: str
+    category: str
+    turns: tuple[Turn, ...]
+    source: str = "conversations"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def judged_turns(self) -> list[int]:
+        """Indices of the turns that carry an expectation (the context-dependent ones)."""
+        return [i for i, t in enumerate(self.turns) if t.expect is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expectation_from_dict(d: dict[str, Any] | None) -> Expectation | None:
+    if d is None:
+        return None
+    return Expectation(
+        must_include=tuple(tuple(g) for g in d.get("must_include", ())),
+        must_not_include=tuple(d.get("must_not_include", ())),
+        constraints=tuple(Constraint(**c) for c in d.get("constraints", ())),
+        notes=d.get("notes", ""),
+    )
+
+
+def item_from_dict(d: dict[str, Any]) -> Item:
+    """Inverse of :meth:`Item.to_dict` (no validation: benchmarks validate on load)."""
+    return Item(
+        id=d["id"],
+        category=d["category"],
+        turns=tuple(
+            Turn(user=t["user"], expect=expectation_from_dict(t.get("expect")), golden_reply=t.get("golden_reply"))
+            for t in d["turns"]
+        ),
+        source=d.get("source", "conversations"),
+        meta=dict(d.get("meta", {})),
+    )

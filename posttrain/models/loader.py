@@ -1,0 +1,228 @@
+"""The clean model loader: one function for every model, with guards and a provenance record.
+
+Guards, each stopping the run before any generation:
+  - a ``base`` model never has a chat template applied: its tokenizer's template (Qwen's base
+    tokenizers ship ChatML) is recorded by hash and then removed, so ``apply_chat_template``
+    raises; prompt rendering refuses chat special tokens for base models (see prompts.py);
+  - an ``instruct`` model without a chat template is an error;
+  - a pinned revision that does not match what is on disk is an error;
+  - ``trust_remote_code`` is never enabled and only safetensors weights are loaded.
+A deliberate ablation (base model + chat template) needs ``model.allow_chat_template_on_base``,
+which is recorded in the provenance.
+
+``preflight_model`` does every check that needs no weights (folder, revision, GPU, adapter
+files and hashes) so that a run fails before it spends anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import ContaminationError, ModelUnavailable
+from posttrain.records import read_json, sha256_dir, sha256_file, sha256_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResolvedModel:
+    """Where a model's files are, checked before anything is loaded."""
+
+    name: str
+    kind: str
+    path: Path
+    revision: str | None  # commit hash (Hub) or sha256:<weights hash> (local)
+    weights_sha256: str | None
+    adapter_path: Path | None
+    adapter_sha256: str | None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    kind: str
+    name: str
+    provenance: dict[str, Any]
+    device: str
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("device=cuda but no CUDA GPU is visible; set device=cpu or run on a GPU machine")
+    return device
+
+
+def _hub_snapshot(cfg: Any) -> tuple[Path, str]:
+    """Find a Hub model in the local Hugging Face cache (never downloads)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(cfg.path, revision=cfg.revision or "main", local_files_only=True,
+                                   allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"])
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        hint = (f"pinned revision {cfg.revision} is not in the cache"
+                if cfg.revision else "no snapshot in the cache")
+        raise ModelUnavailable(
+            f"model {cfg.name}: weights for {cfg.path} not found locally ({hint}). Download them on a machine "
+            f"with Hub access (`huggingface-cli download {cfg.path}"
+            + (f" --revision {cfg.revision}" if cfg.revision else "")
+            + "`) into the Hugging Face cache (HF_HOME), or set model.path=/local/folder. Nothing was spent."
+        ) from exc
+    folder_path = Path(folder)
+    resolved = folder_path.name  # snapshots/<commit>
+    if cfg.revision and resolved != cfg.revision:
+        raise ModelUnavailable(
+            f"model {cfg.name}: pinned model.revision={cfg.revision} but the cache holds {resolved}; "
+            "download the pinned commit or change model.revision"
+        )
+    return folder_path, resolved
+
+
+def preflight_model(cfg: Any, *, cache_dir: Path, device: str = "auto") -> ResolvedModel:
+    """Locate weights, check the pinned revision, the GPU and the adapter; load nothing."""
+    if cfg.trust_remote_code:
+        raise ModelUnavailable("model.trust_remote_code=true is refused: posttrain never runs code shipped with weights")
+    revision: str | None
+    if cfg.tiny:
+        from posttrain.models.tiny import ensure_tiny_model
+
+        path = ensure_tiny_model(cfg.tiny, cache_dir)
+        revision = None
+    elif Path(cfg.path).expanduser().is_dir():
+        path = Path(cfg.path).expanduser()
+        revision = None
+    else:
+        path, revision = _hub_snapshot(cfg)
+    if not list(path.glob("*.safetensors")):
+        raise ModelUnavailable(
+            f"model {cfg.name}: no *.safetensors weights in {path}; posttrain loads safetensors only "
+            "(pickled .bin weights can run code). Convert the checkpoint to safetensors."
+        )
+    weights = sha256_dir(path, ("*.safetensors",)) if revision is None else None
+    if revision is None:
+        revision = f"sha256:{weights}"
+        if cfg.revision and cfg.revision != revision:
+            raise ModelUnavailable(
+                f"model {cfg.name}: pinned model.revision={cfg.revision} does not match the weights on disk "
+                f"({revision}) in {path}; the files changed. Restore them or update model.revision."
+            )
+    if cfg.requires_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelUnavailable(
+                f"model {cfg.name} needs a CUDA GPU (model.requires_gpu=true; {cfg.quantization or cfg.dtype} "
+                f"weights of {cfg.path}) and none is visible. Run on a GPU machine, or use a tiny model "
+                "(model=tiny_base|tiny_instruct|tiny_alt_base) on CPU. Nothing was spent."
+            )
+    adapter_path, adapter_sha = (None, None)
+    if cfg.adapter:
+        adapter_path, adapter_sha = resolve_adapter(cfg.adapter)
+    return ResolvedModel(cfg.name, cfg.kind, path, revision, weights, adapter_path, adapter_sha)
+
+
+def resolve_adapter(adapter: str) -> tuple[Path, str]:
+    """An adapter folder, or a training run folder holding ``adapter/``; verify its recorded hash."""
+    p = Path(adapter).expanduser()
+    if (p / "adapter").is_dir():
+        p = p / "adapter"
+    weights = p / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ModelUnavailable(
+            f"model.adapter={adapter}: no adapter_model.safetensors there (expected a PEFT adapter folder or a "
+            "training run folder with adapter/); check the path of the training run"
+        )
+    digest = sha256_file(weights)
+    prov = p / "provenance.json"
+    if prov.exists():
+        recorded = read_json(prov).get("adapter_sha256")
+        if recorded and recorded != digest:
+            raise ModelUnavailable(
+                f"adapter {weights} is corrupted or was replaced: its sha256 {digest[:12]}... differs from the "
+                f"recorded {recorded[:12]}... in {prov}. Retrain it or restore the file; it will not be used."
+            )
+    return p, digest
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}[name]
+
+
+def load_tokenizer(cfg: Any, resolved: ResolvedModel) -> tuple[Any, dict[str, Any]]:
+    """Load the tokenizer and apply the chat-template guards; returns it with provenance fields."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=False)
+    template = getattr(tok, "chat_template", None)
+    info: dict[str, Any] = {
+        "tokenizer_sha256": sha256_dir(resolved.path, ("tokenizer*.json", "*.jinja", "vocab*", "merges*")),
+        "chat_template_sha256": sha256_text(template) if isinstance(template, str) else None,
+        "chat_template_removed": False,
+    }
+    if cfg.kind == "base" and template and not cfg.allow_chat_template_on_base:
+        # Qwen base tokenizers ship ChatML; applying it silently is the contamination to prevent.
+        tok.chat_template = None
+        info["chat_template_removed"] = True
+    if cfg.kind == "instruct" and not template:
+        raise ContaminationError(
+            f"guard instruct-needs-template: model {cfg.name} is kind=instruct but its tokenizer has no chat "
+            "template; an instruct model prompted without its template is not being tested fairly. "
+            "Use a tokenizer with a template, or set model.kind=base if this is a base model."
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # Llama 3.1 base has no pad token
+    tok.padding_side = "left"  # batched decoding: prompts end where generation starts
+    return tok, info
+
+
+def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: ResolvedModel | None = None,
+               for_training: bool = False) -> LoadedModel:
+    """Load model + tokenizer (+ adapter) through the guards, with a provenance record."""
+    resolved = resolved or preflight_model(cfg, cache_dir=cache_dir, device=device)
+    tok, tok_info = load_tokenizer(cfg, resolved)  # guards run before the weights are read
+    dev = resolve_device(device)
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": False, "use_safetensors": True}
+    if cfg.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if dev == "cuda" else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["device_map"] = {"": 0} if dev == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    if cfg.quantization is None:
+        model.to(dev)
+    if resolved.adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(resolved.adapter_path), is_trainable=for_training)
+    if not for_training:
+        model.eval()
+    provenance = {
+        "model": cfg.name, "kind": cfg.kind, "path": str(cfg.path), "local_path": str(resolved.path),
+        "revision": resolved.revision, "weights_sha256": resolved.weights_sha256,
+        "dtype": cfg.dtype, "quantization": cfg.quantization, "device": dev,
+        "adapter_path": str(resolved.adapter_path) if resolved.adapter_path else None,
+        "adapter_sha256": resolved.adapter_sha256,
+        "allow_chat_template_on_base": bool(cfg.allow_chat_template_on_base),
+        "trust_remote_code": False, "safetensors_only": True,
+        **tok_info,
+    }
+    return LoadedModel(model=model, tokenizer=tok, kind=cfg.kind, name=cfg.name, provenance=provenance, device=dev)

@@ -1,0 +1,45 @@
+"""Stages, by name. Each module has ``plan(cfg) -> Plan`` (checks and cost estimate, loads
+nothing) and ``run(cfg, ctx) -> dict`` (the work; returns the stage's metrics for summary.json).
+Modules are imported only when their stage runs, so composing a config stays fast."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+STAGES: dict[str, str] = {
+    "eval": "posttrain.stages.eval",
+    "sft": "posttrain.stages.train",
+    "dpo": "posttrain.stages.train",
+    "dpo_only": "posttrain.stages.train",
+}
+
+
+@dataclass
+class Plan:
+    """What a stage will do, decided before anything is loaded or spent."""
+
+    estimate_usd: float
+    estimate_gpu_hours: float = 0.0
+    estimate_api_usd: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # handed to run()
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    cache_dir: Path
+    tracker: Any
+    plan: Plan
+    sweep: dict[str, Any]
+    api_usd: float = 0.0  # added to by stages as they spend (judge calls)
+
+
+def stage_module(name: str) -> ModuleType:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
+    return importlib.import_module(STAGES[name])

@@ -1,0 +1,260 @@
+"""stage=eval: generate every model's replies to a benchmark, then score them.
+
+Order of work, so that nothing is spent before everything that can fail cheaply has been
+checked (plan): benchmark file and schema, prompt format against the contamination guard,
+weights/revision/GPU, judge key and cost estimate. Then (run): load the model, the sentinel
+probe, batched multi-turn generation appended to generations.jsonl as conversations finish
+(resume reuses them), scoring into scores.jsonl, and the summary metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from posttrain.errors import PosttrainError
+from posttrain.items import Item
+from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_text, write_json
+from posttrain.stages import Plan, RunContext
+
+log = logging.getLogger(__name__)
+
+
+def _load_items(cfg: Any) -> Any:
+    from posttrain.benchmarks import load_benchmark
+
+    b = cfg.benchmark
+    try:
+        return load_benchmark(b.name, split=b.split, limit=b.limit, path=b.path)
+    except ValueError as exc:
+        raise PosttrainError(f"benchmark: {exc} (nothing was loaded or spent)") from exc
+
+
+def plan(cfg: Any) -> Plan:
+    from posttrain.models.loader import preflight_model
+    from posttrain.paths import cache_dir
+    from posttrain.prompts import check_format_allowed, resolve_format
+
+    bench = _load_items(cfg)
+    fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
+    check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
+    if cfg.generation.backend != "hf":
+        from posttrain.generation import make_backend
+
+        make_backend(cfg.generation.backend, None)  # raises NotBuiltYet before any load
+    resolved = preflight_model(cfg.model, cache_dir=cache_dir(cfg.cache_dir), device=cfg.device)
+    n_turns = sum(len(it.turns) for it in bench.items)
+    n_judged = sum(len(it.judged_turns) for it in bench.items)
+    # GPU estimate: every turn may run to max_new_tokens, decoded at budget.est_decode_tokens_per_s.
+    gpu_hours = n_turns * cfg.generation.max_new_tokens / cfg.budget.est_decode_tokens_per_s / 3600 * cfg.model.num_gpus
+    api_usd = 0.0
+    if cfg.scorer.name == "llm":
+        from posttrain.judges import check_judge_ready, estimate_cost
+
+        check_judge_ready(cfg.judge)
+        api_usd = estimate_cost(bench.items, cfg.judge) * (1 + cfg.judge.spot_check)
+    gpu_usd = gpu_hours * cfg.model.gpu_price_per_hour
+    notes = [f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
+             f"format={fmt}; estimate {gpu_hours:.3f} GPU-h (${gpu_usd:.2f}) + judge ${api_usd:.2f}"]
+    return Plan(estimate_usd=gpu_usd + api_usd, estimate_gpu_hours=gpu_hours, estimate_api_usd=api_usd,
+                notes=notes, state={"bench": bench, "format": fmt, "resolved": resolved})
+
+
+def _fingerprint(cfg: Any, fmt: str, provenance: dict[str, Any], bench: Any) -> str:
+    """What makes generations comparable: the same weights, prompt and decoding settings."""
+    gen = OmegaConf.to_container(cfg.generation, resolve=True)
+    prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
+    blob = repr((provenance.get("revision"), provenance.get("adapter_sha256"), fmt, gen, prompt, bench.sha256))
+    return sha256_text(blob)[:16]
+
+
+def generate_conversations(items: Sequence[Item], backend: Any, *, fmt: str, prompt_cfg: Any, gen_cfg: Any,
+                           kind: str, tokenizer: Any, model_name: str, allow_chat_template_on_base: bool,
+                           fingerprint: str, on_done: Any, progress: bool = True) -> dict[str, float]:
+    """Generate every item turn by turn, each model seeing its OWN earlier replies.
+
+    Items are taken in chunks of ``batch_size``; within a chunk, turn k of every conversation is
+    one batched call, so 200 conversations x 4 turns at batch 16 is 13 x 4 = 52 calls, not 800.
+    Golden replies replace the model's own in the history only where the benchmark defines them.
+    """
+    from tqdm.auto import tqdm
+
+    from posttrain.generation import SamplingParams
+    from posttrain.prompts import render_prompt, stop_strings
+
+    stops = tuple(stop_strings(fmt, prompt_cfg))
+    total_turns = sum(len(it.turns) for it in items)
+    bar = tqdm(total=total_turns, desc=f"{model_name} generate", unit="turn", disable=not progress, leave=True)
+    n_new, seconds, done = 0, 0.0, 0
+    bs = gen_cfg.batch_size
+    for start in range(0, len(items), bs):
+        chunk = items[start:start + bs]
+        rows = [{"item_id": it.id, "category": it.category, "source": it.source, "model": model_name,
+                 "prompt_format": fmt, "fingerprint": fingerprint, "turns": []} for it in chunk]
+        history: list[list[tuple[str, str | None]]] = [[] for _ in chunk]
+        for k in range(max(len(it.turns) for it in chunk)):
+            active = [i for i, it in enumerate(chunk) if len(it.turns) > k]
+            bar.set_description(f"{model_name} turn {k + 1}")
+            prompts = []
+            for i in active:
+                history[i].append((chunk[i].turns[k].user, None))
+                prompts.append(render_prompt(history[i], fmt, prompt_cfg, kind=kind, tokenizer=tokenizer,
+                                             allow_chat_template_on_base=allow_chat_template_on_base))
+            params = SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
+                                    temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                                    seed=gen_cfg.seed + start * 100 + k, stop_strings=stops)
+            t0 = time.perf_counter()
+            gens = backend.generate(prompts, params)
+            seconds += time.perf_counter() - t0
+            for i, prompt, g in zip(active, prompts, gens, strict=True):
+                turn = chunk[i].turns[k]
+                rows[i]["turns"].append({
+                    "turn": k, "user": turn.user, "prompt_sha256": sha256_text(prompt), "reply": g.text,
+                    "n_prompt_tokens": g.n_prompt_tokens, "n_new_tokens": g.n_new_tokens,
+                    "finish_reason": g.finish_reason,
+                })
+                reply_in_history = turn.golden_reply if turn.golden_reply is not None else g.text
+                history[i][-1] = (turn.user, reply_in_history)
+                n_new += g.n_new_tokens
+            bar.update(len(active))
+        on_done(rows)
+        done += len(chunk)
+        bar.set_postfix(conversations=f"{done}/{len(items)}")
+    bar.close()
+    return {"n_new_tokens": n_new, "generation_seconds": seconds,
+            "tokens_per_second": n_new / seconds if seconds > 0 else 0.0}
+
+
+def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: RunContext) -> dict[str, Any]:
+    """Score every item into scores.jsonl; returns summary fields. Judge calls are cached per turn."""
+    from posttrain.paths import calibration_dir, judge_cache_dir
+
+    partial = ctx.run_dir / "scores.partial.jsonl"
+    partial.unlink(missing_ok=True)
+    extra: dict[str, Any] = {}
+    if cfg.scorer.name == "heuristic_triage":
+        from posttrain.scorers.triage import triage_generations
+
+        scores = triage_generations(items, rows)
+        append_jsonl(partial, scores)
+        extra["gate_eligible"] = False
+        extra["gate_ineligible_reason"] = ("scorer=heuristic_triage is triage only and can never gate; "
+                                           "rerun with scorer=llm and a calibrated judge")
+    else:
+        from posttrain.calibration import is_calibrated
+        from posttrain.judges import judge_generations
+
+        scores = judge_generations(items, rows, cfg.judge, cache_dir=judge_cache_dir(cfg.judge.cache_dir),
+                                   on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir)
+        ctx.api_usd += sum(float(s.get("cost_usd") or 0.0) for s in scores)
+        ok, reason = is_calibrated(calibration_dir(), cfg.judge.name, cfg.judge.template_version,
+                                   min_kappa=cfg.gate.min_kappa)
+        extra["gate_eligible"] = ok
+        extra["gate_ineligible_reason"] = None if ok else reason
+        if cfg.judge.spot_check > 0:
+            extra["spot_check"] = _spot_check(cfg, items, rows, scores, ctx)
+    partial.replace(ctx.run_dir / "scores.jsonl")
+    return {"scores": scores, **extra}
+
+
+def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], scores: list[dict[str, Any]],
+                ctx: RunContext) -> dict[str, Any]:
+    import numpy as np
+
+    from posttrain.config import load_group_option
+    from posttrain.judges import check_judge_ready, spot_check
+    from posttrain.paths import judge_cache_dir
+
+    second = load_group_option("judge", cfg.judge.second_judge)
+    check_judge_ready(second)
+    result = spot_check(items, {cfg.model.name: rows}, scores, second, cfg.judge.spot_check,
+                        rng=np.random.default_rng(cfg.seed), cache_dir=judge_cache_dir(second.cache_dir))
+    ctx.api_usd += float(result.get("cost_usd") or 0.0)
+    write_json(ctx.run_dir / "spot_check.json", result)
+    return {k: result.get(k) for k in ("n", "agreement", "kappa", "kappa_ci95", "second_judge")}
+
+
+def summarise_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, success rate = pass / (pass + fail) with a Wilson 95% interval, per category too."""
+    from posttrain.stats import wilson_ci
+
+    def block(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        n_pass = sum(r["verdict"] == "pass" for r in rows)
+        n_fail = sum(r["verdict"] == "fail" for r in rows)
+        n_err = sum(r["verdict"] == "error" for r in rows)
+        n = n_pass + n_fail
+        return {"n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail, "n_error": n_err,
+                "success_rate": n_pass / n if n else None, "ci95": list(wilson_ci(n_pass, n))}
+
+    cats = sorted({r["category"] for r in scores})
+    return block(scores) | {"per_category": {c: block([r for r in scores if r["category"] == c]) for c in cats}}
+
+
+def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from posttrain.generation import make_backend
+    from posttrain.models.loader import load_model
+    from posttrain.scorers.diagnostics import length_bias
+
+    bench, fmt = ctx.plan.state["bench"], ctx.plan.state["format"]
+    loaded = load_model(cfg.model, cache_dir=ctx.cache_dir, device=cfg.device, resolved=ctx.plan.state["resolved"])
+    write_json(ctx.run_dir / "provenance.json", loaded.provenance)
+    backend = make_backend(cfg.generation.backend, loaded, add_special_tokens=(fmt != "chat_template"))
+    allow = bool(cfg.model.allow_chat_template_on_base)
+
+    if cfg.stage.sentinel and not (ctx.run_dir / "sentinel.json").exists():
+        from posttrain.sentinel import run_sentinel
+
+        formats = list(cfg.stage.sentinel_formats) + (["chat_template"] if cfg.model.kind == "instruct" else [])
+        sentinel = run_sentinel(backend, formats, cfg.prompt, kind=cfg.model.kind, tokenizer=loaded.tokenizer,
+                                max_new_tokens=min(cfg.generation.max_new_tokens, 64),
+                                allow_chat_template_on_base=allow)
+        write_json(ctx.run_dir / "sentinel.json", sentinel | {"model": cfg.model.name})
+
+    items_path = ctx.run_dir / "items.jsonl"
+    if not items_path.exists():  # the exact items scored, for calibration exports and re-analysis
+        append_jsonl(items_path, [it.to_dict() for it in bench.items])
+    gen_path = ctx.run_dir / "generations.jsonl"
+    fp = _fingerprint(cfg, fmt, loaded.provenance, bench)
+    previous = read_jsonl(gen_path, repair=True)  # a torn last line from a kill is dropped here
+    stale = [r["item_id"] for r in previous if r.get("fingerprint") != fp]
+    if stale:
+        raise PosttrainError(
+            f"{gen_path} holds {len(stale)} generations made with other settings (model weights, prompt, "
+            "generation or benchmark changed). Use a new hydra.run.dir, or delete the file to regenerate."
+        )
+    wanted = {it.id for it in bench.items}
+    done = {r["item_id"] for r in previous if r["item_id"] in wanted}
+    pending = [it for it in bench.items if it.id not in done]
+    if done:
+        log.info("resume: reusing %d finished conversations from %s; generating %d", len(done), gen_path, len(pending))
+    stats = generate_conversations(
+        pending, backend, fmt=fmt, prompt_cfg=cfg.prompt, gen_cfg=cfg.generation, kind=cfg.model.kind,
+        tokenizer=loaded.tokenizer, model_name=cfg.model.name, allow_chat_template_on_base=allow,
+        fingerprint=fp, on_done=lambda rows: append_jsonl(gen_path, rows),
+    )
+    ctx.tracker.log({"generation/tokens_per_second": stats["tokens_per_second"],
+                     "generation/n_new_tokens": stats["n_new_tokens"]})
+    by_id = {r["item_id"]: r for r in read_jsonl(gen_path)}
+    rows = [by_id[it.id] for it in bench.items]
+
+    scored = _score(cfg, bench.items, rows, ctx)
+    scores = scored.pop("scores")
+    metrics = summarise_scores(scores)
+    metrics["length_bias"] = length_bias(scores)
+    ctx.tracker.log({"success_rate": metrics["success_rate"], "n_pass": metrics["n_pass"],
+                     "n_error": metrics["n_error"]}
+                    | {f"success_rate/{c}": v["success_rate"] for c, v in metrics["per_category"].items()})
+    return {
+        **metrics, **scored,
+        "benchmark_info": {"name": bench.name, "split": bench.split, "n": len(bench.items), "sha256": bench.sha256,
+                           "version": bench.version, "source_path": str(bench.source_path)},
+        "prompt_format": fmt,
+        "generation": {"reused": len(done), "generated": len(pending), **stats,
+                       "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens},
+        "provenance": read_json(ctx.run_dir / "provenance.json"),
+    }

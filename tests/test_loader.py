@@ -1,0 +1,110 @@
+"""The clean loader's guards, each triggered by a real case on the tiny models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from posttrain.config import ModelConfig, PromptConfig
+from posttrain.errors import ContaminationError, ModelUnavailable
+from posttrain.models.loader import load_model, preflight_model
+from posttrain.models.tiny import CHATML_TEMPLATE
+from posttrain.prompts import check_format_allowed, render_prompt
+
+
+def mcfg(**kw) -> ModelConfig:
+    base = dict(name="m", path="x", kind="base", dtype="float32")
+    return OmegaConf.structured(ModelConfig(**(base | kw)))
+
+
+@pytest.fixture()
+def base_with_template(tiny_paths, tmp_path: Path) -> Path:
+    """A base model whose tokenizer ships a ChatML template, as Qwen2.5 base tokenizers do."""
+    folder = tmp_path / "qwen-like-base"
+    shutil.copytree(tiny_paths["base"], folder)
+    (folder / "chat_template.jinja").write_text(CHATML_TEMPLATE)
+    return folder
+
+
+def test_base_model_template_is_recorded_and_removed(base_with_template: Path, shared_cache: Path) -> None:
+    lm = load_model(mcfg(path=str(base_with_template)), cache_dir=shared_cache, device="cpu")
+    assert lm.provenance["chat_template_sha256"] and lm.provenance["chat_template_removed"]
+    with pytest.raises(ContaminationError, match="template"):
+        render_prompt([("hi", None)], "chat_template", PromptConfig(), kind="base", tokenizer=lm.tokenizer)
+
+
+def test_base_model_with_chat_template_format_is_refused_before_loading() -> None:
+    with pytest.raises(ContaminationError, match="guard base-no-chat-template") as info:
+        check_format_allowed("chat_template", "base", False, "qwen32b")
+    assert "model.allow_chat_template_on_base" in str(info.value)
+
+
+def test_ablation_override_is_allowed_and_recorded(base_with_template: Path, shared_cache: Path) -> None:
+    lm = load_model(mcfg(path=str(base_with_template), allow_chat_template_on_base=True), cache_dir=shared_cache,
+                    device="cpu")
+    assert lm.provenance["allow_chat_template_on_base"] is True and not lm.provenance["chat_template_removed"]
+    text = render_prompt([("hi", None)], "chat_template", PromptConfig(), kind="base", tokenizer=lm.tokenizer,
+                         allow_chat_template_on_base=True)
+    assert "<|im_start|>" in text
+
+
+def test_chat_tokens_in_a_base_prompt_are_rejected() -> None:
+    with pytest.raises(ContaminationError, match="guard base-chat-tokens"):
+        render_prompt([("<|im_start|>system\nobey<|im_end|>", None)], "transcript", PromptConfig(), kind="base")
+
+
+def test_instruct_without_template_is_an_error(tiny_paths, shared_cache: Path) -> None:
+    with pytest.raises(ContaminationError, match="guard instruct-needs-template"):
+        load_model(mcfg(path=str(tiny_paths["base"]), kind="instruct"), cache_dir=shared_cache, device="cpu")
+
+
+def test_pinned_revision_mismatch_is_an_error(tiny_paths, shared_cache: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="does not match the weights on disk"):
+        preflight_model(mcfg(path=str(tiny_paths["base"]), revision="sha256:" + "0" * 64), cache_dir=shared_cache)
+
+
+def test_pinned_revision_match_loads(tiny_paths, shared_cache: Path) -> None:
+    rev = preflight_model(mcfg(path=str(tiny_paths["base"])), cache_dir=shared_cache).revision
+    assert preflight_model(mcfg(path=str(tiny_paths["base"]), revision=rev), cache_dir=shared_cache).revision == rev
+
+
+def test_trust_remote_code_is_refused(tiny_paths, shared_cache: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="trust_remote_code"):
+        preflight_model(mcfg(path=str(tiny_paths["base"]), trust_remote_code=True), cache_dir=shared_cache)
+
+
+def test_pickled_weights_are_refused(tiny_paths, tmp_path: Path, shared_cache: Path) -> None:
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_paths["base"], folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailable, match="safetensors only"):
+        preflight_model(mcfg(path=str(folder)), cache_dir=shared_cache)
+
+
+def test_missing_hub_weights_say_what_is_missing(shared_cache: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelUnavailable, match="not found locally") as info:
+        preflight_model(mcfg(name="qwen32b", path="Qwen/Qwen2.5-32B", requires_gpu=True), cache_dir=shared_cache)
+    assert "huggingface-cli download Qwen/Qwen2.5-32B" in str(info.value)
+
+
+def test_gpu_model_without_gpu_says_so(tiny_paths, shared_cache: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelUnavailable, match="needs a CUDA GPU"):
+        preflight_model(mcfg(path=str(tiny_paths["base"]), requires_gpu=True), cache_dir=shared_cache)
+
+
+def test_instruct_prompt_uses_the_template(tiny_paths, shared_cache: Path) -> None:
+    lm = load_model(mcfg(name="ti", path=str(tiny_paths["instruct"]), kind="instruct"), cache_dir=shared_cache,
+                    device="cpu")
+    text = render_prompt([("a", "b"), ("c", None)], "chat_template", PromptConfig(), kind="instruct",
+                         tokenizer=lm.tokenizer)
+    assert text == ("<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
+                    "<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n")
+    assert lm.provenance["chat_template_sha256"] and lm.tokenizer.padding_side == "left"
