@@ -91,11 +91,15 @@ class HFBackend:
         return results
 
 
-def make_backend(name: str, loaded: Any, *, add_special_tokens: bool = True) -> Backend:
-    if name == "hf":
-        return HFBackend(loaded.model, loaded.tokenizer, loaded.device, add_special_tokens=add_special_tokens)
+def check_backend_available(name: str) -> None:
+    """Fail before anything is loaded when the backend cannot run here."""
     if name == "vllm":
-        from posttrain.errors import NotBuiltYet
+        import importlib.util
 
-        raise NotBuiltYet("generation.backend=vllm is not built yet (issue 7); use generation.backend=hf")
-    raise ValueError(f"unknown generation.backend {name!r}; choose hf or vllm")
+        from posttrain.errors import ModelUnavailable
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ModelUnavailable("generation.backend=vllm needs the vllm package on a CUDA machine: "
+                                   "`pip install -e .[vllm]` (or use generation.backend=hf). Nothing was spent.")
+    elif name != "hf":
+        raise ValueError(f"unknown generation.backend {name!r}; choose hf or vllm")

@@ -43,10 +43,9 @@ def plan(cfg: Any) -> Plan:
     bench = _load_items(cfg)
     fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
     check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
-    if cfg.generation.backend != "hf":
-        from posttrain.generation import make_backend
+    from posttrain.generation import check_backend_available
 
-        make_backend(cfg.generation.backend, None)  # raises NotBuiltYet before any load
+    check_backend_available(cfg.generation.backend)
     resolved = preflight_model(cfg.model, cache_dir=cache_dir(cfg.cache_dir), device=cfg.device)
     n_turns = sum(len(it.turns) for it in bench.items)
     n_judged = sum(len(it.judged_turns) for it in bench.items)
@@ -195,15 +194,37 @@ def summarise_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return block(scores) | {"per_category": {c: block([r for r in scores if r["category"] == c]) for c in cats}}
 
 
+def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
+    """The loader (guards + provenance) and a generation backend over the same weights."""
+    from posttrain.models.loader import LoadedModel, load_model, load_tokenizer
+
+    resolved = ctx.plan.state["resolved"]
+    if cfg.generation.backend == "vllm":
+        from posttrain.vllm_backend import VLLMBackend
+
+        tok, info = load_tokenizer(cfg.model, resolved)  # the guards run on the tokenizer either way
+        backend = VLLMBackend(resolved.path, dtype=cfg.model.dtype, quantization=cfg.model.quantization,
+                              max_context=cfg.model.max_context, adapter=resolved.adapter_path, seed=cfg.seed)
+        prov = {"model": cfg.model.name, "kind": cfg.model.kind, "path": str(cfg.model.path),
+                "local_path": str(resolved.path), "revision": resolved.revision, "backend": "vllm",
+                "adapter_path": str(resolved.adapter_path) if resolved.adapter_path else None,
+                "adapter_sha256": resolved.adapter_sha256, **info}
+        return LoadedModel(model=None, tokenizer=tok, kind=cfg.model.kind, name=cfg.model.name, provenance=prov,
+                           device="cuda"), backend
+    from posttrain.generation import HFBackend
+
+    loaded = load_model(cfg.model, cache_dir=ctx.cache_dir, device=cfg.device, resolved=resolved)
+    # A chat template already holds its special tokens; adding BOS again would double it.
+    backend = HFBackend(loaded.model, loaded.tokenizer, loaded.device, add_special_tokens=(fmt != "chat_template"))
+    return loaded, backend
+
+
 def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from posttrain.generation import make_backend
-    from posttrain.models.loader import load_model
     from posttrain.scorers.diagnostics import length_bias
 
     bench, fmt = ctx.plan.state["bench"], ctx.plan.state["format"]
-    loaded = load_model(cfg.model, cache_dir=ctx.cache_dir, device=cfg.device, resolved=ctx.plan.state["resolved"])
+    loaded, backend = _open_backend(cfg, ctx, fmt)
     write_json(ctx.run_dir / "provenance.json", loaded.provenance)
-    backend = make_backend(cfg.generation.backend, loaded, add_special_tokens=(fmt != "chat_template"))
     allow = bool(cfg.model.allow_chat_template_on_base)
 
     if cfg.stage.sentinel and not (ctx.run_dir / "sentinel.json").exists():

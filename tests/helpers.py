@@ -1,0 +1,21 @@
+"""Run the real entrypoint in a subprocess, offline, with an isolated POSTTRAIN_HOME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def posttrain(*overrides: str, home: Path, cache: Path, env: dict[str, str] | None = None,
+              timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "POSTTRAIN_HOME": str(home),
+                             "TOKENIZERS_PARALLELISM": "false"} | (env or {})
+    proc = subprocess.run([sys.executable, "-m", "posttrain", f"cache_dir={cache}", *overrides],
+                          capture_output=True, text=True, cwd=REPO, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"posttrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,43 @@
+"""vLLM request building on CPU; the engine itself runs only where a GPU is present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posttrain.generation import SamplingParams
+from posttrain.vllm_backend import engine_kwargs, sampling_kwargs, to_generation
+
+
+def test_engine_kwargs_are_safe_and_cache_prefixes() -> None:
+    kw = engine_kwargs(Path("/m"), dtype="bfloat16", quantization="nf4", max_context=4096, adapter=Path("/a"))
+    assert kw["trust_remote_code"] is False and kw["load_format"] == "safetensors"
+    assert kw["enable_prefix_caching"] is True and kw["quantization"] == "bitsandbytes"
+    assert kw["enable_lora"] is True
+    assert "enable_lora" not in engine_kwargs(Path("/m"), dtype="auto", quantization=None, max_context=8,
+                                              adapter=None)
+
+
+def test_greedy_maps_to_temperature_zero() -> None:
+    kw = sampling_kwargs(SamplingParams(max_new_tokens=7, stop_strings=("\nUser:",)))
+    assert kw == {"max_tokens": 7, "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": ["\nUser:"],
+                  "skip_special_tokens": True}
+    kw = sampling_kwargs(SamplingParams(do_sample=True, temperature=0.7, top_p=0.9, seed=3))
+    assert (kw["temperature"], kw["top_p"], kw["seed"], kw["stop"]) == (0.7, 0.9, 3, None)
+
+
+def test_finish_reasons_match_the_hf_backend() -> None:
+    assert to_generation(" hi ", 3, 2, "stop", "\nUser:", ["\nUser:"]).finish_reason == "stop"
+    assert to_generation("hi", 3, 2, "stop", None, []).finish_reason == "eos"
+    assert to_generation("hi", 3, 9, "length", None, []).finish_reason == "length"
+    assert to_generation("a\nUser: b", 3, 9, "length", None, ["\nUser:"]).text == "a"
+
+
+@pytest.mark.gpu
+def test_vllm_greedy_matches_hf_on_the_tiny_model(tiny_paths) -> None:  # pragma: no cover - GPU only
+    from posttrain.vllm_backend import VLLMBackend
+
+    be = VLLMBackend(tiny_paths["base"], dtype="float32", quantization=None, max_context=512)
+    out = be.generate(["User: hello\nAssistant:"], SamplingParams(max_new_tokens=8))
+    assert len(out) == 1 and out[0].n_prompt_tokens > 0
