@@ -1,0 +1,67 @@
+"""LLM judges: score each judged turn of a conversation against its stored expectations.
+
+Public API (docs/judging.md describes the method):
+
+- :func:`check_judge_ready` — run before any generation; raises :class:`JudgeConfigError` (nothing spent).
+- :func:`estimate_cost` — USD estimate from the config's token estimates.
+- :func:`judge_generations` — one score row per generation row (sync or batch mode), cached.
+- :func:`judge_pairwise` — which of two runs' replies is better, in both orders.
+- :func:`spot_check` — re-judge a stratified sample with a second judge; agreement and kappa.
+- :func:`make_judge`, :func:`render_turn_prompt`, :data:`TEMPLATES`, :data:`VERDICT_SCHEMA`,
+  :func:`validate_verdict`, :class:`JudgeCache` — the pieces, for tools and tests.
+
+Importing this package imports no provider SDK.
+"""
+
+from posttrain.judges.batch import BatchPendingError, BatchSubmitError
+from posttrain.judges.cache import JudgeCache, cache_key
+from posttrain.judges.clients import (
+    DEFAULT_BACKOFF_BASE_S,
+    Judge,
+    JudgeConfigError,
+    RawVerdict,
+    check_judge_ready,
+    make_judge,
+)
+from posttrain.judges.pairwise import judge_pairwise
+from posttrain.judges.prompt import (
+    PAIR_SCHEMA,
+    PAIR_TEMPLATE_VERSION,
+    TEMPLATES,
+    VERDICT_SCHEMA,
+    VerdictError,
+    render_pair_prompt,
+    render_turn_prompt,
+    validate_preference,
+    validate_verdict,
+)
+from posttrain.judges.runner import SCORE_KEYS, cost_usd, estimate_cost, judge_generations
+from posttrain.judges.spot_check import spot_check
+
+__all__ = [
+    "DEFAULT_BACKOFF_BASE_S",
+    "PAIR_SCHEMA",
+    "PAIR_TEMPLATE_VERSION",
+    "SCORE_KEYS",
+    "TEMPLATES",
+    "VERDICT_SCHEMA",
+    "BatchPendingError",
+    "BatchSubmitError",
+    "Judge",
+    "JudgeCache",
+    "JudgeConfigError",
+    "RawVerdict",
+    "VerdictError",
+    "cache_key",
+    "check_judge_ready",
+    "cost_usd",
+    "estimate_cost",
+    "judge_generations",
+    "judge_pairwise",
+    "make_judge",
+    "render_pair_prompt",
+    "render_turn_prompt",
+    "spot_check",
+    "validate_preference",
+    "validate_verdict",
+]

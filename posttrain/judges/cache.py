@@ -1,0 +1,65 @@
+"""A content-addressed cache of judge answers, one JSON file per prompt.
+
+The key is the sha256 of (provider, model, template version, full prompt text): a rerun with the
+same judge over the same replies finds every answered turn and calls no API; any change to the
+judge, the template or a reply (and so the prompt) is a miss. Only valid answers are stored; an
+error is never cached, so a rerun asks again.
+
+Writes go to a temporary file in the same folder and are then renamed over the target
+(``os.replace`` is atomic on POSIX), so a killed run never leaves a half-written entry and
+concurrent runs sharing the folder at worst write the same answer twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cache_key(provider: str, model: str, template_version: str, prompt: str) -> str:
+    """sha256 hex of the judge identity and the full prompt."""
+    payload = json.dumps([provider, model, template_version, prompt], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class JudgeCache:
+    """Folder of ``<key[:2]>/<key>.json`` entries (the two-letter shards keep folders small)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored entry, or None when absent or unreadable (a corrupt file counts as a miss)."""
+        try:
+            entry = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and isinstance(entry.get("answer"), dict) else None
+
+    def put(self, key: str, answer: dict[str, Any], *, input_tokens: int, output_tokens: int, cost_usd: float,
+            meta: dict[str, Any] | None = None) -> None:
+        """Store a valid answer with what it cost when it was made (for reference; a hit costs 0)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"key": key, "answer": answer, "input_tokens": input_tokens, "output_tokens": output_tokens,
+                 "cost_usd": cost_usd, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 **(meta or {})}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(entry, f, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None

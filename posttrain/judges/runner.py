@@ -1,0 +1,312 @@
+"""Judge a run's generations: one call per judged turn, combined into one score row per conversation.
+
+Decision rule (docs/judging.md): every turn with an expectation is judged in its own call, with the
+conversation up to and including that turn; the conversation passes iff every judged turn passes;
+it fails if any judged turn fails; otherwise, if any judged turn ended as "error" (retries and
+re-asks spent), it is "error", which is never counted as pass or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from posttrain.items import Item
+from posttrain.judges.cache import JudgeCache, cache_key
+from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, SdkJudge, check_judge_ready, make_judge
+from posttrain.judges.prompt import VerdictError, render_turn_prompt
+
+SCORE_KEYS = ("item_id", "category", "model", "verdict", "scorer", "judge", "judge_model", "template_version",
+              "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
+              "n_parse_failures", "n_api_errors", "reply_chars", "error")
+_RATIONALE_CHARS = 600
+
+
+@dataclass
+class Answer:
+    """A judged prompt as the runner sees it: the validated object or an error, and what it cost now."""
+
+    data: dict[str, Any] | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    n_parse_failures: int = 0
+    n_api_errors: int = 0
+    error: str | None = None
+    cached: bool = False
+
+    def merged(self, later: Answer) -> Answer:
+        """``later`` (a retry of this prompt) with this attempt's spending and failures added."""
+        return replace(later, input_tokens=self.input_tokens + later.input_tokens,
+                       output_tokens=self.output_tokens + later.output_tokens,
+                       cost_usd=self.cost_usd + later.cost_usd,
+                       n_parse_failures=self.n_parse_failures + later.n_parse_failures,
+                       n_api_errors=self.n_api_errors + later.n_api_errors)
+
+
+def cost_usd(cfg: Any, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float:
+    """USD for the tokens at the judge's prices; batch APIs bill ``batch_discount`` of that."""
+    usd = input_tokens * cfg.price_input_per_mtok / 1e6 + output_tokens * cfg.price_output_per_mtok / 1e6
+    return usd * cfg.batch_discount if batch else usd
+
+
+@dataclass
+class AskContext:
+    """What :func:`ask` shares across concurrent calls of one run."""
+
+    cfg: Any
+    judge: SdkJudge
+    cache: JudgeCache
+    template_version: str
+    sem: asyncio.Semaphore
+    inflight: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
+
+    def key(self, prompt: str) -> str:
+        return cache_key(self.cfg.provider, self.cfg.model, self.template_version, prompt)
+
+
+async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -> Answer:
+    """Answer one prompt from the cache, or from the judge (then cached when valid)."""
+    key = ctx.key(prompt)
+    hit = ctx.cache.get(key)
+    if hit is not None:
+        try:  # an entry edited by hand or written by an older schema counts as a miss
+            return Answer(ctx.judge.provider.spec.validate(hit["answer"]), cached=True)
+        except VerdictError:
+            pass
+    if key in ctx.inflight:  # the same prompt twice in one run (identical replies): pay once
+        first = await asyncio.shield(ctx.inflight[key])
+        return Answer(first.data, error=first.error, cached=first.data is not None)
+
+    async def call() -> Answer:
+        async with ctx.sem:
+            raw = await ctx.judge.judge(prompt, reasks_left=reasks_left)
+        ans = Answer(raw.data, raw.input_tokens, raw.output_tokens,
+                     cost_usd(ctx.cfg, raw.input_tokens, raw.output_tokens), raw.n_parse_failures,
+                     raw.n_api_errors, raw.error)
+        if ans.data is not None:
+            ctx.cache.put(key, ans.data, input_tokens=ans.input_tokens, output_tokens=ans.output_tokens,
+                          cost_usd=ans.cost_usd, meta={"provider": ctx.cfg.provider, "model": ctx.cfg.model,
+                                                       "template_version": ctx.template_version})
+        return ans
+
+    ctx.inflight[key] = asyncio.ensure_future(call())
+    try:
+        return await ctx.inflight[key]
+    finally:
+        ctx.inflight.pop(key, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which turns to judge, with which prompt
+
+
+@dataclass
+class TurnJob:
+    """One judged turn: ``index`` is the item's 0-based turn, ``label`` the row's "turn" value."""
+
+    index: int
+    label: int
+    prompt: str | None
+    key: str | None
+    reply_chars: int
+    error: str | None = None
+
+
+def row_replies(row: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """The row's replies in turn order, and the "turn" labels they carry."""
+    turns = sorted(row.get("turns") or [], key=lambda t: t["turn"])
+    return [t.get("reply") or "" for t in turns], [t["turn"] for t in turns]
+
+
+def plan_turns(item: Item, row: dict[str, Any], cfg: Any) -> list[TurnJob]:
+    """A job per judged turn; a turn with no generated reply becomes an error job (no call)."""
+    replies, labels = row_replies(row)
+    jobs = []
+    for i in item.judged_turns:
+        if i >= len(replies):
+            jobs.append(TurnJob(i, i, None, None, 0, error=f"no reply generated for turn index {i}"))
+            continue
+        prompt = render_turn_prompt(item, replies, i, cfg.template_version)
+        jobs.append(TurnJob(i, labels[i], prompt, cache_key(cfg.provider, cfg.model, cfg.template_version, prompt),
+                            len(replies[i])))
+    return jobs
+
+
+def pair_rows(items: Sequence[Item], rows: Sequence[dict[str, Any]]) -> list[tuple[Item, dict[str, Any]]]:
+    """(item, row) per row, in row order.
+
+    Raises:
+        ValueError: a row without an item, an item without a row (for some model), or a duplicate.
+    """
+    by_id = {it.id: it for it in items}
+    unknown = sorted({r["item_id"] for r in rows} - by_id.keys())
+    seen: set[tuple[str, str]] = set()
+    dupes = []
+    for r in rows:
+        k = (r["item_id"], r.get("model", ""))
+        if k in seen:
+            dupes.append(k)
+        seen.add(k)
+    missing = {m: sorted(by_id.keys() - {i for i, mm in seen if mm == m}) for m in {m for _, m in seen}}
+    if not rows and items:
+        missing = {"(any)": sorted(by_id)}
+    problems = [f"rows for unknown items {unknown[:20]}"] if unknown else []
+    problems += [f"model {m!r} has no generation row for items {ids[:20]}{' ...' if len(ids) > 20 else ''}"
+                 for m, ids in sorted(missing.items()) if ids]
+    if dupes:
+        problems.append(f"duplicate rows for (item_id, model) {dupes[:20]}")
+    if problems:
+        raise ValueError("cannot judge (nothing was spent): " + "; ".join(problems)
+                         + ". Pass the items the generations were made from, and complete generations.")
+    return [(by_id[r["item_id"]], r) for r in rows]
+
+
+def score_row(item: Item, row: dict[str, Any], jobs: Sequence[TurnJob], answers: Sequence[Answer],
+              cfg: Any) -> dict[str, Any]:
+    """Combine the turn answers of one conversation by the decision rule."""
+    turn_verdicts, checks, errors = [], [], []
+    for job, ans in zip(jobs, answers, strict=True):
+        if ans.data is not None:
+            tv = {"turn": job.label, "verdict": ans.data["verdict"], "checks": ans.data["checks"],
+                  "rationale": ans.data["rationale"]}
+        else:
+            errors.append(f"turn {job.label}: {ans.error}")
+            tv = {"turn": job.label, "verdict": "error", "checks": [], "rationale": f"judge error: {ans.error}"}
+        turn_verdicts.append(tv)
+        checks += [{"turn": job.label, **c} for c in tv["checks"]]
+    verdicts = [tv["verdict"] for tv in turn_verdicts]
+    if not jobs:
+        verdict, errors = "error", ["the item has no turn with an expectation; nothing to judge"]
+    else:
+        verdict = "fail" if "fail" in verdicts else "error" if "error" in verdicts else "pass"
+    rationale = " | ".join(f"turn {tv['turn']}: {tv['rationale']}" for tv in turn_verdicts)
+    return {
+        "item_id": item.id, "category": item.category, "model": row.get("model"), "verdict": verdict,
+        "scorer": "llm", "judge": cfg.name, "judge_model": cfg.model, "template_version": cfg.template_version,
+        "turn_verdicts": turn_verdicts, "checks": checks,
+        "rationale": rationale if len(rationale) <= _RATIONALE_CHARS else rationale[: _RATIONALE_CHARS - 3] + "...",
+        "input_tokens": sum(a.input_tokens for a in answers), "output_tokens": sum(a.output_tokens for a in answers),
+        "cost_usd": sum(a.cost_usd for a in answers), "n_parse_failures": sum(a.n_parse_failures for a in answers),
+        "n_api_errors": sum(a.n_api_errors for a in answers), "reply_chars": sum(j.reply_chars for j in jobs),
+        "error": "; ".join(errors) if verdict == "error" else None,
+    }
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar on stderr (done/total, with the error count as a postfix)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="turn", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def estimate_cost(items: Sequence[Item], cfg: Any, *, n_models: int = 1) -> float:
+    """USD estimate before a run: judged turns × (est tokens × prices), for ``n_models`` runs.
+
+    Pairwise mode makes two calls per turn (both orders); batch mode bills ``batch_discount``.
+    """
+    n_turns = sum(len(it.judged_turns) for it in items) * n_models * (2 if cfg.mode == "pairwise" else 1)
+    return n_turns * cost_usd(cfg, cfg.est_input_tokens, cfg.est_output_tokens, batch=cfg.mode == "batch")
+
+
+def judge_generations(
+    items: Sequence[Item],
+    rows: Sequence[dict[str, Any]],
+    cfg: Any,
+    *,
+    cache_dir: Path,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    state_dir: Path | None = None,
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
+    poll_interval_s: float = 30.0,
+    max_wait_s: float | None = None,
+) -> list[dict[str, Any]]:
+    """Judge every judged turn of every generation row; return one score row per row (row order).
+
+    Args:
+        items: the benchmark items the rows were generated from.
+        rows: generation rows (generations.jsonl).
+        cfg: the judge config (mode "sync" or "batch").
+        cache_dir: the judge cache folder; cached turns make no call and cost 0.
+        on_row: called with each score row as its conversation completes (append it to scores.jsonl).
+        progress: show a progress bar on stderr.
+        state_dir: the run folder, where batch mode keeps ``judge_batch.json`` (required for batch).
+        backoff_base_s: first retry wait; tests pass a tiny value.
+        poll_interval_s: seconds between batch status polls.
+        max_wait_s: batch mode gives up polling after this long (the batch id stays saved; rerun to
+            resume); None waits until the batch ends.
+
+    Raises:
+        JudgeConfigError: no API key, unknown provider or template (nothing was spent).
+        ValueError: rows and items do not match, or pairwise mode (use judge_pairwise).
+    """
+    if cfg.mode == "pairwise":
+        raise ValueError("judge.mode=pairwise compares two runs: call judge_pairwise(items, rows_a, rows_b, cfg)")
+    if cfg.mode == "batch" and state_dir is None:
+        raise ValueError("judge.mode=batch needs state_dir (the run folder) to save the batch id for resuming")
+    check_judge_ready(cfg)
+    pairs = pair_rows(items, rows)
+    plans = [(item, row, plan_turns(item, row, cfg)) for item, row in pairs]
+    return asyncio.run(judge_plans(plans, cfg, cache=JudgeCache(cache_dir), on_row=on_row, progress=progress,
+                                   use_batch=cfg.mode == "batch", state_dir=state_dir, backoff_base_s=backoff_base_s,
+                                   poll_interval_s=poll_interval_s, max_wait_s=max_wait_s))
+
+
+async def judge_plans(plans: Sequence[tuple[Item, dict[str, Any], list[TurnJob]]], cfg: Any, *, cache: JudgeCache,
+                      on_row: Callable[[dict[str, Any]], None] | None = None, progress: bool = False,
+                      use_batch: bool = False, state_dir: Path | None = None,
+                      backoff_base_s: float = DEFAULT_BACKOFF_BASE_S, poll_interval_s: float = 30.0,
+                      max_wait_s: float | None = None) -> list[dict[str, Any]]:
+    """Judge planned turns (see :func:`plan_turns`) and return score rows; the async core of judge_generations."""
+    judge = make_judge(cfg, backoff_base_s=backoff_base_s)
+    ctx = AskContext(cfg, judge, cache, cfg.template_version, asyncio.Semaphore(int(cfg.concurrency)))
+    bar = progress_bar(sum(len(j) for _, _, j in plans), progress, f"judge {cfg.name}")
+    n_error = 0
+    try:
+        batch_answers: dict[str, Answer] = {}
+        if use_batch:
+            from posttrain.judges.batch import run_batch
+
+            todo = {j.key: j.prompt for _, _, jobs in plans for j in jobs
+                    if j.prompt is not None and j.key is not None and j.key not in cache}
+            batch_answers = await run_batch(todo, ctx, state_path=Path(state_dir or ".") / "judge_batch.json",
+                                            poll_interval_s=poll_interval_s, max_wait_s=max_wait_s)
+
+        async def one_turn(job: TurnJob) -> Answer:
+            nonlocal n_error
+            if job.prompt is None:
+                ans = Answer(None, error=job.error)
+            else:
+                pre = batch_answers.get(job.key or "")
+                if pre is not None and pre.data is not None:
+                    ans = pre
+                elif pre is not None:  # the batch answer was unusable: ask again directly
+                    left = max(0, int(cfg.max_reasks) - pre.n_parse_failures)
+                    ans = pre.merged(await ask(job.prompt, ctx, reasks_left=left))
+                else:
+                    ans = await ask(job.prompt, ctx)
+            n_error += ans.data is None
+            bar.update(1)
+            bar.set_postfix(n_error=n_error, refresh=False)
+            return ans
+
+        async def one_item(item: Item, row: dict[str, Any], jobs: list[TurnJob]) -> dict[str, Any]:
+            answers = await asyncio.gather(*(one_turn(j) for j in jobs))
+            out = score_row(item, row, jobs, answers, cfg)
+            if on_row is not None:
+                on_row(out)
+            return out
+
+        return list(await asyncio.gather(*(one_item(*p) for p in plans)))
+    finally:
+        bar.close()
+        await judge.aclose()
