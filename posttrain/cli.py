@@ -99,25 +99,32 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to change: printed without a traceback, exit status 2."""
+    from posttrain.budget import BudgetExceeded
+    from posttrain.errors import PosttrainError
+    from posttrain.judges import JudgeConfigError
+    from posttrain.records import RunFolderLocked
+
+    return (ConfigError, PosttrainError, BudgetExceeded, RunFolderLocked, JudgeConfigError)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    from posttrain.errors import PosttrainError
+    import errno
 
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         run_job(cfg)
-    except (ConfigError, PosttrainError) as exc:
-        from posttrain.budget import BudgetExceeded  # noqa: F401  (subclass of RuntimeError, handled below)
-
-        print(f"posttrain: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except Exception as exc:
-        from posttrain.budget import BudgetExceeded
-        from posttrain.records import RunFolderLocked
-
-        if isinstance(exc, (BudgetExceeded, RunFolderLocked)):
+        if isinstance(exc, _user_errors()):
             print(f"posttrain: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            print(f"posttrain: error: disk full while writing {exc.filename or 'records'} ({exc}). The records "
+                  "written before this point are complete; free space and rerun the same command to resume.",
+                  file=sys.stderr)
             sys.exit(2)
         raise
 

@@ -1,0 +1,97 @@
+"""stage=eval with scorer=llm through the real entrypoint, the real SDK clients and a loopback
+API server that fails about a third of its calls."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from posttrain.calibration import main as calibrate
+from posttrain.records import read_jsonl
+from tests.helpers import posttrain
+from tests.llm_server import FakeLLMServer
+
+FAST = ["model=tiny_instruct", "generation.max_new_tokens=8", "generation.batch_size=6", "stage.sentinel=false"]
+FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict")
+
+
+def coin_verdict(prompt: str) -> dict:
+    """Tiny models fail everything a sensible judge checks; a coin keyed on the prompt gives both classes."""
+    ok = hashlib.sha256(prompt.encode()).digest()[0] % 2 == 0
+    return {"verdict": "pass" if ok else "fail", "checks": [{"name": "coin", "passed": ok, "detail": "-"}],
+            "rationale": "scripted"}
+
+
+def error_turns(scores: list[dict]) -> int:
+    return sum(tv["verdict"] == "error" for s in scores for tv in s["turn_verdicts"])
+
+
+def test_faulty_judge_records_every_item_once_and_rerun_is_free(tmp_path: Path, posttrain_home: Path,
+                                                                 shared_cache: Path) -> None:
+    run = tmp_path / "run"
+    args = (*FAST, "scorer=llm", "judge=claude", "judge.max_retries=1", "judge.max_reasks=1", "benchmark.limit=12",
+            f"hydra.run.dir={run}")
+    with FakeLLMServer(fault_rate=0.33, fault_kinds=FAULTS, seed=3) as srv:
+        posttrain(*args, f"judge.base_url={srv.url}", home=posttrain_home, cache=shared_cache)
+        first_calls = srv.model_calls
+        scores = read_jsonl(run / "scores.jsonl")
+        assert sorted(s["item_id"] for s in scores) == sorted({s["item_id"] for s in scores}) and len(scores) == 12
+        assert {s["verdict"] for s in scores} <= {"pass", "fail", "error"}
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["n_pass"] + summary["n_fail"] + summary["n_error"] == 12
+        assert summary["api_usd"] > 0 and summary["cost_usd"] >= summary["api_usd"]
+        assert summary["judge"] == "claude"
+        assert sum(s["n_parse_failures"] for s in scores) > 0 and srv.faults_served
+        assert summary["gate_eligible"] is False and "no calibration" in summary["gate_ineligible_reason"]
+        ledger = read_jsonl(posttrain_home / "ledger.jsonl")
+        assert ledger[-1]["api_usd"] == pytest.approx(summary["api_usd"])
+        n_err_turns = error_turns(scores)
+        # The same command again, faults off: only the turns that ended as error are asked again.
+        srv.fault_rate = 0.0
+        posttrain(*args, f"judge.base_url={srv.url}", home=posttrain_home, cache=shared_cache)
+        assert srv.model_calls - first_calls == n_err_turns
+        assert json.loads((run / "summary.json").read_text())["n_error"] == 0
+
+
+def test_missing_key_fails_before_generation(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    run = tmp_path / "run"
+    proc = posttrain(*FAST, "scorer=llm", "judge=claude", "benchmark.limit=2", f"hydra.run.dir={run}",
+                     home=posttrain_home, cache=shared_cache, env={"ANTHROPIC_API_KEY": ""}, check=False)
+    assert proc.returncode == 2 and "ANTHROPIC_API_KEY" in proc.stderr
+    assert not (run / "generations.jsonl").exists()
+
+
+def test_spot_check_calibration_and_gate_eligibility(tmp_path: Path, posttrain_home: Path,
+                                                     shared_cache: Path) -> None:
+    run = tmp_path / "run"
+    with FakeLLMServer(verdict_fn=coin_verdict) as srv:
+        env = {"OPENAI_BASE_URL": srv.openai_url}
+        args = (*FAST, "scorer=llm", "judge=claude", f"judge.base_url={srv.url}", "judge.spot_check=0.5",
+                "benchmark.limit=12", f"hydra.run.dir={run}")
+        posttrain(*args, home=posttrain_home, cache=shared_cache, env=env)
+        spot = json.loads((run / "spot_check.json").read_text())
+        assert spot["second_judge"] == "gpt4" and spot["n"] >= 4 and 0 <= spot["agreement"] <= 1
+        assert srv.count("POST /v1/chat/completions") > 0  # the second judge really went to OpenAI's API
+
+        # Human calibration: export, a person labels (here: agrees with the judge), import.
+        sheet = tmp_path / "label.csv"
+        assert calibrate(["export", str(run), "--out", str(sheet), "--n", "10"]) == 0
+        key = json.loads(Path(str(sheet) + ".key.json").read_text())["samples"]
+        rows = list(csv.DictReader(sheet.open(encoding="utf-8-sig")))
+        assert "verdict" not in " ".join(rows[0].keys()).lower()  # the judge's verdict is hidden
+        for r in rows:
+            r["human_label"] = key[r["sample_id"]]["judge_verdict"]
+        with sheet.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(rows)
+        assert calibrate(["import", str(sheet)]) == 0
+        calls = srv.model_calls
+        posttrain(*args, home=posttrain_home, cache=shared_cache, env=env)
+        assert srv.model_calls == calls  # everything cached
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["gate_eligible"] is True, summary["gate_ineligible_reason"]
