@@ -41,7 +41,7 @@ check: setup  ## ruff + mypy
 	$(BIN)/mypy
 
 bench: setup  ## measure throughput ratios; writes docs/benchmarks.md
-	$(BIN)/python -m posttrain.bench --out docs/benchmarks.md
+	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun/*/ .pytest_cache

@@ -112,6 +112,7 @@ class FakeLLMServer:
         fault_kinds: the kinds drawn when ``fault_rate`` fires.
         seed: seeds the fault draws.
         slow_s: how long a "slow" call waits before answering.
+        latency_s: a delay added to every model call, as a real API has (benchmarks of concurrency).
         retry_after: the retry-after header value sent with a 429.
         batch_polls: how many retrieves a batch reports as in progress before it ends.
         batch_faults: per batch request, in submission order: None, "errored" (the request failed),
@@ -131,6 +132,7 @@ class FakeLLMServer:
         retry_after: str = "0",
         batch_polls: int = 1,
         batch_faults: Sequence[str | None] = (),
+        latency_s: float = 0.0,
     ) -> None:
         unknown = set(filter(None, faults)) | set(fault_kinds)
         unknown -= set(FAULT_KINDS) | {"errored"}
@@ -142,6 +144,7 @@ class FakeLLMServer:
         self.fault_rate = fault_rate
         self.fault_kinds = tuple(fault_kinds)
         self.slow_s = slow_s
+        self.latency_s = latency_s
         self.retry_after = retry_after
         self.batch_polls = batch_polls
         self.batch_faults = list(batch_faults)
@@ -392,6 +395,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._body()
         o = self.owner
         if endpoint in ("POST /v1/messages", "POST /v1/chat/completions"):
+            if o.latency_s:
+                time.sleep(o.latency_s)
             body = json.loads(raw)
             if endpoint == "POST /v1/messages" and _SAMPLING & body.keys():
                 # like the API version the SDK pins (2026-10-21): sampling parameters are refused

@@ -1,0 +1,77 @@
+"""Faults a real run meets: a full disk, W&B unavailable, a corrupted adapter. Each says what
+"nothing lost" means and checks it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from posttrain.errors import ModelUnavailable
+from posttrain.models.loader import resolve_adapter
+from posttrain.records import read_jsonl, write_json
+from tests.helpers import posttrain
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 100 KiB tmpfs: room for the items and the first chunks of generations, not for the whole run."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_stops_cleanly_and_keeps_earlier_records(small_disk: Path, posttrain_home: Path,
+                                                           shared_cache: Path) -> None:
+    run = small_disk / "run"
+    proc = posttrain("model=tiny_base", "scorer=heuristic_triage", "stage.sentinel=false", "tracking=disabled",
+                     "benchmark.limit=60",
+                     "generation.max_new_tokens=64", "generation.batch_size=8", f"hydra.run.dir={run}",
+                     home=posttrain_home, cache=shared_cache, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "disk full" in proc.stderr and "rerun the same command to resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    rows = read_jsonl(run / "generations.jsonl")  # complete rows only; a torn tail is dropped, never mixed in
+    assert 8 <= len(rows) < 60, len(rows)  # the disk filled up during generation, not before it
+    assert all(r["turns"] and r["fingerprint"] for r in rows)
+    # The GPU time was still recorded in the ledger (it lives on another disk).
+    assert read_jsonl(posttrain_home / "ledger.jsonl")[-1]["note"] == "failed"
+
+
+def test_wandb_unavailable_run_goes_on_with_complete_records(tmp_path: Path, posttrain_home: Path,
+                                                             shared_cache: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "wandb").write_text("not a folder: W&B cannot write its run here")
+    posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.limit=2", "stage.sentinel=false",
+              "generation.max_new_tokens=8", f"hydra.run.dir={run}", home=posttrain_home, cache=shared_cache)
+    tracking = json.loads((run / "tracking.json").read_text())
+    assert tracking["wandb_error"] and tracking["wandb_run_id"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["n_items"] == 2
+    assert read_jsonl(run / "metrics.jsonl")  # what would have gone to W&B is on disk
+
+
+def test_corrupted_adapter_is_detected_by_its_recorded_hash(tmp_path: Path) -> None:
+    adapter = tmp_path / "sft-run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights as trained")
+    import hashlib
+
+    write_json(adapter / "provenance.json",
+               {"adapter_sha256": hashlib.sha256(b"weights as trained").hexdigest()})
+    path, digest = resolve_adapter(str(tmp_path / "sft-run"))  # a run folder resolves to its adapter/
+    assert path == adapter and digest == hashlib.sha256(b"weights as trained").hexdigest()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights as trained, then a bit flipped")
+    with pytest.raises(ModelUnavailable, match="corrupted or was replaced"):
+        resolve_adapter(str(adapter))
+
+
+def test_missing_adapter_says_what_to_check(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="no adapter_model.safetensors"):
+        resolve_adapter(str(tmp_path))
