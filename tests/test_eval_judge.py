@@ -95,3 +95,37 @@ def test_spot_check_calibration_and_gate_eligibility(tmp_path: Path, posttrain_h
         assert srv.model_calls == calls  # everything cached
         summary = json.loads((run / "summary.json").read_text())
         assert summary["gate_eligible"] is True, summary["gate_ineligible_reason"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path, posttrain_home: Path,
+                                                                 shared_cache: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    run = tmp_path / "run"
+    cache_dir = posttrain_home / "judge_cache"
+    args = [*FAST, "scorer=llm", "judge=claude", "judge.concurrency=2", "benchmark.limit=12", f"hydra.run.dir={run}"]
+    with FakeLLMServer(latency_s=0.3) as srv:
+        env = os.environ | {"POSTTRAIN_HOME": str(posttrain_home), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+        proc = subprocess.Popen([sys.executable, "-m", "posttrain", f"cache_dir={shared_cache}", *args,
+                                 f"judge.base_url={srv.url}"], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list(cache_dir.rglob("*.json"))) < 6:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        cached = len(list(cache_dir.rglob("*.json")))
+        assert cached >= 6 and not (run / "scores.jsonl").exists()
+        calls_before = srv.model_calls
+        posttrain(*args, f"judge.base_url={srv.url}", home=posttrain_home, cache=shared_cache)
+        scores = read_jsonl(run / "scores.jsonl")
+        judged = sum(len(s["turn_verdicts"]) for s in scores)
+        assert len(scores) == 12 and {s["verdict"] for s in scores} <= {"pass", "fail"}
+        assert srv.model_calls - calls_before == judged - cached  # nothing judged before the kill is paid twice
