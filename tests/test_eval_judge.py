@@ -129,3 +129,32 @@ def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path,
         judged = sum(len(s["turn_verdicts"]) for s in scores)
         assert len(scores) == 12 and {s["verdict"] for s in scores} <= {"pass", "fail"}
         assert srv.model_calls - calls_before == judged - cached  # nothing judged before the kill is paid twice
+
+
+def test_pairwise_between_two_runs(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    from posttrain.pairwise import main as pairwise
+
+    runs = {}
+    for model in ("tiny_base", "tiny_instruct"):
+        runs[model] = tmp_path / model
+        posttrain(f"model={model}", "scorer=heuristic_triage", "benchmark.limit=4", "stage.sentinel=false",
+                  "generation.max_new_tokens=8", f"hydra.run.dir={runs[model]}", home=posttrain_home,
+                  cache=shared_cache)
+    with FakeLLMServer() as srv:
+        import os
+
+        os.environ["ANTHROPIC_BASE_URL"] = srv.url
+        try:
+            assert pairwise([str(runs["tiny_base"]), str(runs["tiny_instruct"]), "--out", str(tmp_path / "pw")]) == 0
+        finally:
+            del os.environ["ANTHROPIC_BASE_URL"]
+        judged = sum(1 for r in read_jsonl(tmp_path / "pw" / "pairwise.jsonl") for _ in r["turn_results"])
+        assert srv.model_calls == 2 * judged  # both orders for every judged turn
+    s = json.loads((tmp_path / "pw" / "pairwise.json").read_text())
+    assert s["n"] == 4 and s["wins_a"] + s["wins_b"] + s["ties"] + s["errors"] == 4
+
+
+def test_pairwise_mode_on_a_single_eval_is_refused(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    proc = posttrain("scorer=llm", "judge.mode=pairwise", f"hydra.run.dir={tmp_path / 'r'}", home=posttrain_home,
+                     cache=shared_cache, check=False)
+    assert proc.returncode == 2 and "posttrain-pairwise" in proc.stderr

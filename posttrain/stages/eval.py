@@ -55,6 +55,11 @@ def plan(cfg: Any) -> Plan:
     if cfg.scorer.name == "llm":
         from posttrain.judges import check_judge_ready, estimate_cost
 
+        if cfg.judge.mode == "pairwise":
+            raise PosttrainError(
+                "judge.mode=pairwise compares two runs, not one: evaluate each model with judge.mode=sync (or "
+                "batch), then run `posttrain-pairwise RUN_A RUN_B --judge <name>`. Nothing was loaded or spent."
+            )
         check_judge_ready(cfg.judge)
         api_usd = estimate_cost(bench.items, cfg.judge) * (1 + cfg.judge.spot_check)
     gpu_usd = gpu_hours * cfg.model.gpu_price_per_hour
