@@ -31,7 +31,7 @@ def _sweep_info() -> dict[str, Any]:
     is_multirun = str(hc.mode) == "RunMode.MULTIRUN"
     return {
         "multirun": is_multirun,
-        "job_num": hc.job.get("num"),
+        "job_num": getattr(hc.job, "num", None),  # absent in a single run
         "sweep_dir": str(Path(hc.sweep.dir).resolve()) if is_multirun else None,
         "output_dir": hc.runtime.output_dir,
         "overrides": list(hc.overrides.task),
@@ -49,6 +49,18 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     sweep = _sweep_info()
     run_dir = Path(sweep["output_dir"])
+    if int(os.environ.get("RANK", "0")) != 0:
+        # A secondary process of `accelerate launch`: rank 0 alone locks the folder, writes the
+        # records, the ledger and the W&B run; the others only take part in the computation.
+        from posttrain.tracking import Tracker as _T
+
+        module = stage_module(cfg.stage.name)
+        plan = module.plan(cfg)
+        quiet = _T(run_dir, mode="disabled", project="", entity=None, name="", group=None, job_type="", tags=[],
+                   config={})
+        module.run(cfg, RunContext(run_dir=run_dir, cache_dir=cache_dir(cfg.cache_dir), tracker=quiet, plan=plan,
+                                   sweep=sweep))
+        return {}
     with RunLock(run_dir):
         module = stage_module(cfg.stage.name)
         plan = module.plan(cfg)  # every check that needs no weights or API calls

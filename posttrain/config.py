@@ -149,9 +149,9 @@ class BudgetConfig:
     ledger_path: str | None = None  # None: $POSTTRAIN_HOME/ledger.jsonl (~/.local/share/posttrain)
     enforce: bool = True
     # Rough throughput figures used only to ESTIMATE a run's GPU cost before it starts; the
-    # ledger records measured wall time. 400 tok/s: a 4-bit 32B model decoding a batch of 16 on one
-    # 48 GB GPU (about 25 tok/s per sequence).
-    est_decode_tokens_per_s: float = 400.0
+    # ledger records measured wall time. 300 tok/s: a 4-bit 32B model decoding a batch of 16 on one
+    # 48 GB GPU: about 19 tok/s per sequence, under the ~43 tok/s roofline in docs/scaling.md.
+    est_decode_tokens_per_s: float = 300.0
     est_train_seconds_per_step: float = 20.0
 
 
@@ -315,6 +315,7 @@ def load_group_option(group: str, name: str) -> Any:
     if not path.exists():
         options = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"{group}={name!r} does not exist; choose one of {options}")
-    values = OmegaConf.load(path)
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(values, dict)
     values.pop("defaults", None)
     return OmegaConf.merge(OmegaConf.structured(_GROUP_SCHEMAS[group]), values)

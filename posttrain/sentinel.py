@@ -41,7 +41,7 @@ def run_sentinel(backend: Backend, formats: Sequence[str], prompt_cfg: Any, *, k
                                  allow_chat_template_on_base=allow_chat_template_on_base) for q, _ in PROBES]
         gens = backend.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens,
                                                         stop_strings=tuple(stop_strings(fmt, prompt_cfg))))
-        rows = []
+        rows: list[dict[str, Any]] = []
         for (q, answers), g in zip(PROBES, gens, strict=True):
             hit = any((a in g.text) if a.isupper() else (a in g.text.lower()) for a in answers)
             rows.append({"probe": q, "reply": g.text, "finish_reason": g.finish_reason,

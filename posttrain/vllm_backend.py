@@ -2,8 +2,8 @@
 
 Offline ``LLM.generate`` with prefix caching: the multi-turn loop re-sends each conversation's
 growing prefix every turn, and prefix caching turns that into a KV-cache hit instead of a
-re-prefill. A PEFT adapter is served through ``LoRARequest`` on the base weights, so the four
-models of a comparison share one engine. The request building below is pure and unit-tested on
+re-prefill. A PEFT adapter is served through ``LoRARequest`` on the base weights instead of a
+merged copy (each job of a sweep still builds its own engine). The request building below is pure and unit-tested on
 CPU; the engine itself needs a GPU (tests marked ``gpu``).
 """
 

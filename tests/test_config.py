@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "experiment")
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in {"experiment", "hydra"})
 
 
 def options(group: str) -> list[str]:

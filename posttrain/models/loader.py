@@ -206,7 +206,7 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: Res
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["device_map"] = {"": 0} if dev == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
     if cfg.quantization is None:
         model.to(dev)
     if resolved.adapter_path is not None:

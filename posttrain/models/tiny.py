@@ -148,7 +148,7 @@ def _build(recipe: TinyRecipe, out: Path) -> None:
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, recipe.embedding_std)
+        model.get_input_embeddings().weight.normal_(0.0, recipe.embedding_std)  # type: ignore[operator]
     model.generation_config.pad_token_id = hf_tok.pad_token_id
     model.generation_config.eos_token_id = hf_tok.eos_token_id
     model.save_pretrained(out, safe_serialization=True)

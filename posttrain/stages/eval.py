@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -98,7 +97,7 @@ def generate_conversations(items: Sequence[Item], backend: Any, *, fmt: str, pro
     bs = gen_cfg.batch_size
     for start in range(0, len(items), bs):
         chunk = items[start:start + bs]
-        rows = [{"item_id": it.id, "category": it.category, "source": it.source, "model": model_name,
+        rows: list[dict[str, Any]] = [{"item_id": it.id, "category": it.category, "source": it.source, "model": model_name,
                  "prompt_format": fmt, "fingerprint": fingerprint, "turns": []} for it in chunk]
         history: list[list[tuple[str, str | None]]] = [[] for _ in chunk]
         for k in range(max(len(it.turns) for it in chunk)):
@@ -208,7 +207,7 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
         from posttrain.vllm_backend import VLLMBackend
 
         tok, info = load_tokenizer(cfg.model, resolved)  # the guards run on the tokenizer either way
-        backend = VLLMBackend(resolved.path, dtype=cfg.model.dtype, quantization=cfg.model.quantization,
+        backend: Any = VLLMBackend(resolved.path, dtype=cfg.model.dtype, quantization=cfg.model.quantization,
                               max_context=cfg.model.max_context, adapter=resolved.adapter_path, seed=cfg.seed)
         prov = {"model": cfg.model.name, "kind": cfg.model.kind, "path": str(cfg.model.path),
                 "local_path": str(resolved.path), "revision": resolved.revision, "backend": "vllm",
