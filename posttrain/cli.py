@@ -56,7 +56,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
         module = stage_module(cfg.stage.name)
         plan = module.plan(cfg)
-        quiet = _T(run_dir, mode="disabled", project="", entity=None, name="", group=None, job_type="", tags=[],
+        import tempfile
+
+        quiet = _T(Path(tempfile.mkdtemp(prefix="posttrain-rank")), mode="disabled", project="", entity=None, name="", group=None, job_type="", tags=[],
                    config={})
         module.run(cfg, RunContext(run_dir=run_dir, cache_dir=cache_dir(cfg.cache_dir), tracker=quiet, plan=plan,
                                    sweep=sweep))
