@@ -132,6 +132,13 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run_job(cfg)
     except Exception as exc:
+        from hydra.core.hydra_config import HydraConfig
+
+        if str(HydraConfig.get().mode) == "RunMode.MULTIRUN":
+            # Let Hydra record the job as failed so the comparison callback still writes what the
+            # finished jobs measured; Hydra prints the message and the sweep exits non-zero.
+            print(f"posttrain: error in job {getattr(HydraConfig.get().job, 'num', '?')}: {exc}", file=sys.stderr)
+            raise
         if isinstance(exc, _user_errors()):
             print(f"posttrain: error: {exc}", file=sys.stderr)
             sys.exit(2)

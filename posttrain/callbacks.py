@@ -1,0 +1,183 @@
+"""Hydra callbacks: the sweep's comparison when a multirun ends, and a preflight for adapter sweeps.
+
+``ComparisonCallback`` is registered in ``conf/config.yaml`` (``hydra.callbacks.comparison``).
+When a multirun ends it compares the jobs that wrote summaries (:func:`posttrain.report.write_comparison`)
+into the sweep folder and logs the files to W&B as one ``comparison`` run in the sweep's group.
+Nothing it does can fail the sweep: a problem is logged and the jobs' records stay as they are.
+
+Hydra's basic sweeper re-raises a failed job's exception after the batch, so ``on_multirun_end``
+never runs in that case; the callback therefore also rewrites the comparison after every job from
+the first failure on (files only, no W&B run), listing the failed and never-started jobs.
+
+``AdapterPreflight`` is added by the ``four_model`` experiments: before any job starts it checks
+that every swept adapter variant has an adapter, and otherwise names the training run to do first.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger("posttrain.comparison")
+
+ADAPTER_ENV = {"sft": "POSTTRAIN_SFT_ADAPTER", "dpo": "POSTTRAIN_DPO_ADAPTER", "dpo_only": "POSTTRAIN_DPO_ONLY_ADAPTER"}
+
+
+def _sweep_dir(config: Any) -> Path:
+    return Path(str(config.hydra.sweep.dir)).expanduser().resolve()
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group of a sweep's runs: ``<date>_<time>`` of ``multirun/<date>/<time>`` (as cli.py names it)."""
+    p = Path(sweep_dir).resolve()
+    return f"{p.parent.name}_{p.name}"
+
+
+def _scalars(comparison: dict[str, Any]) -> dict[str, Any]:
+    """Flat W&B summary values: the gate, each model's rate, each pair's p-values and h."""
+    out: dict[str, Any] = {"gate/verdict": comparison["gate"]["verdict"], "n_models": len(comparison["models"]),
+                           "n_missing_jobs": len(comparison["missing_jobs"])}
+    for m in comparison["models"]:
+        out |= {f"success_rate/{m['model']}": m["success_rate"], f"n_error/{m['model']}": m["n_error"]}
+    for p in comparison["pairs"]:
+        key = f"{p['a']}_vs_{p['b']}"
+        out |= {f"mcnemar_p/{key}": p["mcnemar_p"], f"p_holm/{key}": p["p_holm"], f"cohens_h/{key}": p["cohens_h"]}
+    return out
+
+
+def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -> str | None:
+    """Log the comparison files to W&B as one ``comparison`` run in the sweep's group; returns its id."""
+    from posttrain.tracking import Tracker
+
+    group = sweep_group(sweep_dir)
+    files = [sweep_dir / "comparison.json", sweep_dir / "comparison.md",
+             *(sweep_dir / p for p in comparison.get("files", {}).get("plots", []))]
+    tracker = Tracker(
+        sweep_dir, mode=str(tracking.mode), project=str(tracking.project), entity=tracking.entity,
+        name=f"comparison_{group}", group=group, job_type="comparison",
+        tags=["comparison", *(f"model:{m['model']}" for m in comparison["models"])],
+        config={"sweep_dir": str(sweep_dir), "models": [m["model"] for m in comparison["models"]],
+                "thresholds": comparison["thresholds"], "missing_jobs": comparison["missing_jobs"]},
+    )
+    with tracker:
+        tracker.summary(_scalars(comparison))
+        tracker.log_files([f for f in files if f.is_file()], name=f"comparison-{group}", kind="comparison")
+    return tracker.run_id
+
+
+class ComparisonCallback(Callback):
+    """Writes comparison.json / comparison.md / plots into the sweep folder when a multirun ends.
+
+    Args:
+        enabled: set ``hydra.callbacks.comparison.enabled=false`` to skip the comparison.
+        plots: write the PNG plots.
+        wandb: log the comparison run to W&B (mode from ``tracking.mode``).
+    """
+
+    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = True) -> None:
+        self.enabled, self.plots, self.wandb = enabled, plots, wandb
+        self._sweep: Path | None = None
+        self._failed: list[str] = []
+
+    def _write(self, config: Any) -> dict[str, Any] | None:
+        from posttrain.comparison import thresholds_from
+        from posttrain.report import load_sweep, write_comparison
+
+        sweep = self._sweep or _sweep_dir(config)
+        try:
+            records = load_sweep(sweep)
+            if not records.jobs and all(m.get("status") == "not_eval" for m in records.missing):
+                log.info("no eval jobs in %s: nothing to compare", sweep)  # e.g. a sweep of training runs
+                return None
+            return write_comparison(sweep, plots=self.plots, thresholds=thresholds_from(config.gate))
+        except Exception as exc:  # the comparison must never take the sweep down
+            log.warning("comparison of %s not written (%s: %s); rebuild it with `posttrain-report %s`",
+                        sweep, type(exc).__name__, exc, sweep)
+            return None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._sweep = _sweep_dir(config)
+        self._failed = []
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if not self.enabled:
+            return
+        if job_return.status == JobStatus.FAILED:
+            self._failed.append(str(config.hydra.job.get("num")))
+        if self._failed:  # on_multirun_end will not run: keep a comparison of what finished
+            if self._write(config) is not None:
+                log.warning("job(s) %s failed; wrote a partial comparison to %s", ", ".join(self._failed),
+                            self._sweep or _sweep_dir(config))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        sweep = self._sweep or _sweep_dir(config)
+        comparison = self._write(config)
+        if comparison is None:
+            return
+        for m in comparison["missing_jobs"]:
+            log.warning("not compared: job %s: %s", m["job"], m["reason"])
+        log.info("comparison: %s (gate %s)", sweep / "comparison.md", comparison["gate"]["verdict"])
+        if self.wandb:
+            try:
+                log_comparison(comparison, sweep, config.tracking)
+            except Exception as exc:
+                log.warning("W&B comparison run failed (%s); the files in %s are complete", exc, sweep)
+
+
+def swept_variants(config: Any, key: str = "experiment/variant") -> list[str]:
+    """The values of ``key`` (a config group, with or without ``+``) across the sweep's jobs."""
+    from omegaconf import OmegaConf
+
+    from posttrain.report import sweep_jobs
+
+    params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) or {}
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False) or []
+    values: list[str] = []
+    for job in sweep_jobs(params, task):  # type: ignore[arg-type]
+        for o in job:
+            name, _, value = o.partition("=")
+            if name.lstrip("+~") == key and value not in values:
+                values.append(value)
+    return values
+
+
+def adapter_problem(variant: str, path: str | None, base_model: str) -> str | None:
+    """Why ``path`` cannot serve as the ``variant`` adapter (None when it can)."""
+    todo = (f"run `posttrain stage={variant} model={base_model}` first, then pass its run folder as "
+            f"+adapters.{variant}=<run_dir> (or export {ADAPTER_ENV.get(variant, 'the path')}=<run_dir>)")
+    if not path:
+        return f"{variant}: no adapter given: {todo}"
+    p = Path(str(path)).expanduser()
+    if not ((p / "adapter" / "adapter_model.safetensors").is_file() or (p / "adapter_model.safetensors").is_file()):
+        return f"{variant}: {p} holds no adapter/adapter_model.safetensors: {todo}"
+    return None
+
+
+class AdapterPreflight(Callback):
+    """Stops an adapter sweep before any job runs when a swept variant has no adapter.
+
+    Args:
+        base_model: the base model the adapters were trained on (named in the message).
+        adapters: variant -> adapter run folder (or adapter folder); None when not given.
+        variant_key: the config group swept over the variants.
+    """
+
+    def __init__(self, base_model: str, adapters: dict[str, str | None],
+                 variant_key: str = "experiment/variant") -> None:
+        self.base_model, self.adapters, self.variant_key = base_model, dict(adapters), variant_key
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        variants = [v for v in swept_variants(config, self.variant_key) if v != "base"]
+        problems = [p for v in variants if (p := adapter_problem(v, self.adapters.get(v), self.base_model))]
+        if problems:
+            print("posttrain: error: this sweep evaluates adapters that do not exist yet (nothing was run):\n  - "
+                  + "\n  - ".join(problems), file=sys.stderr)
+            sys.exit(2)

@@ -1,0 +1,252 @@
+"""``posttrain-report DIR [--out DIR]``: rebuild a sweep's comparison from its records alone.
+
+Reads each job folder's ``summary.json``, ``scores.jsonl`` and ``sentinel.json`` (loading no
+model, calling no API), pairs items by ``item_id``, and writes ``comparison.json``, the
+``comparison.md`` tables rendered FROM it, and the plots. The Hydra callback
+(:mod:`posttrain.callbacks`) calls the same :func:`write_comparison` when a multirun ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from posttrain.comparison import (
+    CalibrationLookup,
+    JobRecords,
+    SweepRecords,
+    build_comparison,
+    format_number,
+    thresholds_from,
+)
+from posttrain.errors import PosttrainError
+from posttrain.gates import GateThresholds
+from posttrain.records import read_json, read_jsonl, write_json
+
+MAX_UNPAIRED_SHOWN = 20  # per pair in the tables; comparison.json lists them all
+
+
+class ReportError(PosttrainError):
+    """The folder is not a sweep folder, or holds nothing to compare."""
+
+
+def _job_key(d: Path) -> tuple[int, str]:
+    head = d.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, d.name)
+
+
+def sweep_jobs(params: dict[str, Any], task: Sequence[str]) -> list[list[str]]:
+    """Each job's overrides, in job-number order, as Hydra's basic sweeper expands them.
+
+    ``hydra.sweeper.params`` first, then the command-line overrides; the last value of a key wins;
+    jobs come in the cartesian-product order of the keys.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in task]
+    final: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(lines):
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        final[key] = [f"{key}={v}" for v in values]
+    return [list(combo) for combo in itertools.product(*final.values())]
+
+
+def expected_jobs(multirun_yaml: str | Path) -> list[list[str]] | None:
+    """The jobs a sweep meant to run, from the ``multirun.yaml`` Hydra saves; None when it cannot tell."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(multirun_yaml)
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
+        task = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False) or []
+        return sweep_jobs(params, task)  # type: ignore[arg-type]
+    except Exception:  # an unusual sweeper or a hand-made folder: report what is there
+        return None
+
+
+def load_sweep(sweep_dir: str | Path) -> SweepRecords:
+    """Read a sweep folder's job folders; jobs that cannot be compared go to ``missing`` with the reason."""
+    sweep = Path(sweep_dir).expanduser().resolve()
+    if not sweep.is_dir():
+        raise ReportError(f"{sweep} is not a folder; pass a sweep folder such as multirun/<date>/<time>")
+    folders = sorted((d for d in sweep.iterdir() if d.is_dir() and ((d / "summary.json").is_file()
+                                                                     or (d / ".hydra").is_dir())), key=_job_key)
+    jobs: list[JobRecords] = []
+    missing: list[dict[str, Any]] = []
+    for d in folders:
+        if not (d / "summary.json").is_file():
+            missing.append({"job": d.name, "status": "no_summary",
+                            "reason": f"no summary.json: the job failed or is still running (see {d.name}/*.log)"})
+            continue
+        summary = read_json(d / "summary.json")
+        if summary.get("status", "finished") != "finished":
+            missing.append({"job": d.name, "status": "failed", "reason": f"the job ended with status={summary.get('status')}"})
+        elif not (d / "scores.jsonl").is_file():
+            missing.append({"job": d.name, "status": "not_eval",
+                            "reason": f"no scores.jsonl (stage={summary.get('stage')}): not an eval job"})
+        else:
+            sentinel = read_json(d / "sentinel.json") if (d / "sentinel.json").is_file() else None
+            jobs.append(JobRecords(d.name, summary, read_jsonl(d / "scores.jsonl"), sentinel))
+    expected = expected_jobs(sweep / "multirun.yaml") if (sweep / "multirun.yaml").is_file() else None
+    for num, overrides in enumerate(expected or []):
+        if not any(d.name == str(num) or d.name.startswith(f"{num}_") for d in folders):
+            missing.append({"job": str(num), "status": "never_started", "overrides": overrides,
+                            "reason": "never started: the sweep stopped before this job"})
+    thresholds = GateThresholds()
+    config = next((d / ".hydra" / "config.yaml" for d in folders if (d / ".hydra" / "config.yaml").is_file()), None)
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        gate = OmegaConf.select(OmegaConf.load(config), "gate")
+        thresholds = thresholds_from(gate) if gate is not None else thresholds
+    return SweepRecords(str(sweep), jobs, missing, thresholds)
+
+
+def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plots: bool = True,
+                     thresholds: GateThresholds | None = None,
+                     calibration: CalibrationLookup | None = None) -> dict[str, Any]:
+    """Build and write comparison.json, comparison.md and the plots; returns the comparison record.
+
+    Args:
+        sweep_dir: the sweep folder (its job folders hold the records).
+        out_dir: where to write; default the sweep folder.
+        plots: also write the PNGs.
+        thresholds: the gate's numbers; default those in the first job's ``.hydra/config.yaml``.
+        calibration: judge calibration lookup; default the store under ``POSTTRAIN_HOME``.
+    """
+    records = load_sweep(sweep_dir)
+    if not records.jobs and not records.missing:
+        raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
+                          "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
+    comparison = build_comparison(records.jobs, thresholds or records.thresholds, missing=records.missing,
+                                  calibration=calibration, sweep_dir=records.sweep_dir)
+    out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images: list[Path] = []
+    if plots and comparison["models"]:
+        from posttrain.plots import write_plots
+
+        images = write_plots(comparison, out)
+    comparison["files"] = {"json": "comparison.json", "markdown": "comparison.md", "plots": [p.name for p in images]}
+    write_json(out / "comparison.json", comparison)
+    (out / "comparison.md").write_text(render_markdown(comparison), encoding="utf-8")
+    return comparison
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison.md, rendered from the record
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cell = lambda x: format_number(x).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(x) for x in r) + " |" for r in rows), ""]
+
+
+def _ci(block: dict[str, Any]) -> str:
+    if block.get("success_rate") is None:
+        return "—"
+    lo, hi = block["ci95"]
+    return f"{block['success_rate']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def unpaired_lines(comparison: dict[str, Any], limit: int | None = MAX_UNPAIRED_SHOWN) -> list[str]:
+    """One line per unpaired item and pair: ``a vs b: item_id: reason``."""
+    lines = []
+    for p in comparison["pairs"]:
+        items = p["unpaired"]
+        for u in items[:limit]:
+            lines.append(f"{p['a']} vs {p['b']}: {u['item_id']}: {u['reason']}")
+        if limit is not None and len(items) > limit:
+            lines.append(f"{p['a']} vs {p['b']}: ... and {len(items) - limit} more (see comparison.json)")
+    return lines
+
+
+def render_markdown(c: dict[str, Any]) -> str:
+    """The human tables of a comparison record: models, pairs, per category, gate, power, sentinel."""
+    out = [f"# Comparison: {c.get('sweep_dir') or 'sweep'}", ""]
+    for w in c["warnings"]:
+        out.append(f"> warning: {w}")
+    for m in c["missing_jobs"]:
+        out.append(f"> missing job {m['job']}: {m['reason']}" + (f" ({' '.join(m['overrides'])})" if m.get("overrides") else ""))
+    out += ["", "## Models", ""]
+    out += _table(["model", "kind", "scorer", "n", "pass", "error", "success [95% CI]", "gate-eligible"],
+                  [[m["model"], m["kind"], m["scorer"], m["n"], m["n_pass"], m["n_error"], _ci(m),
+                    "yes" if m["gate_eligible"] else f"no: {m['gate_ineligible_reason']}"] for m in c["models"]])
+    out += ["## Pairs", "", "`a_only`: items only a passed. Cohen's h = h(b) − h(a): positive when b does better. "
+            "Holm adjusts McNemar p across all pairs.", ""]
+    out += _table(["a", "b", "n paired", "a only", "b only", "both", "neither", "McNemar p", "mid-p", "Holm p",
+                   "Cohen's h", "unpaired"],
+                  [[p["a"], p["b"], p["n_paired"], p["a_only"], p["b_only"], p["both"], p["neither"], p["mcnemar_p"],
+                    p["mcnemar_mid_p"], p["p_holm"], p["cohens_h"], len(p["unpaired"])] for p in c["pairs"]])
+    pc = c["per_category"]
+    out += ["## Per category", ""]
+    order = [m["model"] for m in c["models"]]  # JSON objects come back key-sorted: keep the sweep's order
+    out += _table(["model", *pc["categories"]],
+                  [[m, *(f"{_ci(b)} n={b['n']}" for b in (pc["models"][m][k] for k in pc["categories"]))]
+                   for m in order if m in pc["models"]])
+    out += _table(["a", "b", "category", "n paired", "a only", "b only", "McNemar p", "Cohen's h", "design power",
+                   "underpowered"],
+                  [[p["a"], p["b"], p["category"], p["n_paired"], p["a_only"], p["b_only"], p["mcnemar_p"],
+                    p["cohens_h"], p["design_power"], "UNDERPOWERED" if p["underpowered"] else "no"] for p in pc["pairs"]])
+    g = c["gate"]
+    out += ["## Gate", ""]
+    if g["verdict"] == "NOT_APPLICABLE":
+        out += [f"**NOT_APPLICABLE**: {g['reason']}", ""]
+    else:
+        out += [f"**{g['verdict']}**: base `{g['base_model']}` vs instruct `{g['instruct_model']}` "
+                f"on {g['n_paired']} paired items", ""]
+        out += [f"- {r}" for r in g["reasons"]] + [""]
+        out += _table(["check", "value", "must be", "threshold", "holds"],
+                      [[k["name"], k["value"], k["op"], k["threshold"], "yes" if k["passed"] else "no"] for k in g["checks"]])
+    if c.get("power"):
+        out += ["## Power of the design", "", c["power"]["note"], ""]
+    if c["sentinel"]:
+        out += ["## Sentinel: format sensitivity", ""]
+        out += _table(["model", "format", "stopped rate", "answer rate", "mean new tokens"],
+                      [[m, f, r.get("stopped_rate"), r.get("answer_rate"), r.get("mean_new_tokens") or r.get("skipped")]
+                       for m in order if m in c["sentinel"]
+                       for f, r in sorted(c["sentinel"][m].get("formats", {}).items())])
+    if c["length_bias"]:
+        out += ["## Length bias", ""]
+        out += _table(["model", "n", "AUC (length predicts fail)", "flagged", "note"],
+                      [[m, b.get("n"), b.get("auc"), "FLAGGED" if b.get("flagged") else "no", b.get("reason") or ""]
+                       for m in order if (b := c["length_bias"].get(m))])
+    if plots := (c.get("files") or {}).get("plots"):
+        out += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    if lines := unpaired_lines(c):
+        out += ["## Unpaired items", "", *(f"- {line}" for line in lines), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``posttrain-report DIR [--out DIR] [--no-plots]``."""
+    parser = argparse.ArgumentParser(prog="posttrain-report", description=(
+        "Rebuild a sweep's comparison (comparison.json, comparison.md, plots) from its job folders' records, "
+        "without loading a model or calling an API."))
+    parser.add_argument("sweep_dir", help="the sweep folder, e.g. multirun/2026-01-31/12-00-00")
+    parser.add_argument("--out", default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    try:
+        comparison = write_comparison(args.sweep_dir, args.out, plots=not args.no_plots)
+    except PosttrainError as exc:
+        print(f"posttrain-report: error: {exc}", file=sys.stderr)
+        return 2
+    lines = unpaired_lines(comparison, limit=None)
+    print(f"could not pair {len(lines)} item(s)" + (":" if lines else "."))
+    for line in lines:
+        print(f"  {line}")
+    print()
+    print(render_markdown(comparison))
+    print(f"wrote {Path(args.out or comparison['sweep_dir']) / 'comparison.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""posttrain.comparison / posttrain.report on sweep folders built by hand from known pass/fail tables.
+
+Every number is checked against scipy / statsmodels computed here from the same tables, through
+the console entrypoint ``posttrain.report.main``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
+
+from posttrain.comparison import JobRecords, build_comparison, power_note
+from posttrain.gates import HEURISTIC_REASON, GateThresholds
+from posttrain.records import append_jsonl, write_json
+from posttrain.report import main as report_main
+from posttrain.report import render_markdown
+from posttrain.stats import design_power
+
+CATS = ("constraint_updates", "memory", "preferences", "topic_continuity")
+IDS = [f"conv-{k:03d}" for k in range(40)]
+
+
+def _category(item_id: str) -> str:
+    return CATS[int(item_id.split("-")[1]) % 4] if item_id.startswith("conv-") else "memory"
+
+
+def _verdicts() -> dict[str, dict[str, str]]:
+    """Three models on 40 items, with an error each for base/instruct, 2 ids alt never scored and
+    one id only instruct scored."""
+    base = {i: ("pass" if k < 6 else "fail") for k, i in enumerate(IDS)}
+    instruct = {i: ("pass" if 4 <= k < 34 else "fail") for k, i in enumerate(IDS)}
+    alt = {i: ("pass" if k < 10 or 20 <= k < 25 else "fail") for k, i in enumerate(IDS)}
+    base[IDS[39]] = "error"
+    instruct[IDS[38]] = "error"
+    instruct["extra-001"] = "pass"
+    del alt[IDS[36]], alt[IDS[37]]
+    return {"tiny_base": base, "tiny_instruct": instruct, "tiny_alt_base": alt}
+
+
+KINDS = {"tiny_base": "base", "tiny_instruct": "instruct", "tiny_alt_base": "base"}
+
+
+def _write_job(sweep: Path, num: int, model: str, verdicts: dict[str, str], *, scorer: str = "heuristic_triage",
+               kind: str | None = None, judge: str | None = None, template: str | None = None) -> Path:
+    job = sweep / f"{num}_{model}"
+    rows = [{"item_id": i, "category": _category(i), "model": model, "verdict": v, "scorer": scorer, "judge": judge,
+             "template_version": template, "reply_chars": 100 + 7 * n} for n, (i, v) in enumerate(verdicts.items())]
+    append_jsonl(job / "scores.jsonl", rows)
+    append_jsonl(job / "generations.jsonl", [
+        {"item_id": i, "model": model, "turns": [{"turn": 0, "user": f"Hello from {i}", "reply": f"{model} says {v}"}]}
+        for i, v in verdicts.items()])
+    write_json(job / "summary.json", {
+        "status": "finished", "stage": "eval", "model": model, "model_kind": kind or KINDS.get(model, "base"),
+        "scorer": scorer, "judge": judge,
+        "benchmark_info": {"name": "conversations", "split": "pilot", "n": 40, "sha256": "ab" * 32},
+        "length_bias": {"n": len(rows), "auc": 0.5, "flagged": False, "reason": "hand-made"},
+    })
+    write_json(job / "sentinel.json", {"version": "sentinel-v1", "n_probes": 6, "model": model, "formats": {
+        "raw": {"stopped_rate": 0.5, "answer_rate": 0.25, "mean_new_tokens": 12.0, "probes": []}}})
+    return job
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "multirun" / "2026-01-31" / "12-00-00"
+    for num, (model, v) in enumerate(_verdicts().items()):
+        _write_job(root, num, model, v)
+    return root
+
+
+def _report(sweep: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
+    assert report_main([str(sweep), "--out", str(out), "--no-plots"]) == 0
+    return json.loads((out / "comparison.json").read_text()), capsys.readouterr().out
+
+
+def _table(a: dict[str, str], b: dict[str, str]) -> tuple[int, int, int, int]:
+    """(both, a_only, b_only, neither) over ids both scored without error, counted independently."""
+    ids = [i for i in a if i in b and "error" not in (a[i], b[i])]
+    both = sum(a[i] == "pass" and b[i] == "pass" for i in ids)
+    a_only = sum(a[i] == "pass" and b[i] == "fail" for i in ids)
+    b_only = sum(a[i] == "fail" and b[i] == "pass" for i in ids)
+    return both, a_only, b_only, len(ids) - both - a_only - b_only
+
+
+def test_pairs_match_scipy_and_statsmodels(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comp, _ = _report(sweep, tmp_path / "out", capsys)
+    v = _verdicts()
+    assert [(p["a"], p["b"]) for p in comp["pairs"]] == [
+        ("tiny_base", "tiny_instruct"), ("tiny_base", "tiny_alt_base"), ("tiny_instruct", "tiny_alt_base")]
+    for p in comp["pairs"]:
+        both, a_only, b_only, neither = _table(v[p["a"]], v[p["b"]])
+        assert (p["both"], p["a_only"], p["b_only"], p["neither"]) == (both, a_only, b_only, neither)
+        n = both + a_only + b_only + neither
+        assert p["n_paired"] == n
+        exact = sm_mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue
+        assert p["mcnemar_p"] == pytest.approx(exact, rel=1e-9)
+        assert p["mcnemar_p"] == pytest.approx(sps.binomtest(a_only, a_only + b_only, 0.5).pvalue, rel=1e-9)
+        m = a_only + b_only
+        mid = 2 * min(sps.binom.cdf(a_only, m, 0.5), sps.binom.sf(a_only - 1, m, 0.5)) - sps.binom.pmf(a_only, m, 0.5)
+        assert p["mcnemar_mid_p"] == pytest.approx(min(1.0, max(0.0, mid)), rel=1e-9)
+        # Cohen's h is b − a: positive when b (the later model in the sweep) does better.
+        h = proportion_effectsize((both + b_only) / n, (both + a_only) / n)
+        assert p["cohens_h"] == pytest.approx(h, rel=1e-9)
+    # The hand-worked anchor: base vs instruct on 38 paired items.
+    first = comp["pairs"][0]
+    assert (first["both"], first["a_only"], first["b_only"], first["neither"]) == (2, 4, 28, 4)  # k<6 vs 4<=k<34, k=38,39 errors
+    assert first["cohens_h"] > 0
+    holm = multipletests([p["mcnemar_p"] for p in comp["pairs"]], method="holm")[1]
+    assert [p["p_holm"] for p in comp["pairs"]] == pytest.approx(list(holm), rel=1e-9)
+
+
+def test_models_and_categories_match_wilson(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comp, _ = _report(sweep, tmp_path / "out", capsys)
+    for m in comp["models"]:
+        v = _verdicts()[m["model"]]
+        k, n = sum(x == "pass" for x in v.values()), sum(x in ("pass", "fail") for x in v.values())
+        assert (m["n_pass"], m["n"], m["n_error"]) == (k, n, sum(x == "error" for x in v.values()))
+        assert m["kind"] == KINDS[m["model"]] and m["scorer"] == "heuristic_triage" and m["gate_eligible"] is False
+        assert m["success_rate"] == pytest.approx(k / n)
+        assert m["ci95"] == pytest.approx(list(proportion_confint(k, n, method="wilson")), rel=1e-9)
+        for c in CATS:
+            cv = [x for i, x in v.items() if _category(i) == c]
+            kc, nc = cv.count("pass"), sum(x in ("pass", "fail") for x in cv)
+            block = comp["per_category"]["models"][m["model"]][c]
+            assert (block["n_pass"], block["n"]) == (kc, nc)
+            assert block["ci95"] == pytest.approx(list(proportion_confint(kc, nc, method="wilson")), rel=1e-9)
+    t = GateThresholds()
+    for p in comp["per_category"]["pairs"]:
+        va, vb = _verdicts()[p["a"]], _verdicts()[p["b"]]
+        both, a_only, b_only, neither = _table({i: x for i, x in va.items() if _category(i) == p["category"]},
+                                               {i: x for i, x in vb.items() if _category(i) == p["category"]})
+        assert (p["a_only"], p["b_only"], p["n_paired"]) == (a_only, b_only, both + a_only + b_only + neither)
+        assert p["mcnemar_p"] == pytest.approx(sm_mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue)
+        power = design_power(t.base_max_success, t.instruct_min_success, p["n_paired"], t.mcnemar_alpha).power
+        assert p["design_power"] == pytest.approx(power) and p["underpowered"] is (power < 0.8)
+        assert p["underpowered"] is True  # about 10 items per category cannot test the gate's effect
+    assert comp["sentinel"]["tiny_base"]["formats"]["raw"]["answer_rate"] == 0.25
+    assert comp["length_bias"]["tiny_alt_base"]["reason"] == "hand-made"
+
+
+def test_unpaired_items_are_reported_with_reasons(sweep: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    comp, out = _report(sweep, tmp_path / "out", capsys)
+    pairs = {(p["a"], p["b"]): {u["item_id"]: u["reason"] for u in p["unpaired"]} for p in comp["pairs"]}
+    assert pairs[("tiny_base", "tiny_instruct")] == {
+        IDS[38]: "verdict=error for tiny_instruct", IDS[39]: "verdict=error for tiny_base",
+        "extra-001": "not scored for tiny_base"}
+    assert pairs[("tiny_base", "tiny_alt_base")] == {
+        IDS[36]: "not scored for tiny_alt_base", IDS[37]: "not scored for tiny_alt_base",
+        IDS[39]: "verdict=error for tiny_base"}
+    assert "could not pair 10 item(s):" in out
+    assert f"tiny_base vs tiny_alt_base: {IDS[36]}: not scored for tiny_alt_base" in out
+    assert "| model | kind | scorer |" in out and "## Gate" in out  # the comparison.md table, on stdout
+
+
+def test_gate_over_heuristic_runs_is_not_eligible(sweep: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    comp, _ = _report(sweep, tmp_path / "out", capsys)
+    g = comp["gate"]
+    assert g["verdict"] == "NOT_ELIGIBLE"
+    assert (g["base_model"], g["instruct_model"]) == ("tiny_base", "tiny_instruct")
+    assert HEURISTIC_REASON in g["reasons"]
+    assert any("unpaired items" in r for r in g["reasons"])  # extra-001 was scored for instruct only
+    assert [c["name"] for c in g["checks"]] == ["base_success_rate", "instruct_success_rate", "mcnemar_p", "cohens_h"]
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "**NOT_ELIGIBLE**" in md and "heuristic_triage is triage only" in md
+
+
+def _llm_jobs() -> list[JobRecords]:
+    """Base 25% vs instruct 85% on 200 clean items, judged by an LLM."""
+    ids = [f"conv-{k:03d}" for k in range(200)]
+    base = {i: "pass" if k < 50 else "fail" for k, i in enumerate(ids)}
+    instruct = {i: "pass" if k < 170 else "fail" for k, i in enumerate(ids)}
+    jobs = []
+    for name, v in (("qwen32b", base), ("qwen32b_instruct", instruct)):
+        rows = [{"item_id": i, "category": _category(i), "verdict": x, "scorer": "llm", "judge": "claude",
+                 "template_version": "conv-judge-v1"} for i, x in v.items()]
+        jobs.append(JobRecords(f"{len(jobs)}_{name}", {"model": name, "model_kind": "base" if name == "qwen32b"
+                                                       else "instruct", "scorer": "llm", "judge": "claude"}, rows))
+    return jobs
+
+
+def test_gate_with_an_uncalibrated_judge_says_what_to_run(posttrain_home: Path) -> None:
+    comp = build_comparison(_llm_jobs())  # the real calibration store under POSTTRAIN_HOME: empty
+    g = comp["gate"]
+    assert g["verdict"] == "NOT_ELIGIBLE"
+    assert any("uncalibrated" in r for r in g["reasons"])
+    assert any("posttrain-calibrate export" in r for r in g["reasons"])
+    assert g["calibration"]["qwen32b"]["judge"] == "claude"
+    assert g["calibration"]["qwen32b"]["template_version"] == "conv-judge-v1"
+
+
+def test_gate_passes_with_a_calibrated_judge() -> None:
+    seen: list[tuple[str, str, float]] = []
+
+    def lookup(judge: str, template: str, min_kappa: float) -> tuple[bool, str, float | None]:
+        seen.append((judge, template, min_kappa))
+        return True, "kappa 0.85 >= 0.70", 0.85
+
+    comp = build_comparison(_llm_jobs(), calibration=lookup)
+    assert seen and seen[0] == ("claude", "conv-judge-v1", 0.7)
+    assert comp["gate"]["verdict"] == "PASS" and comp["gate"]["n_paired"] == 200
+    assert all(m["gate_eligible"] for m in comp["models"])
+    assert comp["per_category"]["pairs"][0]["design_power"] > 0.8  # 50 per category: enough for the gate's effect
+    assert comp["per_category"]["pairs"][0]["underpowered"] is False
+
+
+def test_gate_not_applicable_without_an_instruct_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "sweep"
+    v = _verdicts()
+    _write_job(root, 0, "tiny_base", v["tiny_base"])
+    _write_job(root, 1, "tiny_base+sft", v["tiny_instruct"], kind="base")
+    comp, _ = _report(root, tmp_path / "out", capsys)
+    assert comp["gate"]["verdict"] == "NOT_APPLICABLE"
+    assert "instruct-kind" in comp["gate"]["reason"]
+    assert [m["model"] for m in comp["models"]] == ["tiny_base", "tiny_base+sft"]
+
+
+def test_missing_and_never_started_jobs_are_listed(sweep: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (sweep / "3_tiny_extra" / ".hydra").mkdir(parents=True)  # started, never wrote a summary
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      model: tiny_base,tiny_instruct,tiny_alt_base,tiny_extra,tiny_more\n"
+        "  overrides:\n    task:\n    - +experiment=x\n")
+    comp, out = _report(sweep, tmp_path / "out", capsys)
+    missing = {m["job"]: m for m in comp["missing_jobs"]}
+    assert set(missing) == {"3_tiny_extra", "4"}
+    assert "no summary.json" in missing["3_tiny_extra"]["reason"]
+    assert "never started" in missing["4"]["reason"] and missing["4"]["overrides"] == ["model=tiny_more",
+                                                                                       "+experiment=x"]
+    assert "missing job 4: never started" in out
+    assert len(comp["models"]) == 3
+
+
+def test_markdown_is_rendered_from_the_json(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main([str(sweep)]) == 0  # default --out: the sweep folder, with plots
+    comp = json.loads((sweep / "comparison.json").read_text())
+    assert (sweep / "comparison.md").read_text() == render_markdown(comp)
+    assert comp["files"]["plots"] == ["success_rates.png", "discordant_pairs.png"]
+    for name in comp["files"]["plots"]:
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (sweep / "comparison.md").read_text()
+    assert "UNDERPOWERED" in md and "## Sentinel" in md and "![success_rates](success_rates.png)" in md
+
+
+def test_report_refuses_a_folder_without_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main([str(tmp_path)]) == 2
+    assert "holds no job folders" in capsys.readouterr().err
+    assert report_main([str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.parametrize("n", [40, 200])
+def test_power_note_matches_design_power(n: int) -> None:
+    t = GateThresholds()
+    text = power_note(n, t)
+    d = design_power(0.30, 0.80, n, 0.01)
+    dc = design_power(0.30, 0.80, n // 4, 0.01)
+    assert f"With {n} paired conversations" in text and f"{d.power:.0%} power" in text
+    assert f"80% power needs {d.n_for_80} conversations and 90% needs {d.n_for_90}" in text
+    assert f"({n} / 4 = {n // 4} conversations each) the power is {dc.power:.0%}" in text
+    assert f"Cohen's h = {proportion_effectsize(0.8, 0.3):.2f}" in text
+    assert ("underpowered" in text) is (dc.power < 0.8)
+    assert "\n" not in text
+
+
+def test_power_note_reads_a_config_node_and_refuses_zero() -> None:
+    from omegaconf import OmegaConf
+
+    gate = OmegaConf.create({"base_max_success": 0.2, "instruct_min_success": 0.6, "mcnemar_alpha": 0.05})
+    assert "alpha=0.05" in power_note(100, gate) and "base 20% vs instruct 60%" in power_note(100, gate)
+    with pytest.raises(ValueError, match="n_items"):
+        power_note(0, GateThresholds())
+    assert "no number of conversations" in power_note(50, GateThresholds(base_max_success=0.5, instruct_min_success=0.5))
+
+
+def _callback_config(sweep: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "job": {"num": 1}},
+                             "gate": {"base_max_success": 0.3, "instruct_min_success": 0.8, "mcnemar_alpha": 0.01},
+                             "tracking": {"mode": "disabled", "project": "posttrain", "entity": None}})
+
+
+def test_callback_writes_a_partial_comparison_when_a_job_fails(sweep: Path) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from posttrain.callbacks import ComparisonCallback
+
+    failed = sweep / "1_tiny_instruct"
+    (failed / "summary.json").unlink()
+    (failed / ".hydra").mkdir()
+    cb = ComparisonCallback()
+    cfg = _callback_config(sweep)
+    cb.on_multirun_start(cfg)
+    ok = JobReturn()
+    ok.status = JobStatus.COMPLETED
+    cb.on_job_end(cfg, ok)
+    assert not (sweep / "comparison.json").exists()  # nothing failed yet: wait for on_multirun_end
+    bad = JobReturn()
+    bad.status = JobStatus.FAILED
+    cb.on_job_end(cfg, bad)
+    comp = json.loads((sweep / "comparison.json").read_text())
+    assert [m["model"] for m in comp["models"]] == ["tiny_base", "tiny_alt_base"]
+    assert comp["missing_jobs"][0]["job"] == "1_tiny_instruct"
+    assert "instruct-kind" in comp["gate"]["reason"]
+
+
+def test_callback_on_multirun_end_writes_everything(sweep: Path) -> None:
+    from posttrain.callbacks import ComparisonCallback, sweep_group
+
+    cb = ComparisonCallback()
+    cfg = _callback_config(sweep)
+    cb.on_multirun_start(cfg)
+    cb.on_multirun_end(cfg)
+    for name in ("comparison.json", "comparison.md", "success_rates.png", "discordant_pairs.png", "tracking.json"):
+        assert (sweep / name).is_file(), name
+    assert sweep_group(sweep) == "2026-01-31_12-00-00"
+    cb.on_multirun_end(_callback_config(sweep / "does-not-exist"))  # logs a warning, never raises
+
+
+def test_warnings_for_repeated_ids_and_different_item_sets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "sweep"
+    v = _verdicts()
+    _write_job(root, 0, "tiny_base", v["tiny_base"])
+    job = _write_job(root, 1, "tiny_instruct", v["tiny_instruct"])
+    append_jsonl(job / "scores.jsonl", [{"item_id": IDS[0], "category": CATS[0], "verdict": "pass",
+                                         "scorer": "heuristic_triage"}])  # a rescored item: the last row counts
+    summary = json.loads((job / "summary.json").read_text())
+    summary["benchmark_info"]["split"] = "full"
+    write_json(job / "summary.json", summary)
+    comp, out = _report(root, tmp_path / "out", capsys)
+    assert any("repeats item ids" in w for w in comp["warnings"])
+    assert any("did not evaluate the same items" in w for w in comp["warnings"])
+    instruct = comp["models"][1]
+    assert instruct["n_items"] == 41 and instruct["n_pass"] == 32  # 30 + extra-001 + conv-000 (rescored), counted once
+    assert "> warning: tiny_instruct: scores.jsonl repeats item ids" in out
