@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with pinned torch and an editable install (idempotent)
 
-run: setup  ## the embedded demo: tiny models on CPU, no API key, no network
-	$(BIN)/posttrain stage=eval model=tiny_instruct scorer=heuristic_triage benchmark.split=pilot
+run: setup  ## the embedded demo: the three-way comparison on tiny local models (CPU, offline, no API key)
+	$(BIN)/posttrain -m +experiment=three_way_tiny
+	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; cat "$$sweep/comparison.md"; echo; \
+	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
 
 test: setup  ## the test suite (tiny local models, loopback servers; a few minutes on 2 cores)
 	$(BIN)/python -m pytest -q

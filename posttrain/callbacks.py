@@ -106,7 +106,7 @@ class ComparisonCallback(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        if not self.enabled:
+        if not self.enabled or self._sweep is None:  # a single run (no on_multirun_start): nothing to compare
             return
         if job_return.status == JobStatus.FAILED:
             self._failed.append(str(config.hydra.job.get("num")))

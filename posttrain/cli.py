@@ -31,7 +31,7 @@ def _sweep_info() -> dict[str, Any]:
     is_multirun = str(hc.mode) == "RunMode.MULTIRUN"
     return {
         "multirun": is_multirun,
-        "job_num": getattr(hc.job, "num", None),  # absent in a single run
+        "job_num": hc.job.get("num") if is_multirun else None,  # type: ignore[attr-defined]
         "sweep_dir": str(Path(hc.sweep.dir).resolve()) if is_multirun else None,
         "output_dir": hc.runtime.output_dir,
         "overrides": list(hc.overrides.task),

@@ -336,3 +336,14 @@ def test_spot_check_sample_is_stratified_and_deterministic() -> None:
     assert len(spot_check_sample(rows, 0.01, np.random.default_rng(0))) == 5
     with pytest.raises(ValueError):
         spot_check_sample(rows, 1.5, np.random.default_rng(0))
+
+
+def test_notes_only_turn_is_unchecked_and_the_item_decided_on_the_rest() -> None:
+    base = _item()
+    item = Item(id=base.id, category=base.category,
+                turns=(base.turns[0], Turn(user=base.turns[1].user, expect=Expectation(notes="suggest a sight")),
+                       base.turns[2]))
+    good, bad = triage_item(item, _gen(item, "Lisbon, and avoid peanuts.")), triage_item(item, _gen(item, "Porto!"))
+    assert good["verdict"] == "pass" and bad["verdict"] == "fail"
+    assert [tv["verdict"] for tv in good["turn_verdicts"]] == ["unchecked", "pass"]
+    assert "turn(s) [1] unchecked" in good["rationale"] and good["error"] is None

@@ -58,8 +58,10 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
 
     The verdict is ``"error"`` (with ``error`` saying why) when the generation row lacks a judged
     turn, when its user text differs from the item's (generations from another version of the
-    benchmark), or when a judged turn states nothing checkable (only ``notes``): passing such a
-    turn by default would inflate the pass rate, failing it would deflate it.
+    benchmark), or when no judged turn states anything checkable (only ``notes``). A turn with
+    only notes is recorded as ``"unchecked"`` and left out of the decision: passing it by default
+    would inflate the pass rate, failing it would deflate it; the item is decided on the turns a
+    deterministic check can test, and its rationale says which turns were left to an LLM judge.
 
     Raises:
         ValueError: ``row["item_id"]`` is not ``item.id``.
@@ -96,7 +98,7 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
         if not checks:
             unchecked.append(turn_no)
         failed = [c for c in checks if not c["passed"]]
-        verdict = "fail" if failed else "pass"
+        verdict = "unchecked" if not checks else "fail" if failed else "pass"
         rationale = (
             "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
             if failed
@@ -106,7 +108,7 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
         flat.extend({"turn": turn_no, **c} for c in checks)
 
     common = {"turn_verdicts": turn_verdicts, "checks": flat, "reply_chars": reply_chars}
-    if unchecked:
+    if len(unchecked) == len(turn_verdicts):
         return _row(
             item,
             model,
@@ -114,11 +116,13 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
             rationale="triage cannot judge this item",
             **common,
         )
+    note = f" (turn(s) {unchecked} unchecked: notes only, left to an LLM judge)" if unchecked else ""
     failed_turns = [tv for tv in turn_verdicts if tv["verdict"] == "fail"]
     if failed_turns:
-        rationale = " | ".join(f"turn {tv['turn']}: {tv['rationale']}" for tv in failed_turns)
+        rationale = " | ".join(f"turn {tv['turn']}: {tv['rationale']}" for tv in failed_turns) + note
         return _row(item, model, verdict="fail", rationale=rationale, **common)
-    rationale = f"all {len(flat)} checks passed on {len(turn_verdicts)} judged turn(s)"
+    checked = len(turn_verdicts) - len(unchecked)
+    rationale = f"all {len(flat)} checks passed on {checked} checked turn(s)" + note
     return _row(item, model, verdict="pass", rationale=rationale, **common)
 
 

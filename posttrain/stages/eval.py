@@ -62,7 +62,10 @@ def plan(cfg: Any) -> Plan:
         check_judge_ready(cfg.judge)
         api_usd = estimate_cost(bench.items, cfg.judge) * (1 + cfg.judge.spot_check)
     gpu_usd = gpu_hours * cfg.model.gpu_price_per_hour
-    notes = [f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
+    from posttrain.comparison import power_note
+
+    n_categories = len({it.category for it in bench.items})
+    notes = [f"power: {power_note(len(bench.items), cfg.gate, n_categories=max(n_categories, 1))}",f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
              f"format={fmt}; estimate {gpu_hours:.3f} GPU-h (${gpu_usd:.2f}) + judge ${api_usd:.2f}"]
     return Plan(estimate_usd=gpu_usd + api_usd, estimate_gpu_hours=gpu_hours, estimate_api_usd=api_usd,
                 notes=notes, state={"bench": bench, "format": fmt, "resolved": resolved})
