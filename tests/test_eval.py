@@ -82,7 +82,7 @@ def test_resume_reuses_finished_conversations_and_matches(tmp_path: Path, posttr
 def test_kill_9_during_generation_then_rerun(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
     run = tmp_path / "run"
     args = [sys.executable, "-m", "posttrain", f"cache_dir={shared_cache}", "model=tiny_base",
-            "scorer=heuristic_triage", "benchmark.split=pilot", "stage.sentinel=false",
+            "scorer=heuristic_triage", "benchmark.limit=24", "stage.sentinel=false",
             "generation.max_new_tokens=24", "generation.batch_size=4", f"hydra.run.dir={run}"]
     env = os.environ | {"POSTTRAIN_HOME": str(posttrain_home), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,12 +93,12 @@ def test_kill_9_during_generation_then_rerun(tmp_path: Path, posttrain_home: Pat
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(read_jsonl(gen))
-    assert 8 <= done < 40, done
-    posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.split=pilot", "stage.sentinel=false",
+    assert 8 <= done < 24, done
+    posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.limit=24", "stage.sentinel=false",
               "generation.max_new_tokens=24", "generation.batch_size=4", f"hydra.run.dir={run}",
               home=posttrain_home, cache=shared_cache)
     rows = read_jsonl(gen)
-    assert len(rows) == 40 and len({r["item_id"] for r in rows}) == 40
+    assert len(rows) == 24 and len({r["item_id"] for r in rows}) == 24
     assert json.loads((run / "summary.json").read_text())["generation"]["reused"] == done
 
 
