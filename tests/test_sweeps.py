@@ -143,8 +143,10 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> 
     root = tmp_path_factory.mktemp("three_way_tiny")
     sweep = root / "multirun" / "2026-01-31" / "12-00-00"
     t0 = time.perf_counter()
+    from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI
+
     proc = _posttrain("-m", "+experiment=three_way_tiny", f"hydra.sweep.dir={sweep}", f"cache_dir={shared_cache}",
-                      home=root / "home")
+                      home=root / "home", ANTHROPIC_API_KEY=CANARY_ANTHROPIC, OPENAI_API_KEY=CANARY_OPENAI)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
     return sweep, wall
@@ -177,6 +179,18 @@ def test_three_way_tiny_sweep_leaves_jobs_comparison_and_wandb_runs(tiny_sweep: 
         assert GROUP.encode() in next(run.glob("run-*.wandb")).read_bytes(), run
     assert json.loads((sweep / "tracking.json").read_text())["wandb_run_id"]
     print(f"three_way_tiny sweep: {wall:.1f} s")
+
+
+@pytest.mark.slow
+def test_no_secret_in_any_file_of_a_sweep(tiny_sweep: tuple[Path, float]) -> None:
+    """Canary keys were in the sweep's environment; no record, Hydra file, log, W&B file or report holds them."""
+    from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI
+
+    sweep, _ = tiny_sweep
+    files = [p for p in sweep.parent.parent.parent.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    leaked = [p for p in files if CANARY_ANTHROPIC.encode() in p.read_bytes() or CANARY_OPENAI.encode() in p.read_bytes()]
+    assert leaked == []
 
 
 @pytest.mark.slow
