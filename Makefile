@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run demo test test-fast check bench clean
+.PHONY: help setup run demo test test-fast e2e check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,10 +33,13 @@ run: setup  ## the embedded demo: the three-way comparison on tiny local models 
 	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
 
 test: setup  ## the test suite (tiny local models, loopback servers; a few minutes on 2 cores)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+e2e: setup  ## the honest end-to-end pipeline on tiny models: base -> data -> SFT -> eval, McNemar (~4 min)
+	$(BIN)/python -m pytest -q -m e2e -s
 
 test-fast: setup  ## the suite without the slow subprocess/multirun tests
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 check: setup  ## ruff + mypy
 	$(BIN)/ruff check posttrain tests

@@ -71,6 +71,56 @@ class TrainStageConfig(StageConfig):
     precompute_ref_log_probs: bool = False  # DPO only
     init_adapter: str | None = None  # DPO from an SFT adapter (stage=dpo)
     step0_loss_tolerance: float = 0.05  # DPO: |loss_0 - ln 2| must be below this
+    # --- training data (posttrain/training/data.py; docs/training.md) ---
+    data_source: str = "auto"  # auto (synthetic for tiny models, generated otherwise) | generated | synthetic
+    # Self-Instruct seed tasks (human-written; plan() refuses any near a held-out or benchmark text)
+    seed_tasks: list[str] = field(default_factory=lambda: [
+        "Write a short poem about autumn leaves.",
+        "Explain how the gears on a bicycle make pedalling easier.",
+        "Give three tips for someone learning to play the guitar.",
+        "Suggest a name for a small coffee shop near a university.",
+        "Describe the water cycle to a ten-year-old.",
+        "Write a polite email asking a landlord to fix a leaking tap.",
+        "What are the pros and cons of buying a used laptop?",
+        "Explain why bread goes stale when it is left out.",
+        "Plan a one-day itinerary for a rainy day in a big city.",
+        "Explain the difference between a simile and a metaphor, with an example of each.",
+        "Write a haiku about the ocean at night.",
+        "How do I politely end a long phone call with a talkative friend?",
+        "Give me a simple recipe for tomato soup.",
+        "Summarise the main idea of supply and demand in plain words.",
+        "Write a two-sentence story about a lost umbrella.",
+    ])
+    fewshot_k: int = 6  # tasks shown per self-instruct prompt (about a third machine-written once available)
+    rouge_threshold: float = 0.7  # ROUGE-L F at or above which a candidate is a near-duplicate / contaminated
+    min_instruction_words: int = 3
+    max_instruction_words: int = 60
+    # Self-Instruct's keyword filter: tasks a text-only model cannot do
+    banned_keywords: list[str] = field(default_factory=lambda: [
+        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot",
+        "go to", "video", "audio", "music", "flowchart", "diagram",
+    ])
+    max_rounds: int = 50  # self-instruct rounds (each one batch of generation.batch_size proposals)
+    instruction_max_new_tokens: int = 48
+    multiturn_fraction: float = 0.3  # share of generated instructions continued into a conversation
+    followup_turns: int = 1  # templated follow-up user turns per multi-turn conversation
+    critic: str = "loglik"  # loglik | judge | both (base-model logprob critic)
+    critic_keep_fraction: float = 0.8  # keep the best fraction of candidates by critic score
+    synthetic_templates: list[str] = field(default_factory=lambda: ["name", "city"])  # + "name_city" (harder)
+    # --- optimisation and checkpoints ---
+    lora_target_modules: str = "all-linear"
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    optim: str | None = None  # None: paged_adamw_8bit for QLoRA on CUDA, adamw_torch otherwise
+    save_total_limit: int = 2
+    label_audit_examples: int = 3
+    # --- DPO ---
+    negative_types: list[str] = field(default_factory=lambda: ["truncated", "wrong_instruction", "constraint_violation",
+                                                               "corrupted_facts", "padded_repetitive"])
+    negatives_per_example: int = 1
+    leakage_threshold: float = 0.75  # negatives_report.json warns above this classifier accuracy
+    step0_batches: int = 2  # batches evaluated by the step-0 sanity check
 
 
 @dataclass

@@ -1,19 +1,158 @@
-"""SFT, DPO and DPO-only (issue 6). Not built yet: the stages exist so configs compose."""
+"""stage=sft | dpo | dpo_only: post-train the base model with LoRA adapters (issue 6).
+
+plan() does every check that needs no weights, so a run fails before it spends anything:
+evaluation first (a comparison.json whose gate verdict is PASS, or stage.override_gate=true,
+then recorded in every record of the run), ranges of the stage settings, the prompt format
+against the contamination guard, the base model's files/revision/GPU, the init adapter of
+stage=dpo (hash-verified, trained on the same base weights), the data file, the seed tasks
+against the held-out split, and the GPU cost estimate:
+
+    (stage.max_steps x budget.est_train_seconds_per_step + data-generation seconds)
+        / 3600 x model.num_gpus x model.gpu_price_per_hour
+
+run() hands over to posttrain/training/sft.py or posttrain/training/dpo.py.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
-from posttrain.errors import NotBuiltYet
+from omegaconf import OmegaConf
+
+from posttrain.errors import PosttrainError
 from posttrain.stages import Plan, RunContext
+
+log = logging.getLogger(__name__)
+
+
+def _check_ranges(st: Any) -> None:
+    from posttrain.training.negatives import NEGATIVE_TYPES
+
+    problems = []
+    if st.data_source not in ("auto", "generated", "synthetic"):
+        problems.append(f"stage.data_source={st.data_source!r}: choose auto, generated or synthetic")
+    if st.critic not in ("loglik", "judge", "both"):
+        problems.append(f"stage.critic={st.critic!r}: choose loglik, judge or both")
+    if not 0.0 < st.critic_keep_fraction <= 1.0:
+        problems.append(f"stage.critic_keep_fraction={st.critic_keep_fraction} must lie in (0, 1]")
+    if not 0.0 < st.rouge_threshold <= 1.0:
+        problems.append(f"stage.rouge_threshold={st.rouge_threshold} must lie in (0, 1]")
+    if not 0.0 <= st.multiturn_fraction <= 1.0:
+        problems.append(f"stage.multiturn_fraction={st.multiturn_fraction} must lie in [0, 1]")
+    for key in ("num_examples", "save_steps", "logging_steps", "gradient_accumulation_steps", "lora_alpha",
+                "step0_batches", "negatives_per_example", "fewshot_k", "max_rounds", "label_audit_examples"):
+        if st[key] is None or st[key] <= 0:
+            problems.append(f"stage.{key}={st[key]!r} must be a positive number")
+    if st.step0_loss_tolerance <= 0:
+        problems.append(f"stage.step0_loss_tolerance={st.step0_loss_tolerance} must be > 0")
+    bad = sorted(set(st.negative_types) - set(NEGATIVE_TYPES))
+    if bad or not st.negative_types:
+        problems.append(f"stage.negative_types={list(st.negative_types)}: choose from {list(NEGATIVE_TYPES)}")
+    if st.name != "sft" and st.negatives_per_example > len(st.negative_types):
+        problems.append("stage.negatives_per_example cannot exceed the number of stage.negative_types")
+    from posttrain.training.synthetic import TEMPLATES
+
+    bad_t = sorted(set(st.synthetic_templates) - set(TEMPLATES))
+    if bad_t or not st.synthetic_templates:
+        problems.append(f"stage.synthetic_templates={list(st.synthetic_templates)}: choose from {list(TEMPLATES)}")
+    if problems:
+        raise PosttrainError("invalid stage settings (nothing was loaded or spent):\n  - " + "\n  - ".join(problems))
+
+
+def _check_seed_tasks(st: Any) -> None:
+    from posttrain.training.data import ContaminationFilter
+
+    filt = ContaminationFilter(st.rouge_threshold)
+    bad = [(s, filt.reason(s)) for s in st.seed_tasks if filt.reason(s)]
+    if bad:
+        raise PosttrainError("stage.seed_tasks: these seed tasks are near held-out or benchmark texts (ROUGE-L >= "
+                             f"{st.rouge_threshold}) and would leak them into training: "
+                             + "; ".join(f"{s!r} ({why})" for s, why in bad))
+    if not st.seed_tasks:
+        raise PosttrainError("stage.seed_tasks is empty; self-instruct needs a few human-written seed tasks")
 
 
 def plan(cfg: Any) -> Plan:
-    raise NotBuiltYet(
-        f"stage={cfg.stage.name} is not built yet (training lands with issue 6). Nothing was loaded or spent. "
-        "Run stage=eval meanwhile."
-    )
+    from posttrain.models.loader import preflight_model, resolve_adapter
+    from posttrain.paths import cache_dir
+    from posttrain.prompts import check_format_allowed, resolve_format
+    from posttrain.training.common import check_gate
+    from posttrain.training.data import resolve_data_path, resolve_source
+
+    st = cfg.stage
+    if st.name not in ("sft", "dpo", "dpo_only"):
+        raise PosttrainError(f"posttrain.stages.train cannot run stage={st.name}")
+    gate = check_gate(st, cfg.model.name)  # evaluation first: before anything else is looked at
+    _check_ranges(st)
+    if cfg.model.adapter:
+        raise PosttrainError(f"model.adapter={cfg.model.adapter} is for evaluation; training stages start from the "
+                             "base model (stage=dpo takes the SFT adapter as stage.init_adapter)")
+    if st.name == "dpo" and not st.init_adapter:
+        raise PosttrainError("stage=dpo starts from the SFT adapter: set stage.init_adapter=<sft run folder or adapter "
+                             "folder>; for DPO from the base model use stage=dpo_only. Nothing was loaded or spent.")
+    if st.name != "dpo" and st.init_adapter:
+        raise PosttrainError(f"stage={st.name} starts from the base model; stage.init_adapter is only for stage=dpo")
+    fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
+    check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
+    source = resolve_source(st, cfg.model)
+    if st.data:
+        resolve_data_path(st.data)
+    elif source == "generated":
+        _check_seed_tasks(st)
+
+    model_cfg = cfg.model
+    adapter_note = ""
+    if st.name == "dpo":
+        model_cfg = OmegaConf.merge(cfg.model, {"adapter": st.init_adapter})
+        resolve_adapter(st.init_adapter)  # exists, and its hash matches its provenance
+    resolved = preflight_model(model_cfg, cache_dir=cache_dir(cfg.cache_dir), device=cfg.device)
+    if st.name == "dpo":
+        from posttrain.records import read_json
+
+        prov_path = resolved.adapter_path / "provenance.json" if resolved.adapter_path else None
+        if prov_path is not None and prov_path.exists():
+            prov = read_json(prov_path)
+            base_rev = prov.get("base_revision")
+            if base_rev and resolved.revision and base_rev != resolved.revision:
+                raise PosttrainError(
+                    f"stage.init_adapter={st.init_adapter} was trained on base weights {base_rev} but model="
+                    f"{cfg.model.name} resolves to {resolved.revision}; DPO must start from an adapter of the same base")
+            if prov.get("stage") not in (None, "sft"):
+                log.warning("stage.init_adapter comes from a stage=%s run, not sft", prov.get("stage"))
+        adapter_note = f", init adapter {resolved.adapter_path} (sha256 {str(resolved.adapter_sha256)[:12]}...)"
+
+    # GPU cost estimate: training steps plus, when the data is generated, decoding at the budget's rate.
+    train_s = st.max_steps * cfg.budget.est_train_seconds_per_step
+    data_s = 0.0
+    if not st.data and source == "generated":
+        target = math.ceil(st.num_examples / st.critic_keep_fraction * 1.1)
+        proposals = target * 3  # about a third of the proposals survive the filters
+        tokens = (proposals * st.instruction_max_new_tokens
+                  + target * cfg.generation.max_new_tokens * (1 + st.multiturn_fraction * st.followup_turns))
+        data_s = tokens / cfg.budget.est_decode_tokens_per_s
+    gpu_hours = (train_s + data_s) / 3600 * cfg.model.num_gpus
+    usd = gpu_hours * cfg.model.gpu_price_per_hour
+    notes = [f"{st.name} plan: {st.max_steps} steps x batch {st.per_device_batch_size} x accum "
+             f"{st.gradient_accumulation_steps}, LoRA r={st.lora_r}, format={fmt}, data="
+             f"{st.data or source}{adapter_note}; estimate {gpu_hours:.3f} GPU-h (${usd:.2f}: {train_s:.0f} s "
+             f"training + {data_s:.0f} s data generation)"]
+    if gate["gate_override"]:
+        notes.append("GATE OVERRIDDEN (stage.override_gate=true): training without a PASS of the three-way "
+                     "comparison; gate_override=true is written into every record of this run")
+    else:
+        notes.append(f"gate PASS in {gate['comparison']}")
+    return Plan(estimate_usd=usd, estimate_gpu_hours=gpu_hours, notes=notes,
+                state={"gate": gate, "format": fmt, "data_source": source, "resolved": resolved,
+                       "model_cfg": model_cfg})
 
 
-def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:  # pragma: no cover - plan() refuses first
-    raise NotBuiltYet(f"stage={cfg.stage.name} is not built yet")
+def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    if cfg.stage.name == "sft":
+        from posttrain.training.sft import run_sft
+
+        return run_sft(cfg, ctx)
+    from posttrain.training.dpo import run_dpo
+
+    return run_dpo(cfg, ctx)

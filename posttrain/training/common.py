@@ -1,0 +1,285 @@
+"""What SFT and DPO share: the evaluation-first gate, trainer arguments per device, checkpoints
+and resume, the W&B/metrics callback, LoRA weight snapshots, the label-mask audit, and saving
+the adapter with its provenance.
+
+Nothing here imports TRL or PEFT at module level (their imports take several seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from posttrain.errors import PosttrainError
+from posttrain.records import read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+GATE_REFUSAL = (
+    "never train without proving the gap exists: run the three-way comparison first, or set "
+    "stage.override_gate=true — recorded in every record of this run"
+)
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+# ---------------------------------------------------------------- evaluation first
+
+def find_comparison(path: str) -> Path:
+    """``stage.comparison``: a comparison.json, or a (sweep) folder holding exactly one."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / "comparison.json").is_file():
+            return p / "comparison.json"
+        found = sorted(p.rglob("comparison.json"))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise PosttrainError(f"stage.comparison={path} holds {len(found)} comparison.json files "
+                                 f"({', '.join(str(f) for f in found[:5])}); point at one of them. {GATE_REFUSAL}")
+    raise PosttrainError(f"stage.comparison={path}: no comparison.json there. {GATE_REFUSAL}")
+
+
+def check_gate(stage: Any, model_name: str | None = None) -> dict[str, Any]:
+    """Refuse unless the comparison's gate verdict is PASS, or the override is set (then say so)."""
+    if stage.override_gate:
+        info: dict[str, Any] = {"gate_override": True, "verdict": None, "comparison": None}
+        if stage.comparison:
+            info["comparison"] = stage.comparison
+        return info
+    if not stage.comparison:
+        raise PosttrainError(f"stage={stage.name}: no stage.comparison given. {GATE_REFUSAL}. Nothing was loaded or spent.")
+    path = find_comparison(stage.comparison)
+    try:
+        comp = read_json(path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PosttrainError(f"stage.comparison: cannot read {path} ({exc}). {GATE_REFUSAL}") from exc
+    gate = comp.get("gate") if isinstance(comp, dict) else None
+    verdict = gate.get("verdict") if isinstance(gate, dict) else None
+    if verdict != "PASS":
+        reasons = gate.get("reasons") if isinstance(gate, dict) else None
+        raise PosttrainError(
+            f"stage={stage.name}: the gate in {path} is {verdict!r}, not 'PASS'"
+            + (f" ({'; '.join(map(str, reasons))})" if reasons else "")
+            + f". {GATE_REFUSAL}. Nothing was loaded or spent.")
+    assert isinstance(gate, dict)
+    info = {"gate_override": False, "verdict": verdict, "comparison": str(path), "comparison_sha256": sha256_file(path),
+            "gate_base_model": gate.get("base_model"), "gate_instruct_model": gate.get("instruct_model")}
+    return info
+
+
+# ---------------------------------------------------------------- trainer arguments
+
+def device_args(cfg: Any, device: str) -> dict[str, Any]:
+    """Precision, checkpointing and optimizer per device: QLoRA on CUDA, plain fp32 LoRA on CPU."""
+    st = cfg.stage
+    if device == "cuda":
+        quantized = cfg.model.quantization == "nf4"
+        return {"bf16": cfg.model.dtype in ("bfloat16", "auto") or quantized, "fp16": cfg.model.dtype == "float16",
+                "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+                "use_cpu": False, "optim": st.optim or ("paged_adamw_8bit" if quantized else "adamw_torch")}
+    return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True,
+            "optim": st.optim or "adamw_torch"}
+
+
+def common_args(cfg: Any, run_dir: Path, device: str, *, progress: bool = True) -> dict[str, Any]:
+    st = cfg.stage
+    return {
+        "output_dir": str(run_dir / CHECKPOINT_DIR),
+        "max_steps": st.max_steps, "learning_rate": st.learning_rate,
+        "per_device_train_batch_size": st.per_device_batch_size,
+        "gradient_accumulation_steps": st.gradient_accumulation_steps,
+        "max_length": st.max_length, "logging_steps": st.logging_steps, "logging_first_step": True,
+        "save_strategy": "steps", "save_steps": st.save_steps, "save_total_limit": st.save_total_limit,
+        "lr_scheduler_type": st.lr_scheduler_type, "warmup_steps": st.warmup_steps,
+        "max_grad_norm": st.max_grad_norm, "weight_decay": 0.0,
+        "seed": cfg.seed, "data_seed": cfg.seed, "report_to": "none", "disable_tqdm": not progress,
+        "dataloader_num_workers": 0, "remove_unused_columns": True,
+        **device_args(cfg, device),
+    }
+
+
+def lora_config(st: Any) -> Any:
+    """A FRESH LoraConfig (trainers mutate the one they are given)."""
+    from peft import LoraConfig
+
+    targets = st.lora_target_modules
+    if not isinstance(targets, str):
+        targets = list(targets)
+    return LoraConfig(r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=st.lora_dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
+    """The newest COMPLETE checkpoint (trainer_state.json is written last) and its global step."""
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.glob("checkpoint-*"):
+        try:
+            step = int(p.name.split("-")[-1])
+            state = json.loads((p / "trainer_state.json").read_text())
+        except (ValueError, OSError, json.JSONDecodeError):
+            continue  # killed while saving: ignore it
+        found.append((step, p, int(state.get("global_step", step))))
+    if not found:
+        return None
+    step, path, global_step = max(found)
+    return path, global_step
+
+
+# ---------------------------------------------------------------- metrics
+
+def make_tracker_callback(ctx: Any, gate_override: bool, prefix: str = "train") -> Any:
+    """A TrainerCallback that sends every trainer log row to ctx.tracker (W&B + metrics.jsonl)."""
+    from transformers import TrainerCallback
+
+    class TrackerCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.history: list[dict[str, Any]] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not logs:
+                return
+            row = {f"{prefix}/{k}": float(v) for k, v in logs.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+            if not row:
+                return
+            row[f"{prefix}/global_step"] = state.global_step
+            if gate_override:
+                row["gate_override"] = True
+            self.history.append(row)
+            ctx.tracker.log(row, step=state.global_step)
+
+    return TrackerCallback()
+
+
+def loss_history(metrics_path: Path, key: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, loss) from metrics.jsonl across every attempt of this run (a resumed run logs twice)."""
+    from posttrain.records import read_jsonl
+
+    by_step: dict[int, float] = {}
+    for r in read_jsonl(metrics_path):
+        if key in r:
+            by_step[int(r.get("_step", r.get("train/global_step", 0)))] = float(r[key])
+    return sorted(by_step.items())
+
+
+# ---------------------------------------------------------------- LoRA weights
+
+def lora_snapshot(model: Any, adapter: str = "default") -> dict[str, Any]:
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
+            if "lora_" in n and f".{adapter}." in n}
+
+
+def weight_change(model: Any, snapshot: dict[str, Any], adapter: str = "default") -> dict[str, Any]:
+    """Max |w - w0| over the adapter's weights, and max |B| (LoRA B starts at zero for a new adapter)."""
+    now = lora_snapshot(model, adapter)
+    if not now:
+        return {"n_lora_tensors": 0, "max_abs_change": 0.0, "lora_b_max_abs": 0.0, "weights_changed": False}
+    max_change = max(float((now[n] - snapshot[n]).abs().max()) for n in now if n in snapshot)
+    b_max = max((float(t.abs().max()) for n, t in now.items() if "lora_B" in n), default=0.0)
+    return {"n_lora_tensors": len(now), "max_abs_change": max_change, "lora_b_max_abs": b_max,
+            "weights_changed": bool(max_change > 0.0)}
+
+
+# ---------------------------------------------------------------- label-mask audit
+
+def label_audit(dataset: Any, tokenizer: Any, n: int = 3) -> tuple[str, dict[str, Any]]:
+    """Render the first ``n`` training sequences with trained tokens inside ``[[...]]``.
+
+    Checks, per example: some tokens are masked (-100) before the first trained one (the prompt
+    is not trained), something is trained, and the end-of-turn token (the tokenizer's EOS, or
+    <|im_end|> for ChatML) is trained.
+    """
+    eot_ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None:
+        eot_ids.add(im_end)
+    blocks, per = [], []
+    for i in range(min(n, len(dataset))):
+        ex = dataset[i]
+        ids, labels = list(ex["input_ids"]), list(ex["labels"])
+        parts, open_ = [], False
+        for t, lab in zip(ids, labels, strict=True):
+            trained = lab != -100
+            if trained and not open_:
+                parts.append("[[")
+                open_ = True
+            elif not trained and open_:
+                parts.append("]]")
+                open_ = False
+            parts.append(tokenizer.decode([t], skip_special_tokens=False))
+        if open_:
+            parts.append("]]")
+        trained_pos = [k for k, lab in enumerate(labels) if lab != -100]
+        first = trained_pos[0] if trained_pos else None
+        eot_trained = any(ids[k] in eot_ids for k in trained_pos)
+        stats = {"n_tokens": len(ids), "n_trained": len(trained_pos),
+                 "n_masked_before_first_trained": first if first is not None else len(ids),
+                 "prompt_masked": bool(first is not None and first > 0),
+                 "end_of_turn_trained": eot_trained}
+        per.append(stats)
+        blocks.append(f"=== example {i} ({stats['n_trained']}/{stats['n_tokens']} tokens trained; end-of-turn "
+                      f"trained: {eot_trained}) ===\n" + "".join(parts))
+    summary = {"n_examples": len(per), "examples": per,
+               "all_prompts_masked": all(s["prompt_masked"] for s in per) if per else False,
+               "all_end_of_turn_trained": all(s["end_of_turn_trained"] for s in per) if per else False}
+    header = ("Label-mask audit: tokens inside [[...]] carry loss (label != -100); everything else is masked.\n"
+              "Expected: the prompt (and every user turn) masked; each reply AND its end-of-turn token trained.\n\n")
+    return header + "\n\n".join(blocks) + "\n", summary
+
+
+# ---------------------------------------------------------------- adapter and provenance
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None  # type: ignore[assignment]
+    return out
+
+
+def save_adapter(model: Any, run_dir: Path, provenance: dict[str, Any]) -> tuple[Path, str]:
+    """Save the trained ("default") adapter to run_dir/adapter atomically, with provenance.json inside.
+
+    ``adapter_sha256`` is the sha256 of adapter_model.safetensors; the loader verifies it.
+    """
+    final = run_dir / ADAPTER_DIR
+    tmp = run_dir / f".{ADAPTER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+    weights = tmp / "adapter_model.safetensors"
+    if not weights.exists():
+        raise PosttrainError(f"saving the adapter produced no {weights.name} in {tmp}")
+    digest = sha256_file(weights)
+    write_json(tmp / "provenance.json", provenance | {"adapter_sha256": digest})
+    if final.exists():
+        old = run_dir / f".{ADAPTER_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final, digest
+
+
+def stage_container(stage: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(stage, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,618 @@
+"""Training data for the sft / dpo / dpo_only stages: where it comes from, how it is filtered,
+and how it becomes TRL examples.
+
+Sources (``stage.data_source``; ``auto`` = ``synthetic`` for tiny models, ``generated`` otherwise):
+
+- ``generated`` (the real-model default): Self-Instruct from the BASE model itself.
+  1. Instructions: few-shot prompts ("Task 1: ... Task k+1:") built from ``stage.seed_tasks`` and
+     instructions accepted so far, sampled in batches. Each candidate must pass, in order: a
+     length filter (``min/max_instruction_words``), a keyword filter (``banned_keywords``: tasks a
+     text model cannot do, e.g. images or files), a format filter (starts with a letter or digit,
+     mostly letters), the CONTAMINATION filter (ROUGE-L F >= ``rouge_threshold`` against any
+     held-out instruction of the ``instructions`` benchmark's test split, or any user turn of the
+     ``conversations`` benchmark: dropped and counted), and the DIVERSITY filter (ROUGE-L F >=
+     ``rouge_threshold`` against anything already in the pool, seeds included).
+  2. Responses: the base model answers each instruction in the ``instruction_cue`` format (greedy).
+  3. Multi-turn: a ``multiturn_fraction`` of the instructions open a conversation in the
+     ``transcript`` format, continued with templated follow-up requests (FOLLOWUPS below: our own,
+     disjoint from the benchmarks, and passed through the same contamination filter); the base
+     model writes every reply.
+  Everything is appended to ``<run>/data/*.jsonl`` as it is produced; a rerun reuses those rows.
+- ``synthetic``: template-made memory conversations (posttrain/training/synthetic.py).
+- ``stage.data=<file.jsonl | run folder>``: an existing file (e.g. the train_data.jsonl of an SFT
+  run, so that dpo and dpo_only train on the very same data). Rows are ``{"turns": [{"user",
+  "assistant"}, ...]}``, ``{"prompt", "response"}``, ``{"instruction", "output"}`` or
+  ``{"messages": [...]}``.
+
+Every source then goes through the contamination filter and the logprob critic
+(posttrain/training/critic.py): candidates are scored by the base model and the best
+``critic_keep_fraction`` are kept (at most ``num_examples``); every kept row carries its scores.
+The result is ``<run>/train_data.jsonl`` (its sha256 in ``data_report.json`` and in the adapter's
+provenance).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from posttrain.errors import PosttrainError
+from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json
+from posttrain.training.rouge import RougePool, rouge_l
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "train_data.jsonl"
+REPORT_FILE = "data_report.json"
+DATA_VERSION = "data-v1"
+FOLLOWUPS = (
+    "Can you make that shorter?",
+    "Please explain that in simpler words.",
+    "Can you give me one concrete example?",
+    "Now sum up your answer in one sentence.",
+    "Why is that the case?",
+    "What would you add to that?",
+)
+FEWSHOT_HEADER = "Come up with a series of tasks that a user might ask an AI assistant to do.\n\n"
+ScoreFn = Callable[[list[str], list[str], list[str]], list[dict[str, float]]]
+
+
+# ---------------------------------------------------------------- sources and fingerprints
+
+def resolve_source(stage: Any, model_cfg: Any) -> str:
+    src = stage.data_source
+    if src == "auto":
+        return "synthetic" if model_cfg.tiny else "generated"
+    if src not in ("generated", "synthetic"):
+        raise PosttrainError(f"stage.data_source={src!r} is not valid; choose auto, generated or synthetic")
+    return src
+
+
+def resolve_data_path(data: str) -> Path:
+    """``stage.data``: a JSONL file, or a run folder holding train_data.jsonl."""
+    p = Path(data).expanduser()
+    if p.is_dir():
+        p = p / DATA_FILE
+    if not p.is_file():
+        raise PosttrainError(f"stage.data={data}: no such file (expected a JSONL file or a run folder with "
+                             f"{DATA_FILE}). Nothing was loaded or spent.")
+    return p
+
+
+def data_fingerprint(cfg: Any, source: str, revision: str | None) -> str:
+    """What makes two data sets the same: the base weights, the source, its settings and the seed."""
+    st = cfg.stage
+    keys = ["data", "data_source", "num_examples", "seed_tasks", "fewshot_k", "rouge_threshold",
+            "min_instruction_words", "max_instruction_words", "banned_keywords", "max_rounds",
+            "instruction_max_new_tokens", "multiturn_fraction", "followup_turns", "critic", "critic_keep_fraction",
+            "synthetic_templates"]
+    settings = {k: OmegaConf.to_container(st[k], resolve=True) if OmegaConf.is_config(st[k]) else st[k]
+                for k in keys}
+    prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
+    gen = OmegaConf.to_container(cfg.generation, resolve=True)
+    data_sha = sha256_file(resolve_data_path(st.data)) if st.data else None
+    blob = repr((DATA_VERSION, revision, source, settings, prompt, gen, cfg.seed, data_sha))
+    return sha256_text(blob)[:16]
+
+
+def normalise_row(row: dict[str, Any], i: int) -> dict[str, Any]:
+    """Any accepted row shape -> ``{"id", "turns": [{"user", "assistant"}], ...}``."""
+    out = dict(row)
+    if "turns" in row:
+        turns = row["turns"]
+    elif "messages" in row:
+        turns, pending = [], None
+        for m in row["messages"]:
+            if m.get("role") == "user":
+                pending = m.get("content", "")
+            elif m.get("role") == "assistant" and pending is not None:
+                turns.append({"user": pending, "assistant": m.get("content", "")})
+                pending = None
+        out.pop("messages")
+    elif "prompt" in row and ("response" in row or "completion" in row):
+        turns = [{"user": row["prompt"], "assistant": row.get("response", row.get("completion"))}]
+    elif "instruction" in row and ("output" in row or "response" in row):
+        turns = [{"user": row["instruction"], "assistant": row.get("output", row.get("response"))}]
+    else:
+        raise PosttrainError(f"training data row {i + 1}: expected 'turns', 'messages', 'prompt'+'response' or "
+                             f"'instruction'+'output'; got keys {sorted(row)}")
+    clean = []
+    for k, t in enumerate(turns):
+        if not isinstance(t, dict) or not str(t.get("user", "")).strip() or not str(t.get("assistant", "")).strip():
+            raise PosttrainError(f"training data row {i + 1}, turn {k}: needs non-empty 'user' and 'assistant'")
+        clean.append({"user": str(t["user"]), "assistant": str(t["assistant"])})
+    if not clean:
+        raise PosttrainError(f"training data row {i + 1}: no complete (user, assistant) turn")
+    out["turns"] = clean
+    out.setdefault("id", f"row-{i:05d}")
+    out.setdefault("source", "file")
+    return out
+
+
+# ---------------------------------------------------------------- contamination
+
+class ContaminationFilter:
+    """Drops texts near the held-out instruction test split or any conversation-benchmark user turn."""
+
+    def __init__(self, threshold: float, heldout: Sequence[str] | None = None,
+                 benchmark_turns: Sequence[str] | None = None):
+        if heldout is None:
+            from posttrain.benchmarks.instructions import heldout_texts
+
+            heldout = heldout_texts()
+        if benchmark_turns is None:
+            from posttrain.benchmarks import load_benchmark
+
+            benchmark_turns = sorted({t.user for it in load_benchmark("conversations").items for t in it.turns})
+        self.heldout = RougePool(heldout, threshold)
+        self.benchmark = RougePool(benchmark_turns, threshold)
+        self.threshold = threshold
+        self._cache: dict[str, str | None] = {}
+        self.examples: list[dict[str, Any]] = []  # a few dropped texts, for the report
+
+    def reason(self, text: str) -> str | None:
+        """``"heldout"``, ``"benchmark_conversations"`` or None (clean)."""
+        if text not in self._cache:
+            why = None
+            hit, score, match = self.heldout.too_similar(text)
+            if hit:
+                why = "heldout"
+            else:
+                hit, score, match = self.benchmark.too_similar(text)
+                if hit:
+                    why = "benchmark_conversations"
+            if why and len(self.examples) < 10:
+                self.examples.append({"text": text, "reason": why, "rouge_l": round(score, 4), "closest": match})
+            self._cache[text] = why
+        return self._cache[text]
+
+    def filter_rows(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        kept, counts = [], {"dropped_heldout": 0, "dropped_benchmark_conversations": 0}
+        for r in rows:
+            reasons = [self.reason(t["user"]) for t in r["turns"]]
+            why = next((x for x in reasons if x), None)
+            if why:
+                counts[f"dropped_{why}"] += 1
+            else:
+                kept.append(r)
+        return kept, counts
+
+
+# ---------------------------------------------------------------- self-instruct (generated)
+
+def fewshot_prompt(examples: Sequence[str]) -> str:
+    lines = [FEWSHOT_HEADER.rstrip("\n"), ""]
+    lines += [f"Task {i + 1}: {e.strip()}" for i, e in enumerate(examples)]
+    lines.append(f"Task {len(examples) + 1}:")
+    return "\n".join(lines)
+
+
+def instruction_filter(text: str, st: Any) -> str | None:
+    """Cheap per-candidate filters; returns the drop reason or None."""
+    words = text.split()
+    if not text or len(words) < st.min_instruction_words:
+        return "too_short"
+    if len(words) > st.max_instruction_words:
+        return "too_long"
+    low = text.lower()
+    for kw in st.banned_keywords:
+        if re.search(rf"\b{re.escape(kw.lower())}\b", low):
+            return "keyword"
+    if not text[0].isalnum():
+        return "format"
+    letters = sum(ch.isalpha() for ch in text)
+    if letters < 0.5 * len(text.replace(" ", "")):
+        return "format"
+    return None
+
+
+def _clean_candidate(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return re.sub(r"\s+", " ", first).strip()
+
+
+def self_instruct(backend: Any, st: Any, *, gen_cfg: Any, contamination: ContaminationFilter, target: int,
+                  seed: int, state_path: Path, fingerprint: str, progress: bool = True) -> tuple[list[str], dict[str, int]]:
+    """Grow a pool of instructions from ``st.seed_tasks`` to ``target`` accepted ones (resumable)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from posttrain.generation import SamplingParams
+
+    previous = read_jsonl(state_path, repair=True)
+    stale = [r for r in previous if r.get("fingerprint") != fingerprint]
+    if stale:
+        raise PosttrainError(f"{state_path} holds {len(stale)} rows made with other settings; use a new "
+                             "hydra.run.dir or delete the file to regenerate")
+    seeds = [s.strip() for s in st.seed_tasks if s.strip()]
+    pool = RougePool(seeds, st.rouge_threshold)
+    accepted: list[str] = []
+    counts: dict[str, int] = {}
+    last_round = -1
+    for r in previous:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts["proposed"] = counts.get("proposed", 0) + 1
+        last_round = max(last_round, r["round"])
+        if r["status"] == "kept":
+            accepted.append(r["text"])
+            pool.add(r["text"])
+    if previous:
+        log.info("resume: %d instructions proposed earlier, %d kept", len(previous), len(accepted))
+    bar = tqdm(total=target, initial=min(len(accepted), target), desc="self-instruct", unit="instr",
+               disable=not progress)
+    round_no = last_round + 1
+    while len(accepted) < target and round_no < st.max_rounds:
+        rng = np.random.default_rng([seed, round_no])
+        prompts = []
+        for _ in range(gen_cfg.batch_size):
+            k_machine = min(len(accepted), max(0, st.fewshot_k // 3))
+            machine = [accepted[i] for i in rng.choice(len(accepted), k_machine, replace=False)] if k_machine else []
+            k_seed = min(len(seeds), st.fewshot_k - len(machine))
+            human = [seeds[i] for i in rng.choice(len(seeds), k_seed, replace=False)]
+            shots = list(human) + machine
+            rng.shuffle(shots)
+            prompts.append(fewshot_prompt(shots))
+        params = SamplingParams(max_new_tokens=st.instruction_max_new_tokens, do_sample=True,
+                                temperature=max(gen_cfg.temperature, 0.7), top_p=gen_cfg.top_p,
+                                seed=seed * 100_003 + round_no, stop_strings=("\nTask", "\n\n"))
+        gens = backend.generate(prompts, params)
+        rows = []
+        for g in gens:
+            text = _clean_candidate(g.text)
+            status = instruction_filter(text, st)
+            score, match = 0.0, None
+            if status is None:
+                why = contamination.reason(text)
+                if why:
+                    status = f"dropped_{why}"
+            if status is None:
+                hit, score, match = pool.too_similar(text)
+                status = "dropped_pool_duplicate" if hit else "kept"
+            elif not status.startswith("dropped_"):
+                status = f"dropped_{status}"
+            if status == "kept" and len(accepted) < target:
+                accepted.append(text)
+                pool.add(text)
+                bar.update(1)
+            elif status == "kept":
+                status = "surplus"
+            counts[status] = counts.get(status, 0) + 1
+            counts["proposed"] = counts.get("proposed", 0) + 1
+            rows.append({"fingerprint": fingerprint, "round": round_no, "text": text, "status": status,
+                         "rouge_max_pool": round(score, 4), "closest": match})
+        append_jsonl(state_path, rows)
+        round_no += 1
+    bar.close()
+    counts["rounds"] = round_no
+    return accepted, counts
+
+
+def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *, prompt_cfg: Any, gen_cfg: Any,
+                           contamination: ContaminationFilter, seed: int, state_path: Path, fingerprint: str,
+                           progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The base model's replies: single-turn in instruction_cue, multi-turn in transcript (resumable)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from posttrain.generation import SamplingParams
+    from posttrain.prompts import render_prompt, stop_strings
+
+    previous = read_jsonl(state_path, repair=True)
+    if any(r.get("fingerprint") != fingerprint for r in previous):
+        raise PosttrainError(f"{state_path} holds rows made with other settings; use a new hydra.run.dir or "
+                             "delete the file to regenerate")
+    done = {r["instruction"]: r for r in previous}
+    rng = np.random.default_rng([seed, 7])
+    followups = [f for f in FOLLOWUPS if contamination.reason(f) is None]
+    plan = []
+    for instr in instructions:
+        multi = bool(followups) and rng.random() < st.multiturn_fraction
+        n_follow = st.followup_turns if multi else 0
+        fus = [followups[int(i)] for i in rng.choice(len(followups), min(n_follow, len(followups)), replace=False)] \
+            if n_follow else []
+        plan.append((instr, fus))
+    pending = [p for p in plan if p[0] not in done]
+    bar = tqdm(total=len(plan), initial=len(plan) - len(pending), desc="base-model replies", unit="conv",
+               disable=not progress)
+    bs = gen_cfg.batch_size
+    for start in range(0, len(pending), bs):
+        chunk = pending[start:start + bs]
+        fmt_of = ["transcript" if fus else "instruction_cue" for _, fus in chunk]
+        histories: list[list[tuple[str, str | None]]] = [[(instr, None)] for instr, _ in chunk]
+        alive = [True] * len(chunk)
+        for k in range(1 + max(len(f) for _, f in chunk)):
+            idx = [i for i in range(len(chunk)) if alive[i] and k <= len(chunk[i][1])]
+            if not idx:
+                break
+            if k > 0:
+                for i in idx:
+                    histories[i].append((chunk[i][1][k - 1], None))
+            by_fmt: dict[str, list[int]] = {}
+            for i in idx:
+                by_fmt.setdefault(fmt_of[i], []).append(i)
+            for fmt, members in by_fmt.items():
+                prompts = [render_prompt(histories[i], fmt, prompt_cfg, kind="base") for i in members]
+                params = SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
+                                        temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                                        seed=seed + start + k, stop_strings=tuple(stop_strings(fmt, prompt_cfg)))
+                for i, g in zip(members, backend.generate(prompts, params), strict=True):
+                    reply = g.text.strip()
+                    histories[i][-1] = (histories[i][-1][0], reply)
+                    if not reply:
+                        alive[i] = False
+        rows = []
+        for i, (instr, _fus) in enumerate(chunk):
+            turns = [{"user": u, "assistant": a or ""} for u, a in histories[i]]
+            status = "ok"
+            if not alive[i] or any(not t["assistant"] for t in turns):
+                status = "dropped_empty_reply"
+            elif any(rouge_l(t["assistant"], t["user"]) >= 0.9 for t in turns):
+                status = "dropped_echo"
+            rows.append({"fingerprint": fingerprint, "instruction": instr, "format": fmt_of[i],
+                         "turns": turns, "status": status})
+            done[instr] = rows[-1]
+        append_jsonl(state_path, rows)
+        bar.update(len(chunk))
+    bar.close()
+    counts: dict[str, int] = {}
+    out = []
+    for instr, _ in plan:
+        r = done[instr]
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        if r["status"] == "ok":
+            out.append({"source": "generated", "category": "multi_turn" if len(r["turns"]) > 1 else "single_turn",
+                        "generation_format": r["format"], "turns": r["turns"]})
+    return out, counts
+
+
+# ---------------------------------------------------------------- critic over rows
+
+def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> tuple[list[str], list[str], list[str], list[int]]:
+    """One (prompt, response, instruction) per assistant turn, rendered in the format the row was made in."""
+    from posttrain.prompts import render_prompt
+
+    prompts, responses, instructions, owner = [], [], [], []
+    for i, r in enumerate(rows):
+        fmt = r.get("generation_format", "transcript")
+        history: list[tuple[str, str | None]] = []
+        for t in r["turns"]:
+            prompts.append(render_prompt(history + [(t["user"], None)], fmt, prompt_cfg, kind="base"))
+            responses.append(" " + t["assistant"].strip())
+            instructions.append(t["user"])
+            owner.append(i)
+            history.append((t["user"], t["assistant"]))
+    return prompts, responses, instructions, owner
+
+
+def apply_critic(rows: list[dict[str, Any]], score_fn: ScoreFn, *, prompt_cfg: Any, keep_fraction: float,
+                 n_max: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score every row (mean over its assistant turns), keep the best fraction (at most ``n_max``)."""
+    from posttrain.training.critic import keep_top
+
+    if not rows:
+        return [], {"n_scored": 0, "n_kept": 0}
+    prompts, responses, instructions, owner = critic_inputs(rows, prompt_cfg)
+    per_turn = score_fn(prompts, responses, instructions)
+    by_row: list[list[dict[str, float]]] = [[] for _ in rows]
+    for o, s in zip(owner, per_turn, strict=True):
+        by_row[o].append(s)
+    scores = []
+    for r, turns in zip(rows, by_row, strict=True):
+        agg = {k: sum(t[k] for t in turns) / len(turns) for k in turns[0]}
+        r["critic"] = {k: round(v, 6) for k, v in agg.items()} | {"per_turn": turns}
+        scores.append(agg["critic_score"])
+    keep = keep_top(scores, keep_fraction, n_max)
+    kept = [rows[i] for i in keep]
+    finite = sorted(s for s in scores if math.isfinite(s))
+    stats = {"n_scored": len(rows), "n_kept": len(kept), "keep_fraction": keep_fraction,
+             "score_min": finite[0] if finite else None, "score_max": finite[-1] if finite else None,
+             "score_median": finite[len(finite) // 2] if finite else None,
+             "kept_score_min": min(scores[i] for i in keep) if keep else None}
+    return kept, stats
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revision: str | None, source: str,
+                 gate_override: bool, device: str, progress: bool = True,
+                 score_fn: ScoreFn | None = None, backend: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Produce (or reuse) ``run_dir/train_data.jsonl`` and ``data_report.json``; return rows and report.
+
+    ``model``/``tokenizer`` are the BASE model (adapters disabled by the caller's context when the
+    model carries one). ``score_fn`` and ``backend`` replace the critic and generation in tests.
+    """
+    st = cfg.stage
+    out_path, report_path = run_dir / DATA_FILE, run_dir / REPORT_FILE
+    fp = data_fingerprint(cfg, source, revision)
+    if out_path.exists() and report_path.exists():
+        report = read_json(report_path)
+        if report.get("fingerprint") == fp and report.get("sha256") == sha256_file(out_path):
+            log.info("resume: reusing %s (%d rows, sha256 %s...)", out_path, report.get("n_rows"),
+                     report["sha256"][:12])
+            return read_jsonl(out_path), report
+        raise PosttrainError(f"{out_path} was made with other settings or changed since (fingerprint/sha256 "
+                             "mismatch); use a new hydra.run.dir or delete it and data_report.json to regenerate")
+
+    contamination = ContaminationFilter(st.rouge_threshold)
+    counts: dict[str, Any] = {}
+    data_path = None
+    if st.data:
+        data_path = resolve_data_path(st.data)
+        raw = read_jsonl(data_path)
+        rows = [normalise_row(r, i) for i, r in enumerate(raw)]
+        counts["rows_in_file"] = len(rows)
+        counts["source_sha256"] = sha256_file(data_path)
+    elif source == "synthetic":
+        from posttrain.training.synthetic import synthetic_rows
+
+        n = int(math.ceil(st.num_examples / st.critic_keep_fraction))
+        rows = synthetic_rows(n, seed=cfg.seed, templates=tuple(st.synthetic_templates))
+        for r in rows:
+            r["generation_format"] = "transcript"
+        counts["synthetic_candidates"] = n
+    else:
+        if backend is None:
+            from posttrain.generation import HFBackend
+
+            backend = HFBackend(model, tokenizer, device)
+        (run_dir / "data").mkdir(parents=True, exist_ok=True)
+        target = int(math.ceil(st.num_examples / st.critic_keep_fraction * 1.1))
+        instructions, icounts = self_instruct(
+            backend, st, gen_cfg=cfg.generation, contamination=contamination, target=target, seed=cfg.seed,
+            state_path=run_dir / "data" / "instructions.jsonl", fingerprint=fp, progress=progress)
+        if not instructions:
+            raise PosttrainError(
+                f"self-instruct kept no instruction after {icounts.get('proposed', 0)} proposals ({icounts}); the base "
+                "model's proposals all failed the filters. For a tiny random model use stage.data_source=synthetic.")
+        rows, rcounts = generate_conversations(
+            backend, instructions, st, prompt_cfg=cfg.prompt, gen_cfg=cfg.generation, contamination=contamination,
+            seed=cfg.seed, state_path=run_dir / "data" / "responses.jsonl", fingerprint=fp, progress=progress)
+        for i, r in enumerate(rows):
+            r["id"] = f"gen-{i:05d}"
+        counts["instructions"] = icounts
+        counts["responses"] = rcounts
+    rows, ccounts = contamination.filter_rows(rows)
+    counts.update(ccounts)
+    if score_fn is None:
+        from posttrain.training.critic import critic_scores
+
+        def score_fn(p: list[str], r: list[str], ins: list[str]) -> list[dict[str, float]]:
+            return critic_scores(model, tokenizer, p, r, ins, mode=st.critic, batch_size=cfg.generation.batch_size,
+                                 device=device)
+
+    keep_fraction = 1.0 if st.data else st.critic_keep_fraction
+    kept, critic_stats = apply_critic(rows, score_fn, prompt_cfg=cfg.prompt, keep_fraction=keep_fraction,
+                                      n_max=st.num_examples)
+    if not kept:
+        raise PosttrainError(f"no training rows left after filtering ({counts}); nothing was trained")
+    for r in kept:
+        r["gate_override"] = gate_override
+        r["data_fingerprint"] = fp
+    partial = run_dir / (DATA_FILE + ".partial")
+    partial.unlink(missing_ok=True)
+    append_jsonl(partial, kept)
+    partial.replace(out_path)
+    report = {
+        "source": "file" if st.data else source, "data_path": str(data_path) if data_path else None,
+        "fingerprint": fp, "n_rows": len(kept), "sha256": sha256_file(out_path), "path": str(out_path),
+        "counts": counts, "n_dropped_heldout": counts.get("dropped_heldout", 0) + (
+            counts.get("instructions", {}).get("dropped_heldout", 0) if isinstance(counts.get("instructions"), dict) else 0),
+        "contamination": {"rouge_threshold": st.rouge_threshold, "n_heldout_texts": len(contamination.heldout),
+                          "n_benchmark_turns": len(contamination.benchmark), "examples": contamination.examples},
+        "critic": {"mode": st.critic} | critic_stats,
+        "n_turns": sum(len(r["turns"]) for r in kept),
+        "n_multi_turn": sum(len(r["turns"]) > 1 for r in kept),
+        "gate_override": gate_override,
+    }
+    write_json(report_path, report)
+    return kept, report
+
+
+def adapters_disabled(model: Any) -> Any:
+    """Context where a PEFT model behaves as its base model (a no-op for a plain model)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") \
+        else nullcontext()
+
+
+# ---------------------------------------------------------------- rows -> TRL examples
+
+def sft_examples(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, kind: str, tokenizer: Any = None,
+                 allow_chat_template_on_base: bool = False) -> list[dict[str, Any]]:
+    """TRL SFT examples.
+
+    ``chat_template`` (instruct models): one ``{"messages": [...]}`` per conversation, trained with
+    ``assistant_only_loss`` (the template's {% generation %} markers). Any other format (base
+    models): one ``{"prompt", "completion"}`` per assistant turn, the prompt being the conversation so
+    far in that format (golden earlier replies) and the completion the reply; TRL appends EOS to the
+    completion and trains on the completion only.
+    """
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if fmt == "chat_template":
+            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt else []
+            for t in r["turns"]:
+                msgs += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
+            out.append({"messages": msgs, "row_id": r["id"]})
+            continue
+        history: list[tuple[str, str | None]] = []
+        for k, t in enumerate(r["turns"]):
+            prompt, completion = prompt_completion(history, t["user"], t["assistant"], fmt, prompt_cfg, kind=kind,
+                                                   allow_chat_template_on_base=allow_chat_template_on_base)
+            out.append({"prompt": prompt, "completion": completion, "row_id": r["id"], "turn": k})
+            history.append((t["user"], t["assistant"]))
+    return out
+
+
+def prompt_completion(history: list[tuple[str, str | None]], user: str, reply: str, fmt: str, prompt_cfg: Any, *,
+                      kind: str, allow_chat_template_on_base: bool = False) -> tuple[str, str]:
+    """(prompt, completion) for one assistant turn: the completion is what the full render adds.
+
+    Trailing whitespace of the completion is dropped (EOS follows it).
+    """
+    from posttrain.prompts import render_prompt
+
+    prompt = render_prompt(history + [(user, None)], fmt, prompt_cfg, kind=kind,
+                           allow_chat_template_on_base=allow_chat_template_on_base)
+    # the same render with the reply filled in, followed by a dummy next user turn so that every
+    # format closes the reply exactly as it would in a longer conversation
+    full = render_prompt(history + [(user, reply), ("x", None)], fmt, prompt_cfg, kind=kind,
+                         allow_chat_template_on_base=allow_chat_template_on_base)
+    if not full.startswith(prompt):
+        raise PosttrainError(f"prompt format {fmt}: the prompt is not a prefix of the prompt with its reply")
+    rest = full[len(prompt):]
+    start = rest.find(reply.strip())
+    if start < 0:
+        raise PosttrainError(f"prompt format {fmt}: the reply does not appear after its prompt")
+    return prompt, rest[:start + len(reply.strip())].rstrip()
+
+
+def dpo_sources(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, kind: str,
+                allow_chat_template_on_base: bool = False) -> list[dict[str, Any]]:
+    """One (prompt, chosen) per conversation: its LAST assistant turn, with the earlier turns as context.
+
+    ``chosen`` is the plain reply (negatives are made from it); ``prefix`` is what the format puts
+    before a reply (" " after "Assistant:"); ``messages`` holds the conversation for chat templates.
+    """
+    out = []
+    for r in rows:
+        turns = r["turns"]
+        history = [(t["user"], t["assistant"]) for t in turns[:-1]]
+        last = turns[-1]
+        item: dict[str, Any] = {"id": r["id"], "user": last["user"], "chosen": last["assistant"].strip()}
+        if fmt == "chat_template":
+            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt else []
+            for u, a in history:
+                msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+            msgs.append({"role": "user", "content": last["user"]})
+            item["messages"] = msgs
+            item["prompt"] = msgs
+            item["prefix"] = ""
+        else:
+            prompt, completion = prompt_completion(list(history), last["user"], last["assistant"], fmt, prompt_cfg,
+                                                   kind=kind, allow_chat_template_on_base=allow_chat_template_on_base)
+            item["prompt"] = prompt
+            item["prefix"] = completion[: len(completion) - len(last["assistant"].strip())]
+        out.append(item)
+    return out
+
+
+def dpo_trl_rows(pairs: Sequence[dict[str, Any]], prefixes: dict[str, str], fmt: str) -> list[dict[str, Any]]:
+    """Pairs -> TRL preference rows (string or conversational), keeping negative_type and ids."""
+    rows = []
+    for p in pairs:
+        if fmt == "chat_template":
+            rows.append({"prompt": p["messages"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                         "rejected": [{"role": "assistant", "content": p["rejected"]}],
+                         "negative_type": p["negative_type"], "pair_id": p["id"]})
+        else:
+            pre = prefixes[p["source_id"]]
+            rows.append({"prompt": p["prompt"], "chosen": pre + p["chosen"], "rejected": pre + p["rejected"],
+                         "negative_type": p["negative_type"], "pair_id": p["id"]})
+    return rows

@@ -1,0 +1,123 @@
+"""stage=sft: LoRA (QLoRA on CUDA) supervised fine-tuning of the base model with TRL's SFTTrainer.
+
+Loss on the reply tokens only: base models train on ``{"prompt", "completion"}`` pairs in their
+evaluation format (transcript by default; TRL appends EOS and masks the prompt), instruct models
+on ``{"messages"}`` with ``assistant_only_loss`` (their template's {% generation %} markers). The
+label-mask audit (label_audit.txt) shows the trained spans of a few examples and the run stops if
+the prompt is trained or the end-of-turn token is not.
+
+Checkpoints go to <run>/checkpoints every ``stage.save_steps``; rerunning the same command with
+the same ``hydra.run.dir`` resumes from the newest complete one. The final adapter is saved to
+<run>/adapter with provenance.json (base revision, data sha256, stage config, adapter sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from posttrain.errors import PosttrainError
+from posttrain.records import write_json
+from posttrain.stages import RunContext
+from posttrain.training import common
+from posttrain.training.data import adapters_disabled, prepare_data, sft_examples
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from posttrain.models.loader import load_model
+
+    state = ctx.plan.state
+    gate = state["gate"]
+    override = bool(gate["gate_override"])
+    fmt, source = state["format"], state["data_source"]
+    t0 = time.time()
+    loaded = load_model(cfg.model, cache_dir=ctx.cache_dir, device=cfg.device, resolved=state["resolved"],
+                        for_training=True)
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    load_seconds = time.time() - t0
+
+    t0 = time.time()
+    with adapters_disabled(model):
+        model.eval()
+        rows, report = prepare_data(cfg, ctx.run_dir, model=model, tokenizer=tok,
+                                    revision=loaded.provenance["revision"], source=source, gate_override=override,
+                                    device=device)
+    data_seconds = time.time() - t0
+    examples = sft_examples(rows, fmt, cfg.prompt, kind=cfg.model.kind, tokenizer=tok,
+                            allow_chat_template_on_base=bool(cfg.model.allow_chat_template_on_base))
+    columns = ("messages",) if fmt == "chat_template" else ("prompt", "completion")
+    dataset = Dataset.from_list([{k: e[k] for k in columns} for e in examples])
+    log.info("sft: %d conversations -> %d training examples (format %s)", len(rows), len(examples), fmt)
+
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**common.common_args(cfg, ctx.run_dir, device),
+                     assistant_only_loss=(fmt == "chat_template"), packing=False)
+    callback = common.make_tracker_callback(ctx, override)
+    model.train()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                         peft_config=common.lora_config(cfg.stage), callbacks=[callback])
+
+    audit_text, audit = common.label_audit(trainer.train_dataset, tok, n=cfg.stage.label_audit_examples)
+    audit_path = ctx.run_dir / "label_audit.txt"
+    if override:
+        audit_text = "gate_override: true (stage.override_gate=true; no gate PASS behind this run)\n" + audit_text
+    audit_path.write_text(audit_text, encoding="utf-8")
+    ctx.tracker.log_files([audit_path], name=f"label_audit-{ctx.run_dir.name}", kind="label_audit")
+    ctx.tracker.log({"label_audit/all_prompts_masked": float(audit["all_prompts_masked"]),
+                     "label_audit/all_end_of_turn_trained": float(audit["all_end_of_turn_trained"])}
+                    | ({"gate_override": True} if override else {}))
+    if not audit["all_prompts_masked"] or not audit["all_end_of_turn_trained"]:
+        raise PosttrainError(
+            f"label-mask audit failed ({audit_path}): prompts masked={audit['all_prompts_masked']}, end-of-turn "
+            f"trained={audit['all_end_of_turn_trained']}. Training would teach the model to write prompts or never "
+            "to stop; check the prompt format / chat template ({% generation %} markers).")
+
+    snapshot = common.lora_snapshot(trainer.model)
+    resume = common.last_checkpoint(ctx.run_dir)
+    if resume:
+        log.info("resume: continuing from checkpoint %s (global_step %d)", resume[0], resume[1])
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    train_seconds = time.time() - t0
+    change = common.weight_change(trainer.model, snapshot)
+    if not change["weights_changed"]:
+        raise PosttrainError(f"sft: the adapter weights did not move in {trainer.state.global_step} steps "
+                             f"({change}); nothing was learned (learning rate, labels?)")
+
+    losses = common.loss_history(ctx.run_dir / "metrics.jsonl")
+    provenance = {
+        "stage": "sft", "base_model": cfg.model.name, "base_path": loaded.provenance["local_path"],
+        "base_revision": loaded.provenance["revision"], "base_weights_sha256": loaded.provenance["weights_sha256"],
+        "model_kind": cfg.model.kind, "prompt_format": fmt, "quantization": cfg.model.quantization,
+        "device": device, "data_sha256": report["sha256"], "data_source": report["source"],
+        "data_input": {"path": report.get("data_path"), "sha256": report["counts"].get("source_sha256")},
+        "data_rows": report["n_rows"], "stage_config": common.stage_container(cfg.stage),
+        "prompt_config": common.stage_container(cfg.prompt), "seed": cfg.seed,
+        "gate": gate, "gate_override": override, "global_step": trainer.state.global_step,
+        "libraries": common.library_versions(), "init_adapter": None,
+    }
+    adapter_path, adapter_sha = common.save_adapter(trainer.model, ctx.run_dir, provenance)
+    write_json(ctx.run_dir / "provenance.json", provenance | {"adapter_sha256": adapter_sha,
+                                                              "adapter_path": str(adapter_path)})
+    metrics = {
+        "train_loss_first": losses[0][1] if losses else None, "train_loss_last": losses[-1][1] if losses else None,
+        "train_loss_mean": float(result.training_loss), "steps": trainer.state.global_step,
+        "examples": len(examples), "conversations": len(rows), "epochs": float(trainer.state.epoch or 0.0),
+        "weights_changed": change["weights_changed"], "max_abs_weight_change": change["max_abs_change"],
+        "lora_b_max_abs": change["lora_b_max_abs"], "resumed_from_step": resume[1] if resume else None,
+        "adapter_path": str(adapter_path), "adapter_sha256": adapter_sha, "data_sha256": report["sha256"],
+        "data_source": report["source"], "n_dropped_heldout": report.get("n_dropped_heldout", 0),
+        "label_audit": audit | {"path": str(audit_path)}, "prompt_format": fmt, "device": device,
+        "seconds": {"load": round(load_seconds, 3), "data": round(data_seconds, 3), "train": round(train_seconds, 3)},
+        "gate_override": override, "gate": gate,
+    }
+    ctx.tracker.log({"sft/weights_changed": float(change["weights_changed"]),
+                     "sft/max_abs_weight_change": change["max_abs_change"]}
+                    | ({"gate_override": True} if override else {}), step=trainer.state.global_step)
+    return metrics
