@@ -53,3 +53,11 @@ def test_typo_in_a_key_fails_at_composition(tmp_path: Path, posttrain_home: Path
                      cache=shared_cache, check=False)
     assert proc.returncode != 0 and "max_new_token" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_unknown_judge_price_fails_at_composition(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    """A judge model whose price is unknown (null) cannot be budgeted: refused before anything runs."""
+    proc = posttrain("scorer=llm", "judge.model=some-new-model", "judge.price_input_per_mtok=null",
+                     f"hydra.run.dir={tmp_path / 'run'}", home=posttrain_home, cache=shared_cache, check=False)
+    assert proc.returncode != 0 and "price_input_per_mtok" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -33,16 +33,16 @@ def error_turns(scores: list[dict]) -> int:
 def test_faulty_judge_records_every_item_once_and_rerun_is_free(tmp_path: Path, posttrain_home: Path,
                                                                  shared_cache: Path) -> None:
     run = tmp_path / "run"
-    args = (*FAST, "scorer=llm", "judge=claude", "judge.max_retries=1", "judge.max_reasks=1", "benchmark.limit=12",
+    args = (*FAST, "scorer=llm", "judge=claude", "judge.max_retries=1", "judge.max_reasks=1", "benchmark.limit=50",
             f"hydra.run.dir={run}")
     with FakeLLMServer(fault_rate=0.33, fault_kinds=FAULTS, seed=3) as srv:
         posttrain(*args, f"judge.base_url={srv.url}", home=posttrain_home, cache=shared_cache)
         first_calls = srv.model_calls
         scores = read_jsonl(run / "scores.jsonl")
-        assert sorted(s["item_id"] for s in scores) == sorted({s["item_id"] for s in scores}) and len(scores) == 12
+        assert sorted(s["item_id"] for s in scores) == sorted({s["item_id"] for s in scores}) and len(scores) == 50
         assert {s["verdict"] for s in scores} <= {"pass", "fail", "error"}
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["n_pass"] + summary["n_fail"] + summary["n_error"] == 12
+        assert summary["n_pass"] + summary["n_fail"] + summary["n_error"] == 50
         assert summary["api_usd"] > 0 and summary["cost_usd"] >= summary["api_usd"]
         assert summary["judge"] == "claude"
         assert sum(s["n_parse_failures"] for s in scores) > 0 and srv.faults_served
