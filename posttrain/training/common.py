@@ -283,3 +283,28 @@ def save_adapter(model: Any, run_dir: Path, provenance: dict[str, Any]) -> tuple
 
 def stage_container(stage: Any) -> dict[str, Any]:
     return OmegaConf.to_container(stage, resolve=True)  # type: ignore[return-value]
+
+
+def train_resumable(trainer: Any, run_dir: Path, snapshot: dict[str, Any],
+                    stage: str) -> tuple[Any, float, dict[str, Any], int | None]:
+    """Train from the last checkpoint in ``run_dir`` (if a killed run left one); check the adapter moved.
+
+    Returns the trainer's result, the training seconds, the weight change against ``snapshot`` and
+    the global step resumed from (None for a fresh start).
+    """
+    import logging
+    import time
+
+    from posttrain.errors import PosttrainError
+
+    resume = last_checkpoint(run_dir)
+    if resume:
+        logging.getLogger(__name__).info("resume: continuing from checkpoint %s (global_step %d)", resume[0], resume[1])
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    seconds = time.time() - t0
+    change = weight_change(trainer.model, snapshot)
+    if not change["weights_changed"]:
+        raise PosttrainError(f"{stage}: the adapter weights did not move in {trainer.state.global_step} steps "
+                             f"({change}); nothing was learned (learning rate, labels?)")
+    return result, seconds, change, resume[1] if resume else None

@@ -205,16 +205,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         raise PosttrainError(message)
     log.info(message)
 
-    resume = common.last_checkpoint(ctx.run_dir)
-    if resume:
-        log.info("resume: continuing from checkpoint %s (global_step %d)", resume[0], resume[1])
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    train_seconds = time.time() - t0
-    change = common.weight_change(trainer.model, snapshot)
-    if not change["weights_changed"]:
-        raise PosttrainError(f"{st.name}: the adapter weights did not move in {trainer.state.global_step} steps "
-                             f"({change}); nothing was learned")
+    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.run_dir, snapshot, st.name)
     ref_unchanged = None
     if ref_snapshot:
         ref_unchanged = common.weight_change(trainer.model, ref_snapshot, "ref")["max_abs_change"] == 0.0
@@ -245,7 +236,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "pairs": len(pairs), "conversations": len(rows), "reference": reference,
         "weights_changed": change["weights_changed"], "max_abs_weight_change": change["max_abs_change"],
         "lora_b_max_abs": change["lora_b_max_abs"], "ref_adapter_unchanged": ref_unchanged,
-        "resumed_from_step": resume[1] if resume else None,
+        "resumed_from_step": resumed_step,
         "step0": {k: step0[k] for k in step0 if k != "batches"} | {"passed": ok},
         "margins_per_type": per_type, "negatives_leakage_warn": leakage["warn"],
         "negatives_leakage": {"length_only_accuracy": leakage["overall"]["length_only_accuracy"],

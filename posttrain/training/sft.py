@@ -79,16 +79,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
             "to stop; check the prompt format / chat template ({% generation %} markers).")
 
     snapshot = common.lora_snapshot(trainer.model)
-    resume = common.last_checkpoint(ctx.run_dir)
-    if resume:
-        log.info("resume: continuing from checkpoint %s (global_step %d)", resume[0], resume[1])
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    train_seconds = time.time() - t0
-    change = common.weight_change(trainer.model, snapshot)
-    if not change["weights_changed"]:
-        raise PosttrainError(f"sft: the adapter weights did not move in {trainer.state.global_step} steps "
-                             f"({change}); nothing was learned (learning rate, labels?)")
+    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.run_dir, snapshot, "sft")
 
     losses = common.loss_history(ctx.run_dir / "metrics.jsonl")
     provenance = {
@@ -110,7 +101,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "train_loss_mean": float(result.training_loss), "steps": trainer.state.global_step,
         "examples": len(examples), "conversations": len(rows), "epochs": float(trainer.state.epoch or 0.0),
         "weights_changed": change["weights_changed"], "max_abs_weight_change": change["max_abs_change"],
-        "lora_b_max_abs": change["lora_b_max_abs"], "resumed_from_step": resume[1] if resume else None,
+        "lora_b_max_abs": change["lora_b_max_abs"], "resumed_from_step": resumed_step,
         "adapter_path": str(adapter_path), "adapter_sha256": adapter_sha, "data_sha256": report["sha256"],
         "data_source": report["source"], "n_dropped_heldout": report.get("n_dropped_heldout", 0),
         "label_audit": audit | {"path": str(audit_path)}, "prompt_format": fmt, "device": device,
