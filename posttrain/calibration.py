@@ -19,10 +19,8 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +30,8 @@ import numpy as np
 from statsmodels.stats.inter_rater import cohens_kappa
 
 from posttrain.items import Expectation, Item, item_from_dict
+from posttrain.paths import calibration_dir
+from posttrain.records import write_json
 from posttrain.scorers.checks import language_name
 from posttrain.scorers.diagnostics import spot_check_sample
 
@@ -73,14 +73,9 @@ class CalibrationError(ValueError):
     """Bad input to export or import: the message says which file, row or id."""
 
 
-def posttrain_home() -> Path:
-    """``$POSTTRAIN_HOME``, default ``~/.local/share/posttrain``."""
-    return Path(os.environ.get("POSTTRAIN_HOME") or "~/.local/share/posttrain").expanduser()
-
-
 def default_store_dir() -> Path:
     """Where calibrations are stored unless told otherwise: ``$POSTTRAIN_HOME/calibrations``."""
-    return posttrain_home() / "calibrations"
+    return calibration_dir()
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -244,21 +239,8 @@ def export_sample(
                 "judge_verdict": r["verdict"],
             }
     meta = {"created": datetime.now(UTC).isoformat(), "csv": out.name, "seed": seed, "n_requested": n}
-    _atomic_write_json(Path(f"{out}.key.json"), {**meta, "samples": key})
+    write_json(Path(f"{out}.key.json"), {**meta, "samples": key})
     return out
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _store_path(store_dir: Path, judge: str, template_version: str) -> Path:
@@ -360,7 +342,7 @@ def import_labels(labelled_csv: Path, *, store_dir: Path, key: Path | None = Non
         "labels": [{"sample_id": s, **samples[s], "human_label": labels[s]} for s in sorted(labels)],
     }
     path = _store_path(store_dir, judge, template_version)
-    _atomic_write_json(path, record)
+    write_json(path, record)
     return {**record, "path": str(path)}
 
 

@@ -71,9 +71,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             ledger.check(plan.estimate_usd, what=f"stage={cfg.stage.name} model={cfg.model.name}")
         for note in plan.notes:
             log.info(note)
-        group = cfg.tracking.group or (Path(sweep["sweep_dir"]).name if sweep["sweep_dir"] else None)
-        if sweep["sweep_dir"]:
-            group = f"{Path(sweep['sweep_dir']).parent.name}_{Path(sweep['sweep_dir']).name}"
+        from posttrain.callbacks import sweep_group
+
+        # A sweep's jobs and its comparison run share one group; a single run uses tracking.group.
+        group = sweep_group(sweep["sweep_dir"]) if sweep["sweep_dir"] else cfg.tracking.group
         tracker = Tracker(
             run_dir, mode=cfg.tracking.mode, project=cfg.tracking.project, entity=cfg.tracking.entity,
             name=run_dir.name, group=group, job_type=cfg.stage.name,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posttrain.judges.clients import RawVerdict, read_answer
 from posttrain.judges.retry import JudgeCallError, call_with_retries
+from posttrain.records import write_json
 
 if TYPE_CHECKING:
     from posttrain.judges.runner import Answer, AskContext
@@ -49,11 +48,7 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write must not lose the id of a batch already paid for."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".judge_batch.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, state)
 
 
 # ---------------------------------------------------------------------------------------------

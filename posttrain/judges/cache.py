@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from posttrain.records import write_json
 
 
 def cache_key(provider: str, model: str, template_version: str, prompt: str) -> str:
@@ -47,19 +48,10 @@ class JudgeCache:
     def put(self, key: str, answer: dict[str, Any], *, input_tokens: int, output_tokens: int, cost_usd: float,
             meta: dict[str, Any] | None = None) -> None:
         """Store a valid answer with what it cost when it was made (for reference; a hit costs 0)."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "answer": answer, "input_tokens": input_tokens, "output_tokens": output_tokens,
                  "cost_usd": cost_usd, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  **(meta or {})}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(self._path(key), entry)
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
