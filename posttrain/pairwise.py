@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from posttrain.records import append_jsonl, read_json, read_jsonl, write_json
+from posttrain.records import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def run_pairwise(run_a: Path, run_b: Path, judge_name: str, out: Path, *, cap_us
     from posttrain.budget import Ledger, Spend
     from posttrain.config import load_group_option
     from posttrain.items import item_from_dict
-    from posttrain.judges import check_judge_ready, estimate_cost, judge_pairwise
+    from posttrain.judges import JudgeSpend, check_judge_ready, estimate_cost, judge_pairwise
     from posttrain.paths import judge_cache_dir, ledger_path
 
     for run in (run_a, run_b):
@@ -64,13 +64,14 @@ def run_pairwise(run_a: Path, run_b: Path, judge_name: str, out: Path, *, cap_us
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "pairwise.partial.jsonl"
     partial.unlink(missing_ok=True)
+    spend = JudgeSpend()
     rows = judge_pairwise(items, rows_a, rows_b, cfg, cache_dir=judge_cache_dir(cfg.cache_dir),
-                          on_row=lambda r: append_jsonl(partial, [r]))
-    partial.replace(out / "pairwise.jsonl")
+                          on_row=lambda r: append_jsonl(partial, [r]), spend=spend)
+    write_jsonl(out / "pairwise.jsonl", rows)  # items order, whatever order the calls finished in
+    partial.unlink(missing_ok=True)
     summary = {"a": sa["model"], "b": sb["model"], "run_a": str(run_a), "run_b": str(run_b), "judge": judge_name,
-               **summarise(rows)}
-    ledger.record(Spend(str(out), "pairwise", f"{sa['model']}_vs_{sb['model']}", "none", 0.0, 0.0,
-                        summary["cost_usd"]))
+               **summarise(rows), **spend.as_dict()}
+    ledger.record(Spend(str(out), "pairwise", f"{sa['model']}_vs_{sb['model']}", "none", 0.0, 0.0, spend.usd))
     write_json(out / "pairwise.json", summary)
     return summary
 
@@ -93,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"posttrain-pairwise: error: {exc}", file=sys.stderr)
         return 2
     print(f"{s['a']} vs {s['b']}: a wins {s['wins_a']}, b wins {s['wins_b']}, ties {s['ties']}, errors {s['errors']}; "
-          f"sign test p={s['sign_test_p']}; ${s['cost_usd']:.4f}; records in {out}")
+          f"sign test p={s['sign_test_p']}; verdicts cost ${s['cost_usd']:.4f}, paid now ${s['spent_usd']:.4f}; "
+          f"records in {out}")
     return 0
 
 

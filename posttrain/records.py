@@ -20,14 +20,14 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as pretty JSON atomically."""
+def _write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, fsync, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2, default=str) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +35,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as pretty JSON atomically."""
+    return _write_atomic(path, json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write a whole JSONL file atomically (one line per row, in the given order)."""
+    return _write_atomic(path, "".join(_dumps(r) + "\n" for r in rows))
 
 
 def read_json(path: str | Path) -> Any:

@@ -129,6 +129,16 @@ def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path,
         judged = sum(len(s["turn_verdicts"]) for s in scores)
         assert len(scores) == 12 and {s["verdict"] for s in scores} <= {"pass", "fail"}
         assert srv.model_calls - calls_before == judged - cached  # nothing judged before the kill is paid twice
+        spend = json.loads((run / "summary.json").read_text())["judge_spend"]
+        assert spend["cache_hits"] == cached and spend["paid_answers"] == judged - cached
+
+        # The same run uninterrupted, with an empty judge cache, records the same bytes.
+        fresh_home, clean = tmp_path / "home2", tmp_path / "clean"
+        args_clean = [a if not a.startswith("hydra.run.dir=") else f"hydra.run.dir={clean}" for a in args]
+        posttrain(*args_clean, f"judge.base_url={srv.url}", home=fresh_home, cache=shared_cache)
+    for name in ("generations.jsonl", "scores.jsonl"):
+        assert (run / name).read_bytes() == (clean / name).read_bytes(), name
+    assert json.loads((clean / "summary.json").read_text())["judge_spend"]["paid_answers"] == judged
 
 
 def test_pairwise_between_two_runs(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:

@@ -28,6 +28,7 @@ from posttrain.judges import (  # noqa: E402
     TEMPLATES,
     BatchPendingError,
     JudgeConfigError,
+    JudgeSpend,
     VerdictError,
     check_judge_ready,
     estimate_cost,
@@ -228,19 +229,35 @@ def test_retry_after_header_is_honoured(tmp_path: Path) -> None:
 # Cache, readiness, rows
 
 
-def test_rerun_is_served_from_cache(tmp_path: Path) -> None:
+def test_rerun_is_served_from_cache_with_identical_rows_and_no_spend(tmp_path: Path) -> None:
     items = [make_item(i) for i in range(3)]
     rows = [make_row(it, good=True) for it in items]
     with FakeLLMServer() as srv:
-        first = run(items, rows, make_cfg(srv), tmp_path)
+        paid, again = JudgeSpend(), JudgeSpend()
+        first = run(items, rows, make_cfg(srv), tmp_path, spend=paid)
         assert srv.model_calls == 6
-        second = run(items, rows, make_cfg(srv), tmp_path)
+        second = run(items, rows, make_cfg(srv), tmp_path, spend=again)
         assert srv.model_calls == 6  # no new call
-    assert [s["verdict"] for s in second] == [s["verdict"] for s in first]
-    assert all(s["cost_usd"] == 0 and s["input_tokens"] == 0 for s in second)
+    # the rows describe the verdicts (what they cost when made), so a rerun records the same rows ...
+    assert second == first and all(s["cost_usd"] > 0 and s["input_tokens"] > 0 for s in second)
+    # ... while the spend says what each run paid
+    assert paid.calls == 6 and paid.cache_hits == 0
+    assert paid.usd == pytest.approx(sum(s["cost_usd"] for s in first)) and paid.usd > 0
+    assert again.usd == 0 and again.calls == 0 and again.cache_hits == 6
     entries = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("*.json")]
-    assert len(entries) == 6 and all(e["cost_usd"] > 0 for e in entries)  # original cost kept for reference
-    assert sum(e["cost_usd"] for e in entries) == pytest.approx(sum(s["cost_usd"] for s in first))
+    assert len(entries) == 6 and all(e["cost_usd"] > 0 for e in entries)
+    assert sum(e["cost_usd"] for e in entries) == pytest.approx(paid.usd)
+
+
+def test_cache_hit_reports_the_failures_that_preceded_the_answer(tmp_path: Path) -> None:
+    item = make_item(0)
+    with FakeLLMServer(faults=["missing_verdict", "500"]) as srv:  # one parse failure, one API error
+        [first] = run([item], [make_row(item, good=True)], make_cfg(srv, concurrency=1), tmp_path)
+        calls = srv.model_calls
+        [again] = run([item], [make_row(item, good=True)], make_cfg(srv, concurrency=1), tmp_path)
+        assert srv.model_calls == calls
+    assert first["verdict"] == "pass" and first["n_parse_failures"] == 1 and first["n_api_errors"] == 1
+    assert again == first
 
 
 def test_errors_are_not_cached_and_are_asked_again(tmp_path: Path) -> None:
@@ -310,8 +327,7 @@ def test_batch_mode_resumes_from_state_file(provider: str, tmp_path: Path) -> No
         assert json.loads((tmp_path / "judge_batch.json").read_text())["batches"][0]["collected"]
         again = run(items, rows, cfg, tmp_path, state_dir=tmp_path, poll_interval_s=0.01)
         assert srv.count(create) == 1 and srv.model_calls == 0  # all cached: nothing submitted
-    assert [s["verdict"] for s in again] == [s["verdict"] for s in scores]
-    assert all(s["cost_usd"] == 0 for s in again)
+    assert again == scores  # the rows carry the batch-discounted cost from the cache
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])

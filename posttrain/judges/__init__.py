@@ -35,7 +35,7 @@ from posttrain.judges.prompt import (
     validate_preference,
     validate_verdict,
 )
-from posttrain.judges.runner import SCORE_KEYS, cost_usd, estimate_cost, judge_generations
+from posttrain.judges.runner import SCORE_KEYS, JudgeSpend, cost_usd, estimate_cost, judge_generations
 from posttrain.judges.spot_check import spot_check
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Judge",
     "JudgeCache",
     "JudgeConfigError",
+    "JudgeSpend",
     "RawVerdict",
     "VerdictError",
     "cache_key",

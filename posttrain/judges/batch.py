@@ -176,6 +176,8 @@ async def run_batch(prompts: dict[str, str], ctx: AskContext, *, state_path: Pat
             usd = cost_usd(ctx.cfg, raw.input_tokens, raw.output_tokens, batch=True)
             answers[key] = Answer(raw.data, raw.input_tokens, raw.output_tokens, usd,
                                   n_parse_failures=int(problem is not None), error=problem)
+            ctx.spend.usd += usd
+            ctx.spend.calls += 1
             if raw.data is not None:
                 ctx.cache.put(key, raw.data, input_tokens=raw.input_tokens, output_tokens=raw.output_tokens,
                               cost_usd=usd, meta={**ident, "batch_id": entry["id"]})

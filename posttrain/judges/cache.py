@@ -46,10 +46,15 @@ class JudgeCache:
         return entry if isinstance(entry, dict) and isinstance(entry.get("answer"), dict) else None
 
     def put(self, key: str, answer: dict[str, Any], *, input_tokens: int, output_tokens: int, cost_usd: float,
-            meta: dict[str, Any] | None = None) -> None:
-        """Store a valid answer with what it cost when it was made (for reference; a hit costs 0)."""
+            n_parse_failures: int = 0, n_api_errors: int = 0, meta: dict[str, Any] | None = None) -> None:
+        """Store a valid answer with what making it cost and how many failed attempts preceded it.
+
+        A hit reports these figures again, so a score row built from the cache equals the row of the
+        run that paid for it; a hit itself calls nothing and spends nothing.
+        """
         entry = {"key": key, "answer": answer, "input_tokens": input_tokens, "output_tokens": output_tokens,
-                 "cost_usd": cost_usd, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "cost_usd": cost_usd, "n_parse_failures": n_parse_failures, "n_api_errors": n_api_errors,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  **(meta or {})}
         write_json(self._path(key), entry)
 

@@ -17,7 +17,7 @@ from posttrain.items import Item
 from posttrain.judges.cache import JudgeCache
 from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, check_judge_ready, make_judge
 from posttrain.judges.prompt import PAIR_SPEC, PAIR_TEMPLATE_VERSION, render_pair_prompt
-from posttrain.judges.runner import Answer, AskContext, ask, pair_rows, progress_bar, row_replies
+from posttrain.judges.runner import Answer, AskContext, JudgeSpend, ask, pair_rows, progress_bar, row_replies
 
 
 def turn_winner(a_first: Answer, b_first: Answer) -> str:
@@ -47,13 +47,15 @@ def judge_pairwise(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
+    spend: JudgeSpend | None = None,
 ) -> list[dict[str, Any]]:
     """Compare two runs' replies turn by turn, in both orders; one row per item (items order).
 
     Rows: ``{item_id, category, model_a, model_b, winner, judge, judge_model, template_version,
     turn_results: [{turn, winner, a_first, b_first, rationale_a_first, rationale_b_first}],
     input_tokens, output_tokens, cost_usd, n_parse_failures, n_api_errors, error}`` where a_first /
-    b_first is the model ("a"/"b") preferred in that order.
+    b_first is the model ("a"/"b") preferred in that order. Costs are those of making the verdicts
+    (cached ones included); ``spend`` accumulates what this call paid.
 
     Raises:
         JudgeConfigError: the judge cannot run (nothing was spent).
@@ -62,14 +64,15 @@ def judge_pairwise(
     check_judge_ready(cfg)
     a_by_id = {it.id: row for it, row in pair_rows(items, rows_a)}
     b_by_id = {it.id: row for it, row in pair_rows(items, rows_b)}
-    return asyncio.run(_run(items, a_by_id, b_by_id, cfg, JudgeCache(cache_dir), on_row, progress, backoff_base_s))
+    return asyncio.run(_run(items, a_by_id, b_by_id, cfg, JudgeCache(cache_dir), on_row, progress, backoff_base_s,
+                            spend if spend is not None else JudgeSpend()))
 
 
 async def _run(items: Sequence[Item], a_by_id: dict[str, dict[str, Any]], b_by_id: dict[str, dict[str, Any]],
                cfg: Any, cache: JudgeCache, on_row: Callable[[dict[str, Any]], None] | None, progress: bool,
-               backoff_base_s: float) -> list[dict[str, Any]]:
+               backoff_base_s: float, spend: JudgeSpend) -> list[dict[str, Any]]:
     judge = make_judge(cfg, spec=PAIR_SPEC, backoff_base_s=backoff_base_s)
-    ctx = AskContext(cfg, judge, cache, PAIR_TEMPLATE_VERSION, asyncio.Semaphore(int(cfg.concurrency)))
+    ctx = AskContext(cfg, judge, cache, PAIR_TEMPLATE_VERSION, asyncio.Semaphore(int(cfg.concurrency)), spend)
     bar = progress_bar(2 * sum(len(it.judged_turns) for it in items), progress, f"pairwise {cfg.name}")
 
     async def counted(prompt: str) -> Answer:

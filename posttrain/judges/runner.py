@@ -28,7 +28,12 @@ _RATIONALE_CHARS = 600
 
 @dataclass
 class Answer:
-    """A judged prompt as the runner sees it: the validated object or an error, and what it cost now."""
+    """A judged prompt as the runner sees it: the validated object or an error, and what making it cost.
+
+    Tokens, cost and failure counts describe the calls that produced this answer, also when it comes
+    from the cache (they are stored with the entry), so a resumed run records the same score rows as
+    an uninterrupted one. What a run actually paid is counted in :class:`JudgeSpend`.
+    """
 
     data: dict[str, Any] | None
     input_tokens: int = 0
@@ -48,6 +53,18 @@ class Answer:
                        n_api_errors=self.n_api_errors + later.n_api_errors)
 
 
+@dataclass
+class JudgeSpend:
+    """What one run actually paid: API answers received now (not cache hits) and their USD."""
+
+    usd: float = 0.0
+    calls: int = 0
+    cache_hits: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spent_usd": self.usd, "paid_answers": self.calls, "cache_hits": self.cache_hits}
+
+
 def cost_usd(cfg: Any, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float:
     """USD for the tokens at the judge's prices; batch APIs bill ``batch_discount`` of that."""
     usd = input_tokens * cfg.price_input_per_mtok / 1e6 + output_tokens * cfg.price_output_per_mtok / 1e6
@@ -63,6 +80,7 @@ class AskContext:
     cache: JudgeCache
     template_version: str
     sem: asyncio.Semaphore
+    spend: JudgeSpend = field(default_factory=JudgeSpend)
     inflight: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
 
     def key(self, prompt: str) -> str:
@@ -70,17 +88,26 @@ class AskContext:
 
 
 async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -> Answer:
-    """Answer one prompt from the cache, or from the judge (then cached when valid)."""
+    """Answer one prompt from the cache, or from the judge (then cached when valid).
+
+    A cache hit carries the tokens, cost and failure counts stored when the answer was made, and
+    adds nothing to ``ctx.spend``.
+    """
     key = ctx.key(prompt)
     hit = ctx.cache.get(key)
     if hit is not None:
         try:  # an entry edited by hand or written by an older schema counts as a miss
-            return Answer(ctx.judge.provider.spec.validate(hit["answer"]), cached=True)
+            data = ctx.judge.provider.spec.validate(hit["answer"])
         except VerdictError:
             pass
+        else:
+            ctx.spend.cache_hits += 1
+            return Answer(data, int(hit.get("input_tokens") or 0), int(hit.get("output_tokens") or 0),
+                          float(hit.get("cost_usd") or 0.0), int(hit.get("n_parse_failures") or 0),
+                          int(hit.get("n_api_errors") or 0), cached=True)
     if key in ctx.inflight:  # the same prompt twice in one run (identical replies): pay once
         first = await asyncio.shield(ctx.inflight[key])
-        return Answer(first.data, error=first.error, cached=first.data is not None)
+        return replace(first, cached=first.data is not None)
 
     async def call() -> Answer:
         async with ctx.sem:
@@ -88,10 +115,14 @@ async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -
         ans = Answer(raw.data, raw.input_tokens, raw.output_tokens,
                      cost_usd(ctx.cfg, raw.input_tokens, raw.output_tokens), raw.n_parse_failures,
                      raw.n_api_errors, raw.error)
+        ctx.spend.usd += ans.cost_usd
+        ctx.spend.calls += 1
         if ans.data is not None:
             ctx.cache.put(key, ans.data, input_tokens=ans.input_tokens, output_tokens=ans.output_tokens,
-                          cost_usd=ans.cost_usd, meta={"provider": ctx.cfg.provider, "model": ctx.cfg.model,
-                                                       "template_version": ctx.template_version})
+                          cost_usd=ans.cost_usd, n_parse_failures=ans.n_parse_failures,
+                          n_api_errors=ans.n_api_errors,
+                          meta={"provider": ctx.cfg.provider, "model": ctx.cfg.model,
+                                "template_version": ctx.template_version})
         return ans
 
     ctx.inflight[key] = asyncio.ensure_future(call())
@@ -229,6 +260,7 @@ def judge_generations(
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
     poll_interval_s: float = 30.0,
     max_wait_s: float | None = None,
+    spend: JudgeSpend | None = None,
 ) -> list[dict[str, Any]]:
     """Judge every judged turn of every generation row; return one score row per row (row order).
 
@@ -236,7 +268,8 @@ def judge_generations(
         items: the benchmark items the rows were generated from.
         rows: generation rows (generations.jsonl).
         cfg: the judge config (mode "sync" or "batch").
-        cache_dir: the judge cache folder; cached turns make no call and cost 0.
+        cache_dir: the judge cache folder; cached turns make no call (their rows keep the cost
+            recorded when the answer was made; ``spend`` counts only what this call paid).
         on_row: called with each score row as its conversation completes (append it to scores.jsonl).
         progress: show a progress bar on stderr.
         state_dir: the run folder, where batch mode keeps ``judge_batch.json`` (required for batch).
@@ -244,6 +277,7 @@ def judge_generations(
         poll_interval_s: seconds between batch status polls.
         max_wait_s: batch mode gives up polling after this long (the batch id stays saved; rerun to
             resume); None waits until the batch ends.
+        spend: accumulates what this call actually paid (USD, answers received, cache hits).
 
     Raises:
         JudgeConfigError: no API key, unknown provider or template (nothing was spent).
@@ -258,17 +292,18 @@ def judge_generations(
     plans = [(item, row, plan_turns(item, row, cfg)) for item, row in pairs]
     return asyncio.run(judge_plans(plans, cfg, cache=JudgeCache(cache_dir), on_row=on_row, progress=progress,
                                    use_batch=cfg.mode == "batch", state_dir=state_dir, backoff_base_s=backoff_base_s,
-                                   poll_interval_s=poll_interval_s, max_wait_s=max_wait_s))
+                                   poll_interval_s=poll_interval_s, max_wait_s=max_wait_s, spend=spend))
 
 
 async def judge_plans(plans: Sequence[tuple[Item, dict[str, Any], list[TurnJob]]], cfg: Any, *, cache: JudgeCache,
                       on_row: Callable[[dict[str, Any]], None] | None = None, progress: bool = False,
                       use_batch: bool = False, state_dir: Path | None = None,
                       backoff_base_s: float = DEFAULT_BACKOFF_BASE_S, poll_interval_s: float = 30.0,
-                      max_wait_s: float | None = None) -> list[dict[str, Any]]:
+                      max_wait_s: float | None = None, spend: JudgeSpend | None = None) -> list[dict[str, Any]]:
     """Judge planned turns (see :func:`plan_turns`) and return score rows; the async core of judge_generations."""
     judge = make_judge(cfg, backoff_base_s=backoff_base_s)
-    ctx = AskContext(cfg, judge, cache, cfg.template_version, asyncio.Semaphore(int(cfg.concurrency)))
+    ctx = AskContext(cfg, judge, cache, cfg.template_version, asyncio.Semaphore(int(cfg.concurrency)),
+                     spend if spend is not None else JudgeSpend())
     bar = progress_bar(sum(len(j) for _, _, j in plans), progress, f"judge {cfg.name}")
     n_error = 0
     try:

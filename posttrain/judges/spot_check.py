@@ -24,7 +24,7 @@ import numpy as np
 from posttrain.items import Item
 from posttrain.judges.cache import JudgeCache
 from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, check_judge_ready
-from posttrain.judges.runner import judge_plans, plan_turns
+from posttrain.judges.runner import JudgeSpend, judge_plans, plan_turns
 
 
 def allocate(sizes: Mapping[Any, int], total: int) -> dict[Any, int]:
@@ -105,8 +105,10 @@ def spot_check(
 
     Returns:
         ``{"n", "n_compared", "agreement", "kappa", "kappa_ci95", "kappa_reason", "table",
-        "second_judge", "second_judge_model", "template_version", "cost_usd", "items": [{item_id,
+        "second_judge", "second_judge_model", "template_version", "cost_usd", "spent_usd", "items": [{item_id,
         category, model, primary, second, agree}]}``; ``agree`` is None where either verdict is error.
+        ``cost_usd`` is what the second verdicts cost when they were made (cached ones included),
+        ``spent_usd`` what this call paid.
 
     Raises:
         ValueError: ``frac`` outside [0, 1], or a sampled score has no item or generation row.
@@ -118,7 +120,7 @@ def spot_check(
     base = {"second_judge": second_cfg.name, "second_judge_model": second_cfg.model,
             "template_version": second_cfg.template_version}
     if not sample:
-        return {"n": 0, **kappa_summary([]), **base, "cost_usd": 0.0, "items": []}
+        return {"n": 0, **kappa_summary([]), **base, "cost_usd": 0.0, "spent_usd": 0.0, "items": []}
     check_judge_ready(second_cfg)
     by_id = {it.id: it for it in items}
     rows = {(m, r["item_id"]): r for m, rs in rows_by_model.items() for r in rs}
@@ -129,8 +131,9 @@ def spot_check(
     for s in sample:
         item, row = by_id[s["item_id"]], rows[(s["model"], s["item_id"])]
         plans.append((item, row, plan_turns(item, row, second_cfg)))
+    spend = JudgeSpend()
     second = asyncio.run(judge_plans(plans, second_cfg, cache=JudgeCache(cache_dir), progress=progress,
-                                     backoff_base_s=backoff_base_s))
+                                     backoff_base_s=backoff_base_s, spend=spend))
     records = []
     for s, t in zip(sample, second, strict=True):
         both = s["verdict"] in ("pass", "fail") and t["verdict"] in ("pass", "fail")
@@ -138,4 +141,5 @@ def spot_check(
                         "primary": s["verdict"], "second": t["verdict"],
                         "agree": (s["verdict"] == t["verdict"]) if both else None})
     summary = kappa_summary([(r["primary"], r["second"]) for r in records if r["agree"] is not None])
-    return {"n": len(records), **summary, **base, "cost_usd": sum(t["cost_usd"] for t in second), "items": records}
+    return {"n": len(records), **summary, **base, "cost_usd": sum(t["cost_usd"] for t in second),
+            "spent_usd": spend.usd, "items": records}

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from posttrain.errors import PosttrainError
 from posttrain.items import Item
-from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_text, write_json
+from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_text, write_json, write_jsonl
 from posttrain.stages import Plan, RunContext
 
 log = logging.getLogger(__name__)
@@ -153,18 +153,23 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
                                            "rerun with scorer=llm and a calibrated judge")
     else:
         from posttrain.calibration import is_calibrated
-        from posttrain.judges import judge_generations
+        from posttrain.judges import JudgeSpend, judge_generations
 
+        spend = JudgeSpend()
         scores = judge_generations(items, rows, cfg.judge, cache_dir=judge_cache_dir(cfg.judge.cache_dir),
-                                   on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir)
-        ctx.api_usd += sum(float(s.get("cost_usd") or 0.0) for s in scores)
+                                   on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir, spend=spend)
+        ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
+        extra["judge_spend"] = spend.as_dict()
         ok, reason = is_calibrated(calibration_dir(), cfg.judge.name, cfg.judge.template_version,
                                    min_kappa=cfg.gate.min_kappa)
         extra["gate_eligible"] = ok
         extra["gate_ineligible_reason"] = None if ok else reason
         if cfg.judge.spot_check > 0:
             extra["spot_check"] = _spot_check(cfg, items, rows, scores, ctx)
-    partial.replace(ctx.run_dir / "scores.jsonl")
+    # scores.partial.jsonl grows in completion order (a crash trace); scores.jsonl is written whole in
+    # generation-row order, so a resumed run's file is byte-identical to an uninterrupted run's
+    write_jsonl(ctx.run_dir / "scores.jsonl", scores)
+    partial.unlink(missing_ok=True)
     return {"scores": scores, **extra}
 
 
@@ -180,7 +185,7 @@ def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], sco
     check_judge_ready(second)
     result = spot_check(items, {cfg.model.name: rows}, scores, second, cfg.judge.spot_check,
                         rng=np.random.default_rng(cfg.seed), cache_dir=judge_cache_dir(second.cache_dir))
-    ctx.api_usd += float(result.get("cost_usd") or 0.0)
+    ctx.api_usd += float(result.get("spent_usd") or 0.0)
     write_json(ctx.run_dir / "spot_check.json", result)
     return {k: result.get(k) for k in ("n", "agreement", "kappa", "kappa_ci95", "second_judge")}
 
