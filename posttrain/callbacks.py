@@ -9,7 +9,10 @@ Hydra's basic sweeper re-raises a failed job's exception after the batch, so ``o
 never runs in that case; the callback therefore also rewrites the comparison after every job from
 the first failure on (files only, no W&B run), listing the failed and never-started jobs.
 
-``AdapterPreflight`` is added by the ``four_model`` experiments: before any job starts it checks
+``GpuLauncherPreflight`` (registered in ``conf/config.yaml``) stops a sweep before anything is
+submitted when a SLURM launcher requests no GPU for a model that needs one: the plugin's bare
+``hydra/launcher=submitit_slurm`` requests none, and each job would queue, start and then fail in the
+loader. ``AdapterPreflight`` is added by the ``four_model`` experiments: before any job starts it checks
 that every swept adapter variant has an adapter, and otherwise names the training run to do first.
 """
 
@@ -180,4 +183,49 @@ class AdapterPreflight(Callback):
         if problems:
             print("posttrain: error: this sweep evaluates adapters that do not exist yet (nothing was run):\n  - "
                   + "\n  - ".join(problems), file=sys.stderr)
+            sys.exit(2)
+
+
+_GPU_KEYS = ("gpus_per_node", "gpus_per_task", "gres")
+
+
+def launcher_gpu_problem(config: Any) -> str | None:
+    """Why this sweep's launcher cannot run its models, or None.
+
+    A SLURM launcher (``_target_`` ending in ``SlurmLauncher``) with none of ``gpus_per_node``,
+    ``gpus_per_task``, ``gres`` set, sweeping a model with ``requires_gpu``, is a problem; every other
+    launcher and every CPU-only sweep (the tiny models) passes.
+    """
+    from omegaconf import OmegaConf
+
+    from posttrain.config import ConfigError, load_group_option
+
+    launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False) or {}
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):  # type: ignore[union-attr]
+        return None
+    if any(launcher.get(k) for k in _GPU_KEYS):  # type: ignore[union-attr]
+        return None
+    models = swept_variants(config, "model") or [str(config.model.name)]
+    needy = []
+    for name in models:
+        try:
+            needs = bool(load_group_option("model", name).requires_gpu)
+        except ConfigError:  # an unknown model fails in its job with the list of options
+            needs = False
+        if needs:
+            needy.append(name)
+    if not needy:
+        return None
+    return (f"hydra.launcher requests no GPU (none of {', '.join(_GPU_KEYS)} is set) but {', '.join(needy)} "
+            "need a CUDA GPU, so every job would queue, start and fail in the loader. Use hydra/launcher=slurm "
+            "(1 GPU per job, docs/scaling.md) or add hydra.launcher.gpus_per_node=1. Nothing was submitted.")
+
+
+class GpuLauncherPreflight(Callback):
+    """Refuses a SLURM sweep that requests no GPU for models that need one (see launcher_gpu_problem)."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        problem = launcher_gpu_problem(config)
+        if problem:
+            print(f"posttrain: error: {problem}", file=sys.stderr)
             sys.exit(2)

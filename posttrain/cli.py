@@ -43,26 +43,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from posttrain.budget import Ledger, Spend, gpu_cost
     from posttrain.paths import cache_dir, ledger_path
     from posttrain.records import RunLock, write_json
-    from posttrain.stages import RunContext, stage_module
+    from posttrain.stages import RunContext, stage_module, world_size
     from posttrain.tracking import Tracker
 
     validate(cfg)
     sweep = _sweep_info()
     run_dir = Path(sweep["output_dir"])
+    if world_size() > 1 and cfg.stage.name == "eval":
+        raise ConfigError(f"stage=eval runs in one process, but this launch has WORLD_SIZE={world_size()} "
+                          "(accelerate launch / torchrun): every rank would generate and judge everything. "
+                          "Run the eval with plain `posttrain`, or spread models over GPUs with a sweep "
+                          "(hydra/launcher=slurm, docs/scaling.md).")
     if int(os.environ.get("RANK", "0")) != 0:
-        # A secondary process of `accelerate launch`: rank 0 alone locks the folder, writes the
-        # records, the ledger and the W&B run; the others only take part in the computation.
-        from posttrain.tracking import Tracker as _T
-
-        module = stage_module(cfg.stage.name)
-        plan = module.plan(cfg)
-        import tempfile
-
-        quiet = _T(Path(tempfile.mkdtemp(prefix="posttrain-rank")), mode="disabled", project="", entity=None, name="", group=None, job_type="", tags=[],
-                   config={})
-        module.run(cfg, RunContext(run_dir=run_dir, cache_dir=cache_dir(cfg.cache_dir), tracker=quiet, plan=plan,
-                                   sweep=sweep))
-        return {}
+        return _run_secondary_rank(cfg, run_dir, sweep)
     with RunLock(run_dir):
         module = stage_module(cfg.stage.name)
         plan = module.plan(cfg)  # every check that needs no weights or API calls
@@ -114,6 +107,33 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _run_secondary_rank(cfg: DictConfig, run_dir: Path, sweep: dict[str, Any]) -> dict[str, Any]:
+    """A rank > 0 of a multi-process training launch: computes, writes no records.
+
+    Rank 0 alone locks the run folder and writes the records, the ledger and the W&B run. This rank
+    writes its own files into a scratch folder that is removed afterwards, and shares the run
+    folder with rank 0 only for the training data (rank 0 prepares it first) and the checkpoints.
+    """
+    import shutil
+    import tempfile
+
+    from posttrain.paths import cache_dir
+    from posttrain.stages import RunContext, stage_module
+    from posttrain.tracking import Tracker
+
+    module = stage_module(cfg.stage.name)
+    plan = module.plan(cfg)
+    scratch = Path(tempfile.mkdtemp(prefix=f"posttrain-rank{os.environ.get('RANK')}-"))
+    try:
+        quiet = Tracker(scratch, mode="disabled", project="", entity=None, name="", group=None, job_type="",
+                        tags=[], config={})
+        module.run(cfg, RunContext(run_dir=scratch, cache_dir=cache_dir(cfg.cache_dir), tracker=quiet, plan=plan,
+                                   sweep=sweep, train_dir=run_dir, is_main=False))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to change: printed without a traceback, exit status 2."""
     from posttrain.budget import BudgetExceeded
@@ -151,8 +171,53 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise
 
 
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+_SHOW_FLAGS = ("-c", "--cfg", "--info", "-i")
+
+
+def show_multirun_argv(argv: list[str]) -> list[str]:
+    """Let ``-m ... --cfg job|hydra|all`` show the sweep's config instead of failing.
+
+    Hydra 1.3 accepts only one of ``--multirun``/``--cfg``/``--info`` per command. Asked for both, the
+    user wants to see what the sweep would run: drop ``-m`` and compose with ``hydra.mode=MULTIRUN``
+    (as an experiment that sets it does), so ``hydra.launcher``, ``hydra.sweep`` and the sweeper
+    params show as the sweep will use them. Other command lines are returned unchanged.
+    """
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    if not flags & set(_MULTIRUN_FLAGS) or not flags & set(_SHOW_FLAGS):
+        return argv
+    _refuse_sweep_values_with_cfg([a for a in argv if not a.startswith("-")])
+    mode_given = any(a.lstrip("+~").startswith("hydra.mode=") for a in argv)
+    out: list[str] = []
+    for a in argv:  # the override takes the flag's place: argparse wants the overrides in one run
+        if a in _MULTIRUN_FLAGS:
+            if not mode_given:
+                out.append("hydra.mode=MULTIRUN")
+                mode_given = True
+        else:
+            out.append(a)
+    return out
+
+
+def _refuse_sweep_values_with_cfg(words: list[str]) -> None:
+    """``--cfg`` shows one job's config: a command-line sweep (``model=a,b``) has no single value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([w for w in words if "=" in w])
+    except Exception:  # not overrides after all (an option's value): Hydra reports what is wrong
+        return
+    swept = [str(o.input_line) for o in overrides if o.is_sweep_override()]
+    if swept:
+        print(f"posttrain: error: --cfg shows the config of one job, but {', '.join(swept)} sweep(s) several "
+              "values: give one value per key to preview that job (sweeper params set by an experiment, "
+              "such as +experiment=three_way, are fine).", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     register_configs()
+    sys.argv[1:] = show_multirun_argv(sys.argv[1:])
     _hydra_main()
 
 

@@ -119,11 +119,73 @@ def test_three_way_experiment_on_slurm_composes() -> None:
     assert "gpus_per_node: 1" in out.stdout and "timeout_min: 240" in out.stdout
 
 
-def test_multirun_flag_with_cfg_is_refused_by_hydra() -> None:
-    """Hydra 1.3 takes one of -m / --cfg: the docs preview a sweep's config without -m."""
-    out = _posttrain("-m", "hydra/launcher=slurm", "--cfg", "hydra", check=False)
-    assert out.returncode != 0
-    assert "Only one of --run, --multirun, --cfg" in out.stderr
+def test_issue_acceptance_command_composes_the_multirun_config() -> None:
+    """Hydra 1.3 takes one of -m / --cfg; posttrain turns `-m ... --cfg` into hydra.mode=MULTIRUN."""
+    pytest.importorskip(PLUGIN_MODULE["slurm"])
+    out = _posttrain("-m", "+experiment=three_way", "hydra/launcher=submitit_slurm", "--cfg", "hydra")
+    assert "mode: MULTIRUN" in out.stdout and "model: qwen32b,qwen32b_instruct,llama8b" in out.stdout
+    assert EXPECTED["slurm"]["_target_"] in out.stdout
+    ours = _posttrain("-m", "+experiment=three_way", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher")
+    assert "gpus_per_node: 1" in ours.stdout and "timeout_min: 240" in ours.stdout
+    job = _posttrain("--multirun", "model=tiny_base", "--cfg", "job", "-p", "model.name")
+    assert job.stdout.strip() == "tiny_base"
+
+
+def test_multirun_with_cfg_and_a_command_line_sweep_is_refused_with_the_reason() -> None:
+    out = _posttrain("-m", "model=tiny_base,tiny_instruct", "--cfg", "job", check=False)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "--cfg shows the config of one job" in out.stderr and "model=tiny_base,tiny_instruct" in out.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["-m", "+experiment=three_way", "--cfg", "hydra"], ["hydra.mode=MULTIRUN", "+experiment=three_way", "--cfg", "hydra"]),
+    (["a=1", "--multirun", "--cfg=job"], ["a=1", "hydra.mode=MULTIRUN", "--cfg=job"]),
+    (["-m", "hydra.mode=RUN", "-c", "job"], ["hydra.mode=RUN", "-c", "job"]),  # the user's own mode wins
+    (["-m", "model=x"], ["-m", "model=x"]),  # a real multirun is untouched
+    (["--cfg", "job", "model=x"], ["--cfg", "job", "model=x"]),
+])
+def test_show_multirun_argv(argv: list[str], expected: list[str]) -> None:
+    from posttrain.cli import show_multirun_argv
+
+    assert show_multirun_argv(argv) == expected
+
+
+def _sweep_config(launcher: dict[str, Any], models: str | None, model: str = "qwen32b") -> Any:
+    from omegaconf import OmegaConf
+
+    params = {"model": models} if models else {}
+    return OmegaConf.create({"hydra": {"launcher": launcher, "sweeper": {"params": params},
+                                       "overrides": {"task": []}}, "model": {"name": model}})
+
+
+SLURM_TARGET = EXPECTED["slurm"]["_target_"]
+
+
+@pytest.mark.parametrize(("launcher", "models", "model", "refused"), [
+    ({"_target_": SLURM_TARGET, "gpus_per_node": None}, "qwen32b,qwen32b_instruct,llama8b", "qwen32b", True),
+    ({"_target_": SLURM_TARGET, "gpus_per_node": 0, "gres": None}, None, "llama8b", True),
+    ({"_target_": SLURM_TARGET, "gpus_per_node": 1}, "qwen32b,llama8b", "qwen32b", False),
+    ({"_target_": SLURM_TARGET, "gres": "gpu:a100:1"}, None, "qwen32b", False),
+    ({"_target_": SLURM_TARGET, "gpus_per_node": None}, "tiny_base,tiny_instruct", "tiny_base", False),  # CPU models
+    ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, "qwen32b", "qwen32b", False),
+])
+def test_launcher_gpu_problem(launcher: dict[str, Any], models: str | None, model: str, refused: bool) -> None:
+    from posttrain.callbacks import launcher_gpu_problem
+
+    problem = launcher_gpu_problem(_sweep_config(launcher, models, model))
+    assert (problem is not None) == refused
+    if refused:
+        assert "hydra/launcher=slurm" in problem and "gpus_per_node=1" in problem and model in problem
+
+
+def test_slurm_sweep_without_gpus_is_refused_before_submission(tmp_path: Path) -> None:
+    pytest.importorskip(PLUGIN_MODULE["slurm"])
+    sweep = tmp_path / "sweep"
+    out = _posttrain("-m", "+experiment=three_way", "hydra/launcher=submitit_slurm", f"hydra.sweep.dir={sweep}",
+                     check=False)
+    assert out.returncode == 2, out.stderr
+    assert "requests no GPU" in out.stderr and "Nothing was submitted" in out.stderr
+    assert not (sweep / ".submitit").exists()
 
 
 def test_slurm_launcher_renders_the_expected_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

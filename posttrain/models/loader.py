@@ -17,6 +17,8 @@ files and hashes) so that a run fails before it spends anything.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,37 @@ def load_tokenizer(cfg: Any, resolved: ResolvedModel) -> tuple[Any, dict[str, An
     return tok, info
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where from_pretrained puts the weights: a device_map, a device to move to after, or FSDP's way."""
+
+    device_map: dict[str, Any] | None
+    move_to: str | None
+    fsdp: bool = False
+
+
+def placement_for(dev: str, *, quantization: str | None, for_training: bool,
+                  env: Mapping[str, str] | None = None) -> Placement:
+    """Weights placement for this process.
+
+    - one process: GPU 0 (or the CPU);
+    - a rank of a multi-process launch (accelerate/torchrun set ``LOCAL_RANK``): its own GPU,
+      ``cuda:LOCAL_RANK``, so DDP ranks do not all load onto GPU 0;
+    - FSDP training (``ACCELERATE_USE_FSDP=true``, set by ``accelerate launch`` with
+      accelerate/fsdp_qlora.yaml): no device_map and no move, FSDP places and shards the weights;
+      an nf4 model then gets bf16 quant storage so FSDP can flatten the packed 4-bit weights
+      (the PEFT/bitsandbytes FSDP-QLoRA recipe).
+    """
+    env = os.environ if env is None else env
+    if dev != "cuda":
+        return Placement({"": "cpu"} if quantization else None, None if quantization else dev)
+    fsdp = for_training and str(env.get("ACCELERATE_USE_FSDP", "")).lower() in ("1", "true")
+    if fsdp:  # FSDP places and shards the weights itself
+        return Placement(None, None, fsdp=True)
+    rank = int(env.get("LOCAL_RANK", "0") or 0)
+    return Placement({"": rank}, None) if quantization else Placement(None, f"cuda:{rank}")
+
+
 def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: ResolvedModel | None = None,
                for_training: bool = False) -> LoadedModel:
     """Load model + tokenizer (+ adapter) through the guards, with a provenance record."""
@@ -202,18 +235,23 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: Res
         # 0.024 s here. One thread for the tiny models; real models keep torch's default.
         torch.set_num_threads(1)
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": False, "use_safetensors": True}
+    placement = placement_for(dev, quantization=cfg.quantization, for_training=for_training)
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if dev == "cuda" else torch.float32
+        storage = {"bnb_4bit_quant_storage": torch.bfloat16} if placement.fsdp else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_compute_dtype=compute, **storage,
         )
-        kwargs["device_map"] = {"": 0} if dev == "cuda" else {"": "cpu"}
+        if placement.fsdp:
+            kwargs["dtype"] = torch.bfloat16  # FSDP flattens the packed weights with the other bf16 tensors
+    if placement.device_map is not None:
+        kwargs["device_map"] = placement.device_map
     model: Any = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs)
-    if cfg.quantization is None:
-        model.to(dev)
+    if cfg.quantization is None and placement.move_to is not None:
+        model.to(placement.move_to)
     if resolved.adapter_path is not None:
         from peft import PeftModel
 

@@ -31,12 +31,34 @@ class Plan:
 
 @dataclass
 class RunContext:
+    """What a stage's run() gets.
+
+    ``run_dir`` takes this process's records. Under ``accelerate launch``/``torchrun`` with several
+    processes, rank 0 writes into the run folder and every other rank into a private scratch folder,
+    while ``train_dir`` (the run folder, for every rank) holds what the ranks share: the training
+    data, which rank 0 prepares first, and the trainer's checkpoints.
+    """
+
     run_dir: Path
     cache_dir: Path
     tracker: Any
     plan: Plan
     sweep: dict[str, Any]
     api_usd: float = 0.0  # added to by stages as they spend (judge calls)
+    train_dir: Path | None = None  # None: the run folder itself (one process)
+    is_main: bool = True  # rank 0 (or the only process)
+
+    @property
+    def shared_dir(self) -> Path:
+        """Where the training data and checkpoints live (the same folder for every rank)."""
+        return self.train_dir or self.run_dir
+
+
+def world_size() -> int:
+    """Processes in this launch (``WORLD_SIZE`` from accelerate/torchrun; 1 otherwise)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def stage_module(name: str) -> ModuleType:

@@ -285,6 +285,31 @@ def stage_container(stage: Any) -> dict[str, Any]:
     return OmegaConf.to_container(stage, resolve=True)  # type: ignore[return-value]
 
 
+def shared_data_ready(ctx: Any, *, poll_s: float = 2.0, log_every_s: float = 60.0) -> None:
+    """On a rank > 0 of a multi-process launch, wait until rank 0 has written the training data.
+
+    Rank 0 prepares the data (self-instruct generation with a big model can take far longer than a
+    collective's timeout, so this polls the file instead of a barrier); the others then find
+    ``data_report.json`` and reuse the data after checking its fingerprint and sha256. If rank 0
+    dies, torchrun / accelerate launch stop this process too. Rank 0 and single processes return
+    at once.
+    """
+    import logging
+    import time
+
+    from posttrain.training.data import REPORT_FILE
+
+    if ctx.is_main:
+        return
+    report = ctx.shared_dir / REPORT_FILE
+    t0 = last = time.monotonic()
+    while not report.exists():
+        time.sleep(poll_s)
+        if time.monotonic() - last >= log_every_s:
+            last = time.monotonic()
+            logging.getLogger(__name__).info("waiting for rank 0 to write %s (%.0f s)", report, last - t0)
+
+
 def train_resumable(trainer: Any, run_dir: Path, snapshot: dict[str, Any],
                     stage: str) -> tuple[Any, float, dict[str, Any], int | None]:
     """Train from the last checkpoint in ``run_dir`` (if a killed run left one); check the adapter moved.

@@ -154,9 +154,10 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     load_seconds = time.time() - t0
 
     t0 = time.time()
+    common.shared_data_ready(ctx)  # a rank > 0 reuses the data rank 0 prepares
     with adapters_disabled(model):  # data always comes from the BASE model
         model.eval()
-        rows, report = prepare_data(cfg, ctx.run_dir, model=model, tokenizer=tok,
+        rows, report = prepare_data(cfg, ctx.shared_dir, model=model, tokenizer=tok,
                                     revision=loaded.provenance["revision"], source=source, gate_override=override,
                                     device=device)
     data_seconds = time.time() - t0
@@ -179,7 +180,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
 
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**common.common_args(cfg, ctx.run_dir, device), beta=st.beta,
+    args = DPOConfig(**common.common_args(cfg, ctx.shared_dir, device), beta=st.beta,
                      precompute_ref_log_probs=st.precompute_ref_log_probs)
     callback = common.make_tracker_callback(ctx, override)
     model.train()
@@ -205,7 +206,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         raise PosttrainError(message)
     log.info(message)
 
-    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.run_dir, snapshot, st.name)
+    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.shared_dir, snapshot, st.name)
     ref_unchanged = None
     if ref_snapshot:
         ref_unchanged = common.weight_change(trainer.model, ref_snapshot, "ref")["max_abs_change"] == 0.0

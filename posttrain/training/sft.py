@@ -42,9 +42,10 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     load_seconds = time.time() - t0
 
     t0 = time.time()
+    common.shared_data_ready(ctx)  # a rank > 0 reuses the data rank 0 prepares
     with adapters_disabled(model):
         model.eval()
-        rows, report = prepare_data(cfg, ctx.run_dir, model=model, tokenizer=tok,
+        rows, report = prepare_data(cfg, ctx.shared_dir, model=model, tokenizer=tok,
                                     revision=loaded.provenance["revision"], source=source, gate_override=override,
                                     device=device)
     data_seconds = time.time() - t0
@@ -56,7 +57,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
 
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**common.common_args(cfg, ctx.run_dir, device),
+    args = SFTConfig(**common.common_args(cfg, ctx.shared_dir, device),
                      assistant_only_loss=(fmt == "chat_template"), packing=False)
     callback = common.make_tracker_callback(ctx, override)
     model.train()
@@ -79,7 +80,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
             "to stop; check the prompt format / chat template ({% generation %} markers).")
 
     snapshot = common.lora_snapshot(trainer.model)
-    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.run_dir, snapshot, "sft")
+    result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.shared_dir, snapshot, "sft")
 
     losses = common.loss_history(ctx.run_dir / "metrics.jsonl")
     provenance = {
