@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -575,7 +576,7 @@ def test_sft_killed_after_a_checkpoint_resumes(tmp_path: Path, shared_cache: Pat
             f"hydra.run.dir={run}"]
     proc = subprocess.Popen(args, cwd=REPO, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    ckpt = run / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    ckpt = run / "checkpoints" / "checkpoint-5" / "posttrain_manifest.json"  # written last: the checkpoint is complete
     while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -593,6 +594,37 @@ def test_sft_killed_after_a_checkpoint_resumes(tmp_path: Path, shared_cache: Pat
     assert "resume: continuing from checkpoint" in proc2.stderr + proc2.stdout + (run / "cli.log").read_text()
     state = json.loads((run / "checkpoints" / "checkpoint-400" / "trainer_state.json").read_text())
     assert state["global_step"] == 400
+
+
+@pytest.mark.slow
+def test_corrupted_checkpoint_is_detected_and_never_resumed_from(sft_run: dict[str, Path], tmp_path: Path,
+                                                                 shared_cache: Path, caplog) -> None:
+    """The newest checkpoint's adapter changes after it was saved: the rerun skips it (its recorded
+    sha256 no longer matches), says so, and resumes from the older intact checkpoint."""
+    from posttrain.training.common import CHECKPOINT_MANIFEST, checkpoint_problem, last_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(sft_run["run"], run, ignore=shutil.ignore_patterns("adapter", "summary.json", "wandb"))
+    assert last_checkpoint(run) == (run / "checkpoints" / "checkpoint-12", 12)
+    weights = run / "checkpoints" / "checkpoint-12" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # eight bytes of one tensor zeroed: still a loadable file, silently wrong weights
+    weights.write_bytes(bytes(data))
+    assert "sha256 mismatch" in (checkpoint_problem(weights.parent) or "")
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(run) == (run / "checkpoints" / "checkpoint-6", 6)
+    assert "skipping checkpoint" in caplog.text and "adapter_model.safetensors" in caplog.text
+
+    proc = _cli("stage=sft", *TRAIN, f"hydra.run.dir={run}", home=tmp_path / "home", cache=shared_cache)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = read_json(run / "summary.json")
+    assert s["resumed_from_step"] == 6 and s["steps"] == 12
+    assert "skipping checkpoint" in (run / "cli.log").read_text()
+    # the retrained checkpoint-12 replaced the corrupted one, with a fresh manifest
+    assert checkpoint_problem(run / "checkpoints" / "checkpoint-12") is None
+    (run / "checkpoints" / "checkpoint-6" / CHECKPOINT_MANIFEST).unlink()  # as if killed while saving it
+    weights.write_bytes(b"junk")
+    assert last_checkpoint(run) is None
 
 
 def test_step0_sanity_on_a_real_trainer_catches_a_wrong_reference(tiny_models, compose, tmp_path: Path) -> None:

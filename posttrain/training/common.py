@@ -121,8 +121,45 @@ def lora_config(st: Any) -> Any:
 
 # ---------------------------------------------------------------- checkpoints
 
+CHECKPOINT_MANIFEST = "posttrain_manifest.json"
+
+
+def checkpoint_files(path: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint folder, except the manifest and the per-rank RNG states
+    (rank > 0 writes its own after rank 0 has seen the save; a bad one fails loudly in torch.load)."""
+    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != CHECKPOINT_MANIFEST and not f.name.startswith("rng_state")}
+
+
+def write_checkpoint_manifest(path: Path, global_step: int) -> None:
+    """Record the checkpoint's file hashes; written last, so its presence marks a complete checkpoint."""
+    write_json(path / CHECKPOINT_MANIFEST, {"global_step": global_step, "files": checkpoint_files(path)})
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint must not be resumed from (incomplete, or changed since it was saved), or None."""
+    try:
+        manifest = read_json(path / CHECKPOINT_MANIFEST)
+    except (OSError, ValueError):
+        return "no readable manifest (the run stopped while saving it)"
+    recorded: dict[str, str] = manifest.get("files") or {}
+    actual = checkpoint_files(path)
+    missing = sorted(set(recorded) - set(actual))
+    if missing:
+        return f"missing files {missing}"
+    changed = sorted(f for f in recorded if recorded[f] != actual[f])
+    if changed:
+        return f"files changed since they were saved (sha256 mismatch): {changed}"
+    return None
+
+
 def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
-    """The newest COMPLETE checkpoint (trainer_state.json is written last) and its global step."""
+    """The newest checkpoint whose files match its manifest, and its global step.
+
+    A checkpoint without a manifest (killed while saving) or whose files no longer match their
+    recorded sha256 (a corrupted or replaced file) is skipped with a warning, never resumed from; an
+    older intact checkpoint is used instead, or none.
+    """
     folder = run_dir / CHECKPOINT_DIR
     if not folder.is_dir():
         return None
@@ -130,14 +167,31 @@ def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     for p in folder.glob("checkpoint-*"):
         try:
             step = int(p.name.split("-")[-1])
-            state = json.loads((p / "trainer_state.json").read_text())
-        except (ValueError, OSError, json.JSONDecodeError):
-            continue  # killed while saving: ignore it
-        found.append((step, p, int(state.get("global_step", step))))
-    if not found:
-        return None
-    step, path, global_step = max(found)
-    return path, global_step
+        except ValueError:
+            continue
+        found.append((step, p))
+    for step, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            state = read_json(path / CHECKPOINT_MANIFEST)
+            return path, int(state.get("global_step", step))
+        log.warning("resume: skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def make_manifest_callback() -> Any:
+    """A TrainerCallback that writes each checkpoint's manifest right after the trainer saved it."""
+    from transformers import TrainerCallback
+
+    class ManifestCallback(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                write_checkpoint_manifest(path, state.global_step)
+
+    return ManifestCallback()
 
 
 # ---------------------------------------------------------------- metrics

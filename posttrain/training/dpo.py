@@ -186,7 +186,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     model.train()
     peft_config = common.lora_config(st) if st.name == "dpo_only" else None
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=[callback])
+                         peft_config=peft_config, callbacks=[callback, common.make_manifest_callback()])
     reference = "sft_adapter_copy" if "ref" in getattr(trainer.model, "peft_config", {}) else "base_adapter_disabled"
     expected_ref = "sft_adapter_copy" if st.name == "dpo" else "base_adapter_disabled"
 

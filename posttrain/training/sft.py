@@ -62,7 +62,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     callback = common.make_tracker_callback(ctx, override)
     model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=common.lora_config(cfg.stage), callbacks=[callback])
+                         peft_config=common.lora_config(cfg.stage), callbacks=[callback, common.make_manifest_callback()])
 
     audit_text, audit = common.label_audit(trainer.train_dataset, tok, n=cfg.stage.label_audit_examples)
     audit_path = ctx.run_dir / "label_audit.txt"
