@@ -164,6 +164,9 @@ class JudgeConfig:
     max_tokens: int = 512
     price_input_per_mtok: float = MISSING  # USD per million input tokens
     price_output_per_mtok: float = MISSING
+    # The judge model the two prices above are for: a judge.model override without new prices (and
+    # judge.prices_for naming that model) would be budgeted at another model's prices, so it is refused.
+    prices_for: str | None = None
     batch_discount: float = 0.5  # batch APIs cost half
     concurrency: int = 8
     max_retries: int = 4
@@ -322,6 +325,12 @@ def validate(cfg: Any) -> None:
         problems.append(f"judge.max_retries={cfg.judge.max_retries} must be >= 0")
     if cfg.judge.price_input_per_mtok < 0 or cfg.judge.price_output_per_mtok < 0:
         problems.append("judge.price_input_per_mtok / judge.price_output_per_mtok must be >= 0 (USD per 1M tokens)")
+    if cfg.scorer.name == "llm" and cfg.judge.prices_for != cfg.judge.model:
+        problems.append(
+            f"judge.model={cfg.judge.model!r} has no known price: judge.price_input_per_mtok="
+            f"{cfg.judge.price_input_per_mtok} / judge.price_output_per_mtok={cfg.judge.price_output_per_mtok} are "
+            f"the prices of {cfg.judge.prices_for!r} (judge.prices_for). Set both prices (USD per 1M tokens, >= 0) "
+            f"for {cfg.judge.model!r} and judge.prices_for={cfg.judge.model}, so the budget counts what it costs")
     for key in ("gate.base_max_success", "gate.instruct_min_success", "gate.mcnemar_alpha",
                 "gate.min_kappa", "gate.max_error_rate", "judge.spot_check"):
         unit(key)

@@ -52,16 +52,43 @@ def read_json(path: str | Path) -> Any:
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows, each as one complete line, and fsync so a finished row survives a crash."""
+    """Append rows, each as one complete line, and fsync so a finished row survives a crash.
+
+    A torn last line left by a killed writer (bytes after the last newline) is cut first, so the
+    new rows start on a line of their own instead of being glued onto the fragment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(_dumps(r) + "\n" for r in rows)
+    data = "".join(_dumps(r) + "\n" for r in rows).encode("utf-8")
     if not data:
         return
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "ab") as f:
+        _cut_torn_tail(f)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _cut_torn_tail(f: Any, block: int = 1 << 16) -> None:
+    """Truncate an append-mode binary file after its last newline (a no-op when it ends with one)."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    with open(f.name, "rb") as r:
+        r.seek(end - 1)
+        if r.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            start = max(0, pos - block)
+            r.seek(start)
+            chunk = r.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return
+            pos = start
+    f.truncate(0)  # no newline at all: the only line is torn
 
 
 def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:

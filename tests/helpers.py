@@ -19,3 +19,12 @@ def posttrain(*overrides: str, home: Path, cache: Path, env: dict[str, str] | No
     if check and proc.returncode != 0:
         raise AssertionError(f"posttrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def files_with_secrets(*roots: Path, secrets: tuple[str, ...] | None = None) -> list[Path]:
+    """Every file under ``roots`` that contains one of ``secrets`` (default: the canary API keys)."""
+    from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI
+
+    needles = [s.encode() for s in (secrets or (CANARY_ANTHROPIC, CANARY_OPENAI))]
+    return [p for root in roots if root.exists() for p in root.rglob("*")
+            if p.is_file() and any(n in p.read_bytes() for n in needles)]

@@ -46,6 +46,7 @@ FAULT_KINDS = (
     "malformed",  # a 200 whose JSON body is cut short
     "refusal",  # the model refuses (Anthropic stop_reason "refusal"; OpenAI message.refusal)
     "missing_verdict",  # a verdict object without the "verdict" field
+    "bad_json",  # a 200 whose answer text is cut-off JSON (OpenAI content; Anthropic text, no tool call)
 )
 
 _REPLY_RE = re.compile(r"<<<REPLY-([0-9a-f]+)>>>\n(.*?)\n<<<END-REPLY-\1>>>", re.S)
@@ -150,6 +151,7 @@ class FakeLLMServer:
         self.batch_faults = list(batch_faults)
         self.hold_batches = False  # while True, batches never end (a test flips it to resume)
         self.counts: Counter[str] = Counter()
+        self.keys_seen: set[str] = set()  # API keys the clients sent (x-api-key / Authorization: Bearer)
         self.faults_served: Counter[str] = Counter()
         self.prompts: list[str] = []
         self._rng = random.Random(seed)
@@ -238,6 +240,9 @@ class FakeLLMServer:
         if fault == "refusal":
             content = [{"type": "text", "text": "I can't help with grading this."}]
             stop = "refusal"
+        elif fault == "bad_json":
+            content = [{"type": "text", "text": json.dumps(data)[:25]}]
+            stop = "end_turn"
         else:
             content = [{"type": "tool_use", "id": self._new_id("toolu_"), "name": tool["name"], "input": data}]
             stop = "tool_use"
@@ -255,6 +260,8 @@ class FakeLLMServer:
         message: dict[str, Any] = {"role": "assistant", "content": json.dumps(data), "refusal": None}
         if fault == "refusal":
             message = {"role": "assistant", "content": None, "refusal": "I can't help with grading this."}
+        if fault == "bad_json":
+            message["content"] = json.dumps(data)[:25]
         return {"id": self._new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
@@ -392,6 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint, ids = self._endpoint()
         with self.owner._lock:
             self.owner.counts[endpoint] += 1
+            key = self.headers.get("x-api-key") or (self.headers.get("authorization") or "").removeprefix("Bearer ")
+            if key:
+                self.owner.keys_seen.add(key)
         raw = self._body()
         o = self.owner
         if endpoint in ("POST /v1/messages", "POST /v1/chat/completions"):

@@ -23,6 +23,8 @@ CASES = [
     (["benchmark=mt_bench"], "benchmark.path", "set benchmark.path"),
     (["benchmark=mt_bench", "benchmark.path=/no/such/question.jsonl"], "question.jsonl", ""),
     (["benchmark.split=nope"], "split", "pilot"),
+    # a judge model with no known price: Claude's prices would silently budget another model
+    (["scorer=llm", "judge.model=some-new-model"], "judge.prices_for", "USD per 1M tokens, >= 0"),
 ]
 
 
@@ -46,6 +48,24 @@ def test_malformed_benchmark_file_names_the_line(tmp_path: Path, posttrain_home:
     proc = posttrain("benchmark=mt_bench", f"benchmark.path={bad}", "model=tiny_base",
                      f"hydra.run.dir={tmp_path / 'run'}", home=posttrain_home, cache=shared_cache, check=False)
     assert proc.returncode == 2 and "question.jsonl:2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = tmp_path / "run"
+    written = {p.name for p in run.iterdir()} if run.exists() else set()
+    assert written <= {".hydra", "cli.log", ".posttrain.lock"}, written
+    assert not (posttrain_home / "ledger.jsonl").exists()
+
+
+def test_bad_value_with_a_judge_makes_no_api_call(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    """With scorer=llm and a reachable judge, a bad setting still stops before any request is sent."""
+    from tests.llm_server import FakeLLMServer
+
+    with FakeLLMServer() as srv:
+        proc = posttrain("model=tiny_base", "scorer=llm", "judge=claude", f"judge.base_url={srv.anthropic_url}",
+                         "generation.max_new_tokens=0", f"hydra.run.dir={tmp_path / 'run'}", home=posttrain_home,
+                         cache=shared_cache, check=False)
+        assert srv.model_calls == 0 and sum(srv.counts.values()) == 0
+    assert proc.returncode == 2 and "generation.max_new_tokens" in proc.stderr
+    assert not (posttrain_home / "ledger.jsonl").exists()
 
 
 def test_typo_in_a_key_fails_at_composition(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
@@ -55,9 +75,11 @@ def test_typo_in_a_key_fails_at_composition(tmp_path: Path, posttrain_home: Path
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_judge_price_fails_at_composition(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
-    """A judge model whose price is unknown (null) cannot be budgeted: refused before anything runs."""
-    proc = posttrain("scorer=llm", "judge.model=some-new-model", "judge.price_input_per_mtok=null",
+def test_null_judge_price_fails_at_composition(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
+    """A price set to null is a type error for the schema: refused before anything runs."""
+    proc = posttrain("scorer=llm", "judge.price_input_per_mtok=null",
                      f"hydra.run.dir={tmp_path / 'run'}", home=posttrain_home, cache=shared_cache, check=False)
     assert proc.returncode != 0 and "price_input_per_mtok" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+

@@ -70,12 +70,13 @@ def test_resume_reuses_finished_conversations_and_matches(tmp_path: Path, posttr
     posttrain(*args, f"hydra.run.dir={full}", home=posttrain_home, cache=shared_cache)
     lines = (full / "generations.jsonl").read_text().splitlines(keepends=True)
     cut.mkdir()
-    (cut / "generations.jsonl").write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    # cut inside a chunk (batch_size 4): the rest is regrouped into other batches on resume
+    (cut / "generations.jsonl").write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
     proc = posttrain(*args, f"hydra.run.dir={cut}", home=posttrain_home, cache=shared_cache)
-    assert "reusing 4 finished conversations" in proc.stdout + proc.stderr
+    assert "reusing 5 finished conversations" in proc.stdout + proc.stderr
     assert (cut / "generations.jsonl").read_text() == (full / "generations.jsonl").read_text()
     summary = json.loads((cut / "summary.json").read_text())
-    assert summary["generation"]["reused"] == 4 and summary["generation"]["generated"] == 4
+    assert summary["generation"]["reused"] == 5 and summary["generation"]["generated"] == 3
 
 
 @pytest.mark.slow
@@ -100,6 +101,12 @@ def test_kill_9_during_generation_then_rerun(tmp_path: Path, posttrain_home: Pat
     rows = read_jsonl(gen)
     assert len(rows) == 24 and len({r["item_id"] for r in rows}) == 24
     assert json.loads((run / "summary.json").read_text())["generation"]["reused"] == done
+    clean = tmp_path / "clean"  # the same run, never killed: the same bytes (greedy decoding)
+    posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.limit=24", "stage.sentinel=false",
+              "generation.max_new_tokens=24", "generation.batch_size=4", f"hydra.run.dir={clean}",
+              home=posttrain_home, cache=shared_cache)
+    for name in ("generations.jsonl", "scores.jsonl", "items.jsonl"):
+        assert (run / name).read_bytes() == (clean / name).read_bytes(), name
 
 
 def test_changed_settings_in_the_same_folder_are_refused(tmp_path: Path, posttrain_home: Path,

@@ -12,11 +12,12 @@ import pytest
 
 from posttrain.calibration import main as calibrate
 from posttrain.records import read_jsonl
-from tests.helpers import posttrain
+from tests.conftest import CANARY_ANTHROPIC
+from tests.helpers import files_with_secrets, posttrain
 from tests.llm_server import FakeLLMServer
 
 FAST = ["model=tiny_instruct", "generation.max_new_tokens=8", "generation.batch_size=6", "stage.sentinel=false"]
-FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict")
+FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict", "bad_json")
 
 
 def coin_verdict(prompt: str) -> dict:
@@ -47,6 +48,9 @@ def test_faulty_judge_records_every_item_once_and_rerun_is_free(tmp_path: Path, 
         assert summary["judge"] == "claude"
         assert sum(s["n_parse_failures"] for s in scores) > 0 and srv.faults_served
         assert summary["gate_eligible"] is False and "no calibration" in summary["gate_ineligible_reason"]
+        # the key really went to the judge (the canary from conftest), and into no file of ours
+        assert CANARY_ANTHROPIC in srv.keys_seen
+        assert files_with_secrets(run, posttrain_home) == []
         ledger = read_jsonl(posttrain_home / "ledger.jsonl")
         assert ledger[-1]["api_usd"] == pytest.approx(summary["api_usd"])
         n_err_turns = error_turns(scores)
@@ -138,6 +142,8 @@ def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path,
         posttrain(*args_clean, f"judge.base_url={srv.url}", home=fresh_home, cache=shared_cache)
     for name in ("generations.jsonl", "scores.jsonl"):
         assert (run / name).read_bytes() == (clean / name).read_bytes(), name
+    assert CANARY_ANTHROPIC in srv.keys_seen  # a killed run and its rerun leave the key in no file either
+    assert files_with_secrets(run, clean, posttrain_home, fresh_home) == []
     assert json.loads((clean / "summary.json").read_text())["judge_spend"]["paid_answers"] == judged
 
 

@@ -1,5 +1,5 @@
-"""Faults a real run meets: a full disk, W&B unavailable, a corrupted adapter. Each says what
-"nothing lost" means and checks it."""
+"""Faults a real run meets: a full disk, W&B unavailable, a corrupted adapter, a second job in a
+locked run folder. Each says what "nothing lost" means and checks it."""
 
 from __future__ import annotations
 
@@ -70,6 +70,57 @@ def test_corrupted_adapter_is_detected_by_its_recorded_hash(tmp_path: Path) -> N
     (adapter / "adapter_model.safetensors").write_bytes(b"weights as trained, then a bit flipped")
     with pytest.raises(ModelUnavailable, match="corrupted or was replaced"):
         resolve_adapter(str(adapter))
+
+
+def test_changed_adapter_config_is_detected(tmp_path: Path) -> None:
+    import hashlib
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"w")
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    write_json(adapter / "provenance.json", {"adapter_sha256": hashlib.sha256(b"w").hexdigest(),
+                                             "adapter_config_sha256": hashlib.sha256(b'{"r": 16}').hexdigest()})
+    resolve_adapter(str(adapter))
+    (adapter / "adapter_config.json").write_text('{"r": 64}')  # same weights read with another rank/alpha
+    with pytest.raises(ModelUnavailable, match="adapter_config.json is corrupted or was replaced"):
+        resolve_adapter(str(adapter))
+    (adapter / "provenance.json").write_text("{not json")
+    with pytest.raises(ModelUnavailable, match="provenance.json is unreadable"):
+        resolve_adapter(str(adapter))
+
+
+def test_eval_with_a_corrupted_adapter_stops_before_loading(tmp_path: Path, posttrain_home: Path,
+                                                            shared_cache: Path) -> None:
+    import hashlib
+
+    adapter = tmp_path / "sft-run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights, then a flipped bit")
+    write_json(adapter / "provenance.json", {"adapter_sha256": hashlib.sha256(b"weights").hexdigest()})
+    run = tmp_path / "run"
+    proc = posttrain("model=tiny_base", f"model.adapter={adapter.parent}", "scorer=heuristic_triage",
+                     "benchmark.limit=2", f"hydra.run.dir={run}", home=posttrain_home, cache=shared_cache,
+                     check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "corrupted or was replaced" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "generations.jsonl").exists() and not (run / "provenance.json").exists()
+    assert not (posttrain_home / "ledger.jsonl").exists()  # refused in the plan: nothing was spent
+
+
+def test_second_job_into_a_locked_run_folder_is_refused(tmp_path: Path, posttrain_home: Path,
+                                                         shared_cache: Path) -> None:
+    from posttrain.records import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):  # another job holds the folder
+        proc = posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.limit=2", f"hydra.run.dir={run}",
+                         home=posttrain_home, cache=shared_cache, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "another posttrain job" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "generations.jsonl").exists() and not (run / "summary.json").exists()
+    assert not (posttrain_home / "ledger.jsonl").exists()
 
 
 def test_missing_adapter_says_what_to_check(tmp_path: Path) -> None:

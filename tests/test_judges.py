@@ -41,8 +41,8 @@ from posttrain.judges import (  # noqa: E402
 
 FAST = 0.001  # backoff base for tests (seconds)
 REPO = Path(__file__).resolve().parents[1]
-ALL_FAULTS = ("429", "529", "500", "slow", "drop", "malformed", "refusal", "missing_verdict")
-PARSE_FAULTS = ("refusal", "missing_verdict")
+ALL_FAULTS = ("429", "529", "500", "slow", "drop", "malformed", "refusal", "missing_verdict", "bad_json")
+PARSE_FAULTS = ("refusal", "missing_verdict", "bad_json")
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Nairobi", "Lima", "Perth", "Tunis", "Riga", "Accra"]
 
 
@@ -198,7 +198,7 @@ def test_each_fault_recovers(provider: str, fault: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
-@pytest.mark.parametrize("fault", ["429", "529", "500", "drop", "malformed", "refusal", "missing_verdict"])
+@pytest.mark.parametrize("fault", ["429", "529", "500", "drop", "malformed", "refusal", "missing_verdict", "bad_json"])
 def test_persistent_fault_ends_as_error_never_pass_or_fail(provider: str, fault: str, tmp_path: Path) -> None:
     item = Item(id="one", category="c", turns=(Turn("Say Oslo", expect=Expectation(must_include=(("Oslo",),))),))
     row = make_row(make_item(1), good=True) | {"item_id": "one", "category": "c"}

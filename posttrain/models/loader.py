@@ -145,11 +145,25 @@ def resolve_adapter(adapter: str) -> tuple[Path, str]:
         )
     digest = sha256_file(weights)
     prov = p / "provenance.json"
-    if prov.exists():
-        recorded = read_json(prov).get("adapter_sha256")
-        if recorded and recorded != digest:
+    if not prov.exists():
+        # An adapter trained elsewhere: nothing to verify against. Its hash still goes into this
+        # run's provenance, so the run names exactly which weights it used.
+        log.warning("adapter %s has no provenance.json (not trained by posttrain): its integrity cannot be "
+                    "checked; using it as found, sha256 %s", p, digest)
+        return p, digest
+    try:
+        record = read_json(prov)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"adapter {p}: provenance.json is unreadable ({exc}); restore it or retrain the "
+                               "adapter. It will not be used unverified.") from exc
+    checks = [(weights, digest, record.get("adapter_sha256"))]
+    config = p / "adapter_config.json"
+    if record.get("adapter_config_sha256"):
+        checks.append((config, sha256_file(config) if config.exists() else "missing", record["adapter_config_sha256"]))
+    for path, actual, recorded in checks:
+        if recorded and recorded != actual:
             raise ModelUnavailable(
-                f"adapter {weights} is corrupted or was replaced: its sha256 {digest[:12]}... differs from the "
+                f"adapter {path} is corrupted or was replaced: its sha256 {actual[:12]}... differs from the "
                 f"recorded {recorded[:12]}... in {prov}. Retrain it or restore the file; it will not be used."
             )
     return p, digest

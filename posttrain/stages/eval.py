@@ -249,8 +249,8 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         write_json(ctx.run_dir / "sentinel.json", sentinel | {"model": cfg.model.name})
 
     items_path = ctx.run_dir / "items.jsonl"
-    if not items_path.exists():  # the exact items scored, for calibration exports and re-analysis
-        append_jsonl(items_path, [it.to_dict() for it in bench.items])
+    # the exact items scored, for calibration exports and re-analysis (whole-file atomic write)
+    write_jsonl(items_path, [it.to_dict() for it in bench.items])
     gen_path = ctx.run_dir / "generations.jsonl"
     fp = _fingerprint(cfg, fmt, loaded.provenance, bench)
     previous = read_jsonl(gen_path, repair=True)  # a torn last line from a kill is dropped here

@@ -313,7 +313,8 @@ def library_versions() -> dict[str, str]:
 def save_adapter(model: Any, run_dir: Path, provenance: dict[str, Any]) -> tuple[Path, str]:
     """Save the trained ("default") adapter to run_dir/adapter atomically, with provenance.json inside.
 
-    ``adapter_sha256`` is the sha256 of adapter_model.safetensors; the loader verifies it.
+    ``adapter_sha256`` is the sha256 of adapter_model.safetensors and ``adapter_config_sha256`` that of
+    adapter_config.json (rank, alpha, target modules); the loader verifies both.
     """
     final = run_dir / ADAPTER_DIR
     tmp = run_dir / f".{ADAPTER_DIR}.tmp"
@@ -323,7 +324,9 @@ def save_adapter(model: Any, run_dir: Path, provenance: dict[str, Any]) -> tuple
     if not weights.exists():
         raise PosttrainError(f"saving the adapter produced no {weights.name} in {tmp}")
     digest = sha256_file(weights)
-    write_json(tmp / "provenance.json", provenance | {"adapter_sha256": digest})
+    config = tmp / "adapter_config.json"
+    write_json(tmp / "provenance.json", provenance | {
+        "adapter_sha256": digest, "adapter_config_sha256": sha256_file(config) if config.exists() else None})
     if final.exists():
         old = run_dir / f".{ADAPTER_DIR}.old"
         shutil.rmtree(old, ignore_errors=True)
