@@ -41,6 +41,17 @@ def test_disk_full_stops_cleanly_and_keeps_earlier_records(small_disk: Path, pos
     assert all(r["turns"] and r["fingerprint"] for r in rows)
     # The GPU time was still recorded in the ledger (it lives on another disk).
     assert read_jsonl(posttrain_home / "ledger.jsonl")[-1]["note"] == "failed"
+    # Free space (grow the tmpfs) and rerun the same command: it resumes from the complete rows.
+    grown = subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], capture_output=True)
+    if grown.returncode:
+        pytest.skip("cannot grow the tmpfs here")
+    proc = posttrain("model=tiny_base", "scorer=heuristic_triage", "stage.sentinel=false", "tracking=disabled",
+                     "benchmark.limit=40",
+                     "generation.max_new_tokens=32", "generation.batch_size=4", f"hydra.run.dir={run}",
+                     home=posttrain_home, cache=shared_cache)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["generation"]["reused"] == len(rows)
+    assert len(read_jsonl(run / "generations.jsonl")) == 40
 
 
 def test_wandb_unavailable_run_goes_on_with_complete_records(tmp_path: Path, posttrain_home: Path,
