@@ -35,9 +35,27 @@ def test_finish_reasons_match_the_hf_backend() -> None:
 
 
 @pytest.mark.gpu
-def test_vllm_greedy_matches_hf_on_the_tiny_model(tiny_paths) -> None:  # pragma: no cover - GPU only
+def test_vllm_greedy_matches_hf_on_the_tiny_model(tiny_paths, shared_cache: Path) -> None:  # pragma: no cover
+    """Same weights, same prompts, greedy: the vLLM engine and the HF backend agree (GPU only).
+
+    Kernels differ, so an exact match is not guaranteed on every prompt; at least 6 of 8 must match
+    and every reply must be non-empty and finished for a known reason.
+    """
+    from omegaconf import OmegaConf
+
+    from posttrain.config import ModelConfig
+    from posttrain.generation import HFBackend
+    from posttrain.models.loader import load_model
     from posttrain.vllm_backend import VLLMBackend
 
-    be = VLLMBackend(tiny_paths["base"], dtype="float32", quantization=None, max_context=512)
-    out = be.generate(["User: hello\nAssistant:"], SamplingParams(max_new_tokens=8))
-    assert len(out) == 1 and out[0].n_prompt_tokens > 0
+    prompts = [f"User: My name is Ann and I live in city {i}.\nAssistant:" for i in range(8)]
+    params = SamplingParams(max_new_tokens=16)
+    cfg = OmegaConf.structured(ModelConfig(name="tiny_base", path="tiny_base", tiny="base", kind="base",
+                                           dtype="float32"))
+    lm = load_model(cfg, cache_dir=shared_cache, device="cuda")
+    hf = HFBackend(lm.model, lm.tokenizer, "cuda").generate(prompts, params)
+    vl = VLLMBackend(tiny_paths["base"], dtype="float32", quantization=None, max_context=512).generate(prompts, params)
+    assert all(g.n_prompt_tokens > 0 and g.finish_reason in ("eos", "length", "stop") for g in vl)
+    assert [g.n_prompt_tokens for g in vl] == [g.n_prompt_tokens for g in hf]  # same tokenisation
+    same = sum(a.text == b.text for a, b in zip(hf, vl, strict=True))
+    assert same >= 6, [(a.text, b.text) for a, b in zip(hf, vl, strict=True)]
