@@ -137,3 +137,27 @@ def test_second_job_into_a_locked_run_folder_is_refused(tmp_path: Path, posttrai
 def test_missing_adapter_says_what_to_check(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="no adapter_model.safetensors"):
         resolve_adapter(str(tmp_path))
+
+
+def test_wandb_failing_mid_run_loses_no_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real offline W&B run whose log/summary/finish start failing halfway (its service died):
+    the tracker goes on, and metrics.jsonl and tracking.json hold everything."""
+    from posttrain.tracking import Tracker
+
+    tracker = Tracker(tmp_path, mode="offline", project="posttrain-test", entity=None, name="t", group=None,
+                      job_type="eval", tags=[], config={"a": 1})
+    with tracker:
+        assert tracker.run_id is not None  # W&B really started
+        tracker.log({"x": 1.0}, step=1)
+
+        def dead(*args: object, **kwargs: object) -> None:
+            raise ConnectionResetError("wandb service went away")
+
+        monkeypatch.setattr(tracker._run, "log", dead)
+        monkeypatch.setattr(tracker._run, "finish", dead)
+        tracker.log({"x": 2.0}, step=2)
+        tracker.summary({"done": True})
+    monkeypatch.undo()
+    tracker._run.finish()  # end the real run, so no later test inherits it
+    assert [r["x"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1.0, 2.0]
+    assert json.loads((tmp_path / "tracking.json").read_text())["wandb_run_id"]
