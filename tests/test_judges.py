@@ -198,12 +198,13 @@ def test_each_fault_recovers(provider: str, fault: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
-@pytest.mark.parametrize("fault", ["429", "529", "500", "drop", "malformed", "refusal", "missing_verdict", "bad_json"])
+@pytest.mark.parametrize("fault", ["429", "529", "500", "slow", "drop", "malformed", "refusal", "missing_verdict",
+                                   "bad_json"])
 def test_persistent_fault_ends_as_error_never_pass_or_fail(provider: str, fault: str, tmp_path: Path) -> None:
     item = Item(id="one", category="c", turns=(Turn("Say Oslo", expect=Expectation(must_include=(("Oslo",),))),))
     row = make_row(make_item(1), good=True) | {"item_id": "one", "category": "c"}
     row["turns"] = [row["turns"][1] | {"turn": 0}]
-    with FakeLLMServer(faults=[fault] * 20) as srv:
+    with FakeLLMServer(faults=[fault] * 20, slow_s=0.8) as srv:  # "slow": every attempt outlives the 0.5 s timeout
         [score] = run([item], [row], make_cfg(srv, provider, max_retries=2, max_reasks=2), tmp_path)
         calls = srv.model_calls
     assert score["verdict"] == "error" and score["error"] and score["turn_verdicts"][0]["verdict"] == "error"
