@@ -32,7 +32,7 @@ run: setup  ## the embedded demo: the three-way comparison on tiny local models 
 	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; cat "$$sweep/comparison.md"; echo; \
 	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
 
-test: setup  ## the test suite (tiny local models, loopback servers; about 11 minutes on 2 cores)
+test: setup  ## the test suite (tiny local models, loopback servers; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 e2e: setup  ## the honest end-to-end pipeline on tiny models: base -> data -> SFT -> eval, McNemar (~4 min)
