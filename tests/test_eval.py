@@ -14,7 +14,7 @@ import pytest
 
 from posttrain.records import read_jsonl
 from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI
-from tests.helpers import REPO, posttrain
+from tests.helpers import REPO, files_with_secrets, posttrain
 
 FAST = ["generation.max_new_tokens=12", "generation.batch_size=4"]
 
@@ -124,9 +124,7 @@ def test_no_secret_reaches_any_file(tmp_path: Path, posttrain_home: Path, shared
     posttrain("model=tiny_base", "scorer=heuristic_triage", "benchmark.limit=2", *FAST, f"hydra.run.dir={run}",
               home=posttrain_home, cache=shared_cache,
               env={"ANTHROPIC_API_KEY": CANARY_ANTHROPIC, "OPENAI_API_KEY": CANARY_OPENAI})
-    leaked = [p for root in (run, posttrain_home) for p in root.rglob("*") if p.is_file()
-              and (CANARY_ANTHROPIC.encode() in p.read_bytes() or CANARY_OPENAI.encode() in p.read_bytes())]
-    assert leaked == []
+    assert files_with_secrets(run, posttrain_home) == []
     assert list(run.glob("wandb/offline-run-*"))  # W&B really ran (offline) and wrote its files
 
 
