@@ -62,7 +62,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     data = "".join(_dumps(r) + "\n" for r in rows).encode("utf-8")
     if not data:
         return
-    with open(path, "ab") as f:
+    with open(path, "a+b") as f:  # appends always go to the end; reads may seek
         _cut_torn_tail(f)
         f.write(data)
         f.flush()
@@ -70,24 +70,18 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _cut_torn_tail(f: Any, block: int = 1 << 16) -> None:
-    """Truncate an append-mode binary file after its last newline (a no-op when it ends with one)."""
-    end = f.seek(0, os.SEEK_END)
-    if end == 0:
-        return
-    with open(f.name, "rb") as r:
-        r.seek(end - 1)
-        if r.read(1) == b"\n":
-            return
-        pos = end
-        while pos > 0:
-            start = max(0, pos - block)
-            r.seek(start)
-            chunk = r.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
+    """Truncate a file opened "a+b" after its last newline (a no-op when it ends with one)."""
+    pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+        start = max(0, pos - block)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            if start + nl + 1 != f.seek(0, os.SEEK_END):
                 f.truncate(start + nl + 1)
-                return
-            pos = start
+            return
+        pos = start
     f.truncate(0)  # no newline at all: the only line is torn
 
 

@@ -138,19 +138,24 @@ def write_checkpoint_manifest(path: Path, global_step: int) -> None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint must not be resumed from (incomplete, or changed since it was saved), or None."""
+    return _verified_step(path)[1]
+
+
+def _verified_step(path: Path) -> tuple[int | None, str | None]:
+    """(the global step recorded in the manifest, None) for an intact checkpoint, else (None, why not)."""
     try:
         manifest = read_json(path / CHECKPOINT_MANIFEST)
     except (OSError, ValueError):
-        return "no readable manifest (the run stopped while saving it)"
+        return None, "no readable manifest (the run stopped while saving it)"
     recorded: dict[str, str] = manifest.get("files") or {}
     actual = checkpoint_files(path)
     missing = sorted(set(recorded) - set(actual))
     if missing:
-        return f"missing files {missing}"
+        return None, f"missing files {missing}"
     changed = sorted(f for f in recorded if recorded[f] != actual[f])
     if changed:
-        return f"files changed since they were saved (sha256 mismatch): {changed}"
-    return None
+        return None, f"files changed since they were saved (sha256 mismatch): {changed}"
+    return int(manifest.get("global_step", 0)), None
 
 
 def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
@@ -171,10 +176,9 @@ def last_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
             continue
         found.append((step, p))
     for step, path in sorted(found, reverse=True):
-        problem = checkpoint_problem(path)
+        global_step, problem = _verified_step(path)
         if problem is None:
-            state = read_json(path / CHECKPOINT_MANIFEST)
-            return path, int(state.get("global_step", step))
+            return path, global_step or step
         log.warning("resume: skipping checkpoint %s: %s", path, problem)
     return None
 
