@@ -276,12 +276,16 @@ class FakeLLMServer:
                 self.faults_served["batch:" + fault] += 1
             return fault
 
-    def anthropic_batch(self, batch_id: str, *, poll: bool) -> dict[str, Any]:
+    def _poll_batch(self, batch_id: str, poll: bool) -> tuple[dict[str, Any], bool]:
+        """The batch and whether it has ended; a poll (not a results fetch) moves it one step on."""
         with self._lock:
             b = self._batches[batch_id]
             if poll and not self.hold_batches:
                 b["polls"] += 1
-            ended = b["polls"] > self.batch_polls
+            return b, b["polls"] > self.batch_polls
+
+    def anthropic_batch(self, batch_id: str, *, poll: bool) -> dict[str, Any]:
+        b, ended = self._poll_batch(batch_id, poll)
         n = len(b["requests"])
         return {"id": batch_id, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
                 "request_counts": {"processing": 0 if ended else n, "succeeded": n if ended else 0,
@@ -302,11 +306,7 @@ class FakeLLMServer:
         return ("\n".join(lines) + "\n").encode()
 
     def openai_batch(self, batch_id: str, *, poll: bool) -> dict[str, Any]:
-        with self._lock:
-            b = self._batches[batch_id]
-            if poll and not self.hold_batches:
-                b["polls"] += 1
-            ended = b["polls"] > self.batch_polls
+        b, ended = self._poll_batch(batch_id, poll)
         if ended and "output_file_id" not in b:
             lines = []
             for line in self._files[b["input_file_id"]].decode().splitlines():
