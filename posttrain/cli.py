@@ -43,17 +43,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     from posttrain.budget import Ledger, Spend, gpu_cost
     from posttrain.paths import cache_dir, ledger_path
     from posttrain.records import RunLock, write_json
-    from posttrain.stages import RunContext, stage_module, world_size
+    from posttrain.stages import RunContext, stage_module
     from posttrain.tracking import Tracker
 
     validate(cfg)
     sweep = _sweep_info()
     run_dir = Path(sweep["output_dir"])
-    if world_size() > 1 and cfg.stage.name == "eval":
-        raise ConfigError(f"stage=eval runs in one process, but this launch has WORLD_SIZE={world_size()} "
-                          "(accelerate launch / torchrun): every rank would generate and judge everything. "
-                          "Run the eval with plain `posttrain`, or spread models over GPUs with a sweep "
-                          "(hydra/launcher=slurm, docs/scaling.md).")
     if int(os.environ.get("RANK", "0")) != 0:
         return _run_secondary_rank(cfg, run_dir, sweep)
     with RunLock(run_dir):
@@ -128,7 +123,7 @@ def _run_secondary_rank(cfg: DictConfig, run_dir: Path, sweep: dict[str, Any]) -
         quiet = Tracker(scratch, mode="disabled", project="", entity=None, name="", group=None, job_type="",
                         tags=[], config={})
         module.run(cfg, RunContext(run_dir=scratch, cache_dir=cache_dir(cfg.cache_dir), tracker=quiet, plan=plan,
-                                   sweep=sweep, train_dir=run_dir, is_main=False))
+                                   sweep=sweep, train_dir=run_dir))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {}

@@ -35,8 +35,8 @@ class RunContext:
 
     ``run_dir`` takes this process's records. Under ``accelerate launch``/``torchrun`` with several
     processes, rank 0 writes into the run folder and every other rank into a private scratch folder,
-    while ``train_dir`` (the run folder, for every rank) holds what the ranks share: the training
-    data, which rank 0 prepares first, and the trainer's checkpoints.
+    with ``train_dir`` pointing it at the run folder; ``shared_dir`` (the run folder, for every rank)
+    holds what the ranks share: the training data, which rank 0 prepares first, and the checkpoints.
     """
 
     run_dir: Path
@@ -45,8 +45,12 @@ class RunContext:
     plan: Plan
     sweep: dict[str, Any]
     api_usd: float = 0.0  # added to by stages as they spend (judge calls)
-    train_dir: Path | None = None  # None: the run folder itself (one process)
-    is_main: bool = True  # rank 0 (or the only process)
+    train_dir: Path | None = None  # set only for a rank > 0: the run folder rank 0 writes
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, or the only process: the one that writes into the run folder."""
+        return self.train_dir is None
 
     @property
     def shared_dir(self) -> Path:

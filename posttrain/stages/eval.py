@@ -38,7 +38,13 @@ def plan(cfg: Any) -> Plan:
     from posttrain.models.loader import preflight_model
     from posttrain.paths import cache_dir
     from posttrain.prompts import check_format_allowed, resolve_format
+    from posttrain.stages import world_size
 
+    if world_size() > 1:
+        raise PosttrainError(f"stage=eval runs in one process, but this launch has WORLD_SIZE={world_size()} "
+                             "(accelerate launch / torchrun): every rank would generate and judge everything. "
+                             "Run the eval with plain `posttrain`, or spread models over GPUs with a sweep "
+                             "(hydra/launcher=slurm, docs/scaling.md).")
     bench = _load_items(cfg)
     fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
     check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
