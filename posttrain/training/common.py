@@ -355,7 +355,6 @@ def shared_data_ready(ctx: Any, *, poll_s: float = 2.0, log_every_s: float = 60.
     dies, torchrun / accelerate launch stop this process too. Rank 0 and single processes return
     at once.
     """
-    import logging
     import time
 
     from posttrain.training.data import REPORT_FILE
@@ -368,7 +367,7 @@ def shared_data_ready(ctx: Any, *, poll_s: float = 2.0, log_every_s: float = 60.
         time.sleep(poll_s)
         if time.monotonic() - last >= log_every_s:
             last = time.monotonic()
-            logging.getLogger(__name__).info("waiting for rank 0 to write %s (%.0f s)", report, last - t0)
+            log.info("waiting for rank 0 to write %s (%.0f s)", report, last - t0)
 
 
 def train_resumable(trainer: Any, run_dir: Path, snapshot: dict[str, Any],
