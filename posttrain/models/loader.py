@@ -99,6 +99,15 @@ def preflight_model(cfg: Any, *, cache_dir: Path, device: str = "auto") -> Resol
 
         path = ensure_tiny_model(cfg.tiny, cache_dir)
         revision = None
+    elif getattr(cfg, "gguf", None):
+        if cfg.gguf != "smollm2":
+            raise ModelUnavailable(f"model {cfg.name}: model.gguf={cfg.gguf!r} is unknown; the only GGUF "
+                                   "conversion posttrain knows is 'smollm2'. Nothing was loaded or spent.")
+        from posttrain.models.smollm2 import ensure_smollm2
+
+        # converted once into the cache; the wheel check fails here, before anything is read
+        path = ensure_smollm2(cache_dir, "bfloat16" if cfg.dtype == "bfloat16" else "float32")
+        revision = None
     elif Path(cfg.path).expanduser().is_dir():
         path = Path(cfg.path).expanduser()
         revision = None
@@ -181,11 +190,17 @@ def load_tokenizer(cfg: Any, resolved: ResolvedModel) -> tuple[Any, dict[str, An
 
     tok = AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=False)
     template = getattr(tok, "chat_template", None)
+    from posttrain.models.smollm2 import conversion_record, default_system_prompt
+
     info: dict[str, Any] = {
         "tokenizer_sha256": sha256_dir(resolved.path, ("tokenizer*.json", "*.jinja", "vocab*", "merges*")),
         "chat_template_sha256": sha256_text(template) if isinstance(template, str) else None,
         "chat_template_removed": False,
+        # e.g. SmolLM2's "You are a helpful AI assistant named SmolLM, ..." when prompt.system_prompt is null
+        "chat_template_default_system_prompt": default_system_prompt(tok),
     }
+    if (conversion := conversion_record(resolved.path)) is not None:
+        info["conversion"] = conversion  # wheel, GGUF sha256, converter versions
     if cfg.kind == "base" and template and not cfg.allow_chat_template_on_base:
         # Qwen base tokenizers ship ChatML; applying it silently is the contamination to prevent.
         tok.chat_template = None
