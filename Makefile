@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned so that pip takes the local CPU wheel instead of a multi-GB CUDA build.
 # Override on a GPU machine, e.g. `make setup TORCH_SPEC="torch==2.14.1"`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,cluster
+EXTRAS ?= dev,cluster,dashboard
 STAMP := $(VENV)/.posttrain-installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1

@@ -79,3 +79,30 @@ class Ledger:
         with self._lock():
             append_jsonl(self.path, [row])
         return row
+
+
+def spend_series(entries: list[dict[str, Any]], cap_usd: float) -> list[dict[str, float]]:
+    """The ledger as a cumulative series: one point per row, with the cap on every point.
+
+    ``budget/entry`` is the row number (1-based), the x axis of the budget panels. E.g. rows of
+    $1.50 and $0.25 under a $10 cap give cum_usd 1.50, 1.75 and remaining_usd 8.50, 8.25.
+    """
+    out: list[dict[str, float]] = []
+    gpu_hours = gpu_usd = api_usd = 0.0
+    for i, e in enumerate(entries, start=1):
+        gpu_hours += float(e.get("gpu_hours", 0.0))
+        gpu_usd += float(e.get("gpu_usd", 0.0))
+        api_usd += float(e.get("api_usd", 0.0))
+        total = gpu_usd + api_usd
+        out.append({"budget/entry": i, "budget/cum_gpu_hours": gpu_hours, "budget/cum_gpu_usd": gpu_usd,
+                    "budget/cum_api_usd": api_usd, "budget/cum_usd": total, "budget/cap_usd": float(cap_usd),
+                    "budget/remaining_usd": float(cap_usd) - total})
+    return out
+
+
+def run_spend(entry: dict[str, Any]) -> dict[str, float]:
+    """One ledger row as this run's budget metrics."""
+    return {"budget/run_gpu_hours": float(entry.get("gpu_hours", 0.0)),
+            "budget/run_gpu_usd": float(entry.get("gpu_usd", 0.0)),
+            "budget/run_api_usd": float(entry.get("api_usd", 0.0)),
+            "budget/run_usd": float(entry.get("gpu_usd", 0.0)) + float(entry.get("api_usd", 0.0))}

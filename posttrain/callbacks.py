@@ -67,6 +67,9 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
                 "thresholds": comparison["thresholds"], "missing_jobs": comparison["missing_jobs"]},
     )
     with tracker:
+        from posttrain.tracking import log_comparison_records
+
+        log_comparison_records(tracker, comparison, sweep_dir)  # inputs (lineage), tables, the sweep's spend
         tracker.summary(_scalars(comparison))
         tracker.log_files([f for f in files if f.is_file()], name=f"comparison-{group}", kind="comparison")
     return tracker.run_id

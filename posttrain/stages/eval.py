@@ -286,8 +286,12 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     metrics = summarise_scores(scores)
     metrics["length_bias"] = length_bias(scores)
     ctx.tracker.log({"success_rate": metrics["success_rate"], "n_pass": metrics["n_pass"],
-                     "n_error": metrics["n_error"]}
+                     "n_error": metrics["n_error"], "success_rate_ci95_low": metrics["ci95"][0],
+                     "success_rate_ci95_high": metrics["ci95"][1]}
                     | {f"success_rate/{c}": v["success_rate"] for c, v in metrics["per_category"].items()})
+    from posttrain.tracking import log_eval_records
+
+    log_eval_records(ctx.tracker, ctx.run_dir)  # transcript table + scores artifact, read from the records
     return {
         **metrics, **scored,
         "benchmark_info": {"name": bench.name, "split": bench.split, "n": len(bench.items), "sha256": bench.sha256,
