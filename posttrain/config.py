@@ -57,7 +57,7 @@ class EvalStageConfig(StageConfig):
 @dataclass
 class TrainStageConfig(StageConfig):
     data: str | None = None  # training data file (JSONL); None = generate from the base model
-    num_examples: int = 64
+    num_examples: int = 200  # SFT conversations kept (the design's ~200)
     max_steps: int = 30
     learning_rate: float = 2e-4
     per_device_batch_size: int = 4
@@ -105,9 +105,12 @@ class TrainStageConfig(StageConfig):
     instruction_max_new_tokens: int = 48
     multiturn_fraction: float = 0.3  # share of generated instructions continued into a conversation
     followup_turns: int = 1  # templated follow-up user turns per multi-turn conversation
-    critic: str = "loglik"  # loglik | judge | both (base-model logprob critic)
+    critic: str = "pmi"  # pmi | loglik | judge | both (base-model logprob critic; training/critic.py)
     critic_keep_fraction: float = 0.8  # keep the best fraction of candidates by critic score
     synthetic_templates: list[str] = field(default_factory=lambda: ["name", "city"])  # + "name_city" (harder)
+    # share of prompts that state a constraint (a banned word) the reply keeps; the reply that breaks it
+    # is kept as the constraint_violation negative (synthetic: a paraphrase; generated: the unconstrained reply)
+    constraint_fraction: float = 0.3
     # --- optimisation and checkpoints ---
     lora_target_modules: str = "all-linear"
     lr_scheduler_type: str = "linear"
@@ -115,12 +118,15 @@ class TrainStageConfig(StageConfig):
     max_grad_norm: float = 1.0
     optim: str | None = None  # None: paged_adamw_8bit for QLoRA on CUDA, adamw_torch otherwise
     save_total_limit: int = 2
-    label_audit_examples: int = 3
+    label_audit_examples: int = 8  # rendered in label_audit.txt (every example is checked)
     # --- DPO ---
-    negative_types: list[str] = field(default_factory=lambda: ["truncated", "wrong_instruction", "constraint_violation",
-                                                               "corrupted_facts", "padded_repetitive"])
+    # content-only types; truncated and padded_repetitive differ in form by construction (leaky, opt-in)
+    negative_types: list[str] = field(default_factory=lambda: ["wrong_instruction", "constraint_violation",
+                                                               "corrupted_facts"])
     negatives_per_example: int = 1
-    leakage_threshold: float = 0.75  # negatives_report.json warns above this classifier accuracy
+    leakage_threshold: float = 0.75  # DPO refuses when a surface classifier beats this pair accuracy
+    allow_leaky_negatives: bool = False  # train anyway on separable negatives (recorded in every record)
+    eval_pairs_fraction: float = 0.1  # held-out DPO pairs per negative type (TRL eval_dataset dict)
     step0_batches: int = 2  # batches evaluated by the step-0 sanity check
 
 

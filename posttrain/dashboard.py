@@ -43,7 +43,7 @@ def _ws() -> tuple[Any, Any]:
 
 def build_workspace(project: str, entity: str, name: str = "posttrain") -> Any:
     """The workspace (``wandb_workspaces.workspaces.Workspace``); builds objects only, no network."""
-    from posttrain.training.negatives import NEGATIVE_TYPES
+    from posttrain.training.negatives import CONTENT_TYPES  # the default mix (leaky types are opt-in)
 
     ws, wr = _ws()
 
@@ -70,8 +70,8 @@ def build_workspace(project: str, entity: str, name: str = "posttrain") -> Any:
         line("Training loss (SFT and DPO)", "train/global_step", ["train/loss"]),
         line("DPO reward margin", "train/global_step", ["train/rewards/margins"]),
         line("DPO reward accuracy", "train/global_step", ["train/rewards/accuracies"]),
-        bars("DPO final margin per negative type", [f"final/margins/{t}" for t in NEGATIVE_TYPES]),
-        bars("DPO final accuracy per negative type", [f"final/accuracies/{t}" for t in NEGATIVE_TYPES]),
+        bars("DPO final margin per negative type", [f"final/margins/{t}" for t in CONTENT_TYPES]),
+        bars("DPO final accuracy per negative type", [f"final/accuracies/{t}" for t in CONTENT_TYPES]),
         bars("DPO step-0 check (loss = ln 2, margin = 0)", ["step0/loss", "step0/rewards_margins", "step0/passed"]),
     ])
     rates = ws.Section(name="Success rates", is_open=True, panels=[

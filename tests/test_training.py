@@ -22,7 +22,7 @@ import pytest
 
 from posttrain.errors import PosttrainError
 from posttrain.records import read_json, read_jsonl, sha256_file
-from posttrain.training.negatives import NEGATIVE_TYPES, build_pairs, find_constraint, leakage_report
+from posttrain.training.negatives import CONTENT_TYPES, NEGATIVE_TYPES, build_pairs, find_constraint, leakage_report
 from posttrain.training.rouge import RougePool, lcs_length, rouge_l, rouge_tokens
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +73,10 @@ EXAMPLES = [
     {"id": "e2", "prompt": "P2", "user": "My name is Alice. What is my name?", "chosen": "Your name is Alice."},
     {"id": "e3", "prompt": "P3", "user": "How many legs does a spider have?", "chosen": "A spider has 8 legs."},
     {"id": "e4", "prompt": "P4", "user": "I live in Oslo. Where do I live?", "chosen": "You live in Oslo. It is cold."},
+    {"id": "e5", "prompt": "P5", "user": "Describe the sea. Do not use the word 'blue'.",
+     "chosen": "The sea is wide and deep.", "constraint": {"kind": "banned_word", "value": "blue"}},
+    {"id": "e6", "prompt": "P6", "user": "What is my name? Do not use the word 'name'.", "chosen": "You are called Bob.",
+     "constraint": {"kind": "banned_word", "value": "name"}, "violation": "Your name is Bob."},
 ]
 
 
@@ -81,40 +85,58 @@ def _pairs_of(kind: str, seed: int = 0) -> list[dict]:
 
 
 def test_negatives_truncated() -> None:
-    for p in _pairs_of("truncated"):
+    pairs = _pairs_of("truncated")
+    assert pairs
+    for p in pairs:
         cw, rw = p["chosen"].split(), p["rejected"].split()
         assert p["negative_type"] == "truncated" and 1 <= len(rw) < len(cw)
-        assert " ".join(cw).startswith(p["rejected"])
+        assert " ".join(cw).startswith(p["rejected"]) and not p["rejected"].endswith((".", "!", "?"))
 
 
-def test_negatives_wrong_instruction_is_another_prompts_answer() -> None:
+def test_negatives_wrong_instruction_is_a_permutation_of_other_prompts_answers() -> None:
     chosen_of = {e["id"]: e["chosen"] for e in EXAMPLES}
-    for p in _pairs_of("wrong_instruction"):
+    pairs = _pairs_of("wrong_instruction")
+    assert len(pairs) == len(EXAMPLES)
+    for p in pairs:
         assert p["rejected"] in chosen_of.values() and p["rejected"] != chosen_of[p["source_id"]]
+    # every chosen reply is some other pair's rejected one: same distribution of surface features
+    assert sorted(p["rejected"] for p in pairs) == sorted(p["chosen"] for p in pairs)
 
 
-def test_negatives_constraint_violation_reads_the_prompt() -> None:
+def test_negatives_constraint_violation_only_where_a_constraint_is_stated() -> None:
     assert find_constraint("Answer in under 5 words: hi") == ("max_words", 5)
-    assert find_constraint("Please reply in Spanish") == ("language", "es")
+    assert find_constraint("Please reply in Spanish") == ("language", "spanish")
     assert find_constraint("Give me a bulleted list") == ("format", "bullet_list")
-    assert find_constraint("Write it in all caps") == ("format", "all_caps")
+    assert find_constraint("Describe it. Do not use the word 'blue'.") == ("banned_word", "blue")
     by_id = {p["source_id"]: p for p in _pairs_of("constraint_violation")}
-    assert len(by_id["e0"]["rejected"].split()) > 5  # breaks the word limit
-    assert by_id["e0"]["negative_meta"]["constraint"] == "max_words:5"
-    assert by_id["e1"]["negative_meta"]["constraint"] == "language:es"
-    assert "español" not in by_id["e1"]["rejected"]  # written in another language
-    # no stated constraint: the implicit one (stop after your own reply) is broken
-    assert by_id["e2"]["negative_meta"]["constraint"] == "implicit:single_reply"
-    assert "\nUser:" in by_id["e2"]["rejected"]
+    # only e5 (a banned word read from the prompt) and e6 (a violation made by the data generator);
+    # form constraints (word limits, a language) and unconstrained prompts give no pair
+    assert set(by_id) == {"e5", "e6"}
+    assert by_id["e6"]["rejected"] == "Your name is Bob." and by_id["e6"]["negative_meta"]["source"] == "data_generator"
+    e5 = by_id["e5"]
+    assert "blue" in e5["rejected"].split() and len(e5["rejected"].split()) == len(e5["chosen"].split())
+    assert e5["rejected"].endswith(".")  # same form: one word replaced, the punctuation kept
 
 
-def test_negatives_corrupted_facts_swaps_entities_and_numbers() -> None:
+def test_negatives_corrupted_facts_same_kind_same_shape() -> None:
     by_id = {p["source_id"]: p for p in _pairs_of("corrupted_facts")}
-    assert "8" not in by_id["e3"]["rejected"].split() and len(by_id["e3"]["rejected"].split()) == 5
-    assert "Alice" not in by_id["e2"]["rejected"]  # swapped for another entity of the data
-    assert by_id["e2"]["rejected"].startswith("Your name is ")
+    from posttrain.training.negatives import FACT_KINDS
+
+    spider = by_id["e3"]["rejected"].split()
+    assert spider[:3] == ["A", "spider", "has"] and spider[3].isdigit() and len(spider[3]) == 1 and spider[3] != "8"
+    name = by_id["e2"]["rejected"]
+    assert name.startswith("Your name is ") and name.rstrip(".").split()[-1] in FACT_KINDS["first_name"]
+    assert "Alice" not in name
+    city = by_id["e4"]["rejected"]
+    assert city.split()[3].rstrip(".") in FACT_KINDS["city"] and "Oslo" not in city
+    assert "e5" not in by_id  # "The sea is wide and deep." has no fact to corrupt: no negative
     for p in by_id.values():
-        assert p["rejected"] != p["chosen"] and p["negative_meta"]["changes"]
+        assert p["rejected"] != p["chosen"] and len(p["negative_meta"]["changes"]) == 1
+    # list numbering is never a fact
+    from posttrain.training.negatives import corrupted_facts
+
+    neg = corrupted_facts("Steps:\n1. Boil water.\n2. Add the tea.", np.random.default_rng(0))
+    assert neg is None
 
 
 def test_negatives_padded_repetitive() -> None:
@@ -124,12 +146,15 @@ def test_negatives_padded_repetitive() -> None:
 
 
 def test_negatives_seeded_and_balanced() -> None:
-    a = build_pairs(EXAMPLES * 2, seed=3)
-    b = build_pairs(EXAMPLES * 2, seed=3)
-    c = build_pairs(EXAMPLES * 2, seed=4)
+    twice = EXAMPLES + [e | {"id": e["id"] + "b"} for e in EXAMPLES]
+    a = build_pairs(twice, types=list(NEGATIVE_TYPES), seed=3)
+    b = build_pairs(twice, types=list(NEGATIVE_TYPES), seed=3)
+    c = build_pairs(twice, types=list(NEGATIVE_TYPES), seed=4)
     assert a == b and a != c
-    assert sorted({p["negative_type"] for p in a}) == sorted(NEGATIVE_TYPES)
-    assert {p["negative_type"]: 0 for p in a}.keys() == set(NEGATIVE_TYPES)
+    assert {p["negative_type"] for p in a} == set(NEGATIVE_TYPES)
+    counts = [sum(p["negative_type"] == t for p in a) for t in NEGATIVE_TYPES]
+    assert max(counts) - min(counts) <= 2  # balanced, constraint_violation served first where it applies
+    assert build_pairs(EXAMPLES, seed=0) and {p["negative_type"] for p in build_pairs(EXAMPLES)} <= set(CONTENT_TYPES)
     with pytest.raises(ValueError):
         build_pairs(EXAMPLES, types=["nonsense"])
 
@@ -150,8 +175,8 @@ def test_leakage_flags_a_length_separable_set() -> None:
     rep = leakage_report(pairs)
     assert rep["overall"]["longer_is_chosen"] == 0.0
     assert rep["overall"]["length_only_accuracy"] == 1.0
-    assert rep["warn"] is True and "length" in rep["message"]
-    assert rep["per_type"]["padded"]["warn"] is True
+    assert rep["leaky"] is True and "padded" in rep["message"] and rep["flagged_types"] == ["padded"]
+    assert rep["per_type"]["padded"]["separable"] is True
 
 
 def test_leakage_quiet_when_only_content_differs() -> None:
@@ -163,8 +188,8 @@ def test_leakage_quiet_when_only_content_differs() -> None:
         pairs.append(_pair(f"Your name is {a}.", f"Your name is {b}.", "corrupted_facts"))
     rep = leakage_report(pairs)
     assert rep["overall"]["length_only_accuracy"] <= 0.75
-    assert rep["overall"]["surface_cv_accuracy"] <= 0.75
-    assert rep["warn"] is False
+    assert rep["overall"]["surface_cv_pair_accuracy"] <= 0.75
+    assert rep["leaky"] is False
 
 
 # ---------------------------------------------------------------- step-0 check and gate
@@ -327,8 +352,8 @@ def test_self_instruct_filters_and_resumes(compose, tmp_path: Path) -> None:
     cfg = _data_cfg(compose)
     backend = FakeBackend(proposals)
 
-    def score(prompts, responses, instructions):
-        return [{"loglik": -float(len(r)), "critic_score": -float(len(r))} for r in responses]
+    def score(inputs):
+        return [{"loglik": -float(len(r)), "critic_score": -float(len(r))} for r in inputs.responses]
 
     run = tmp_path / "run"
     run.mkdir()
@@ -394,8 +419,10 @@ def test_critic_batched_equals_one_at_a_time(tiny_models) -> None:
     assert abs(js[1]["judge_logodds"] - one[0]["judge_logodds"]) < 1e-5 and 0 < js[0]["p_good"] < 1
     from posttrain.training.critic import critic_scores, keep_top
 
-    both = critic_scores(lm.model, lm.tokenizer, prompts, conts, ["q"] * 4, mode="both", batch_size=2)
-    assert all({"loglik", "judge_logodds", "p_good", "critic_score"} <= set(r) for r in both)
+    both = critic_scores(lm.model, lm.tokenizer, prompts, conts, ["q"] * 4, ends=["\nUser:"] * 4,
+                         neutral_prompts=["User: Say something.\nAssistant:"] * 4, mode="both", batch_size=2)
+    assert all({"loglik", "pmi", "relevance", "ending", "judge_logodds", "p_good", "critic_score"} <= set(r)
+               for r in both)
     assert abs(sum(r["critic_score"] for r in both)) < 1e-9  # mean of two z-scores: centred
     assert keep_top([0.1, 0.9, 0.5, 0.7], 0.5) == [1, 3] and keep_top([1.0, 2.0], 0.1) == [1]
 
@@ -409,9 +436,9 @@ def test_label_mask_prompt_masked_and_end_of_turn_trained(tiny_models, compose, 
     from posttrain.training.synthetic import synthetic_rows
 
     cfg = compose("stage=sft", "model=tiny_base")
-    rows = synthetic_rows(3, seed=0)
+    rows = synthetic_rows(3, seed=0)  # 3 conversations x 3 replies = 9 prompt/completion examples
     args = dict(output_dir=str(tmp_path / "o"), max_steps=1, report_to="none", use_cpu=True, bf16=False,
-                gradient_checkpointing=False, max_length=256)
+                activation_checkpointing=False, max_length=256)
 
     # base model: prompt/completion in the transcript format
     lm = tiny_models["base"]
@@ -428,9 +455,11 @@ def test_label_mask_prompt_masked_and_end_of_turn_trained(tiny_models, compose, 
         assert ids[-1] == eos and labels[-1] == eos  # EOS after the reply is trained
         trained = lm.tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
         assert trained == e["completion"] + lm.tokenizer.eos_token
-    text, stats = label_audit(tr.train_dataset, lm.tokenizer, n=3)
-    assert stats["all_prompts_masked"] and stats["all_end_of_turn_trained"]
-    assert "[[ Nice to meet you" in text or "[[ Hello" in text or "[[ Sure" in text or "[[" in text
+    text, stats = label_audit(tr.train_dataset, lm.tokenizer, [{"prompt": e["prompt"], "completion": e["completion"]}
+                                                              for e in ex], n_render=4)
+    assert stats["all_ok"] and stats["n_examples"] == len(ex) > 3 and stats["n_rendered"] == 4
+    assert stats["n_checked_tokens"] == sum(len(tr.train_dataset[i]["input_ids"]) for i in range(len(ex)))
+    assert "[[ Nice to meet you" in text or "[[ Hello" in text or "[[ Sure" in text
 
     # instruct model: messages with assistant_only_loss ({% generation %} markers of ChatML)
     im = tiny_models["instruct"]
@@ -446,8 +475,8 @@ def test_label_mask_prompt_masked_and_end_of_turn_trained(tiny_models, compose, 
         assert trained == "".join(r + "<|im_end|>" for r in replies)  # replies and their <|im_end|>, nothing else
         n_im_end_trained = sum(1 for t, lab in zip(ids, labels, strict=True) if t == im_end and lab != -100)
         assert n_im_end_trained == len(replies)
-    _, stats = label_audit(tr.train_dataset, im.tokenizer, n=3)
-    assert stats["all_prompts_masked"] and stats["all_end_of_turn_trained"]
+    _, stats = label_audit(tr.train_dataset, im.tokenizer, [{"messages": e["messages"]} for e in ex])
+    assert stats["all_ok"] and stats["n_examples"] == len(ex)
 
 
 # ---------------------------------------------------------------- the CLI, in subprocesses
@@ -539,8 +568,8 @@ def test_dpo_from_sft_adapter(sft_run: dict[str, Path], shared_cache: Path) -> N
     step0 = read_json(run / "dpo_step0.json")
     assert step0["passed"] and abs(step0["loss"] - math.log(2)) < 1e-4 and abs(step0["rewards/margins"]) < 1e-4
     neg = read_json(run / "negatives_report.json")
-    assert set(neg["per_type"]) == set(NEGATIVE_TYPES) and "warn" in neg
-    assert set(s["margins_per_type"]) == set(NEGATIVE_TYPES)
+    assert set(neg["per_type"]) == set(CONTENT_TYPES) and neg["leaky"] is False
+    assert set(s["margins_per_type"]) == set(CONTENT_TYPES) and s["eval_pairs"] > 0
     diff = read_json(run / "config_diff.json")
     assert set(diff["differences"]) >= {"name", "init_adapter"}
     prov = read_json(run / "adapter" / "provenance.json")
@@ -655,15 +684,17 @@ def test_step0_sanity_on_a_real_trainer_catches_a_wrong_reference(tiny_models, c
     pairs = [{"prompt": f"User: My name is {n}.\nAssistant:", "chosen": f" Hi {n}!", "rejected": f" Bye {n}"}
              for n in ("Alice", "Bob", "Carmen", "Hiro")]
     args = DPOConfig(output_dir=str(tmp_path / "o"), max_steps=1, per_device_train_batch_size=2, report_to="none",
-                     use_cpu=True, bf16=False, gradient_checkpointing=False, max_length=64)
-    tr = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=lm.tokenizer)
-    ok, msg = check_step0(step0_sanity(tr, 2, 2), 0.05)
+                     per_device_eval_batch_size=2, use_cpu=True, bf16=False, activation_checkpointing=False,
+                     max_length=64)
+    ds = Dataset.from_list(pairs)
+    tr = DPOTrainer(model=model, args=args, train_dataset=ds, eval_dataset={"step0": ds}, processing_class=lm.tokenizer)
+    ok, msg = check_step0(step0_sanity(tr), 0.05)
     assert ok, msg
     with torch.no_grad():
         for n, p in tr.model.named_parameters():
             if ".ref." in n and "lora_B" in n:
                 p.add_(torch.randn_like(p) * 0.5)
-    stats = step0_sanity(tr, 2, 2)
+    stats = step0_sanity(tr)
     ok, msg = check_step0(stats, 0.05)
     assert not ok and "reference model is wrong" in msg, stats
 

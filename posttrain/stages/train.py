@@ -33,12 +33,19 @@ def _check_ranges(st: Any) -> None:
     problems = []
     if st.data_source not in ("auto", "generated", "synthetic"):
         problems.append(f"stage.data_source={st.data_source!r}: choose auto, generated or synthetic")
-    if st.critic not in ("loglik", "judge", "both"):
-        problems.append(f"stage.critic={st.critic!r}: choose loglik, judge or both")
+    from posttrain.training.critic import CRITIC_MODES
+
+    if st.critic not in CRITIC_MODES:
+        problems.append(f"stage.critic={st.critic!r}: choose one of {', '.join(CRITIC_MODES)}")
     if not 0.0 < st.critic_keep_fraction <= 1.0:
         problems.append(f"stage.critic_keep_fraction={st.critic_keep_fraction} must lie in (0, 1]")
     if not 0.0 < st.rouge_threshold <= 1.0:
         problems.append(f"stage.rouge_threshold={st.rouge_threshold} must lie in (0, 1]")
+    for key in ("constraint_fraction", "eval_pairs_fraction"):
+        if not 0.0 <= st[key] < 1.0:
+            problems.append(f"stage.{key}={st[key]} must lie in [0, 1)")
+    if not 0.5 <= st.leakage_threshold < 1.0:
+        problems.append(f"stage.leakage_threshold={st.leakage_threshold} must lie in [0.5, 1) (0.5 = chance)")
     if not 0.0 <= st.multiturn_fraction <= 1.0:
         problems.append(f"stage.multiturn_fraction={st.multiturn_fraction} must lie in [0, 1]")
     for key in ("num_examples", "save_steps", "logging_steps", "gradient_accumulation_steps", "lora_alpha",
@@ -72,6 +79,39 @@ def _check_seed_tasks(st: Any) -> None:
                              + "; ".join(f"{s!r} ({why})" for s, why in bad))
     if not st.seed_tasks:
         raise PosttrainError("stage.seed_tasks is empty; self-instruct needs a few human-written seed tasks")
+
+
+LORA_KEYS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+             "lora_target_modules": "target_modules"}
+
+
+def _check_lora_matches(st: Any, adapter_path: Any) -> None:
+    """stage=dpo continues training the SFT adapter, so its LoRA shape is the adapter's: refuse
+    stage.lora_* settings that differ instead of silently ignoring them."""
+    from posttrain.records import read_json
+
+    if adapter_path is None:
+        return
+    prov_path, cfg_path = adapter_path / "provenance.json", adapter_path / "adapter_config.json"
+    sft_stage = read_json(prov_path).get("stage_config") if prov_path.exists() else None
+    peft_cfg = read_json(cfg_path) if cfg_path.exists() else {}
+    mismatch = []
+    for key, peft_key in LORA_KEYS.items():
+        mine = OmegaConf.to_container(st[key]) if OmegaConf.is_config(st[key]) else st[key]
+        if isinstance(sft_stage, dict) and key in sft_stage:
+            theirs = sft_stage[key]
+        elif peft_key in peft_cfg and key != "lora_target_modules":
+            theirs = peft_cfg[peft_key]
+        else:
+            continue
+        same = sorted(mine) == sorted(theirs) if isinstance(mine, list) and isinstance(theirs, list) else mine == theirs
+        if not same:
+            mismatch.append(f"stage.{key}={mine!r} but the adapter has {theirs!r}")
+    if mismatch:
+        raise PosttrainError(
+            f"stage=dpo trains the SFT adapter {adapter_path} further, so its LoRA settings are the adapter's: "
+            + "; ".join(mismatch) + ". Drop these overrides or set them to the adapter's values (a different "
+            "shape needs stage=dpo_only, a new adapter on the base). Nothing was loaded or spent.")
 
 
 def plan(cfg: Any) -> Plan:
@@ -121,6 +161,7 @@ def plan(cfg: Any) -> Plan:
                     f"{cfg.model.name} resolves to {resolved.revision}; DPO must start from an adapter of the same base")
             if prov.get("stage") not in (None, "sft"):
                 log.warning("stage.init_adapter comes from a stage=%s run, not sft", prov.get("stage"))
+        _check_lora_matches(st, resolved.adapter_path)
         adapter_note = f", init adapter {resolved.adapter_path} (sha256 {str(resolved.adapter_sha256)[:12]}...)"
 
     # GPU cost estimate: training steps plus, when the data is generated, decoding at the budget's rate.

@@ -80,14 +80,22 @@ def check_gate(stage: Any, model_name: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainer arguments
 
 def device_args(cfg: Any, device: str) -> dict[str, Any]:
-    """Precision, checkpointing and optimizer per device: QLoRA on CUDA, plain fp32 LoRA on CPU."""
+    """Precision, checkpointing and optimizer per device: QLoRA on CUDA, plain fp32 LoRA on CPU.
+
+    Mixed precision follows ``model.dtype`` (the nf4 compute dtype too): float16 -> fp16 only,
+    float32 -> neither, bfloat16 / auto -> bf16 only; never both. transformers 5 names activation
+    checkpointing ``activation_checkpointing`` (``gradient_checkpointing`` is a deprecated alias
+    that warns), and TRL's configs default it to on, so it is always set explicitly.
+    """
     st = cfg.stage
     if device == "cuda":
         quantized = cfg.model.quantization == "nf4"
-        return {"bf16": cfg.model.dtype in ("bfloat16", "auto") or quantized, "fp16": cfg.model.dtype == "float16",
-                "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        fp16 = cfg.model.dtype == "float16"
+        bf16 = cfg.model.dtype in ("bfloat16", "auto")
+        return {"bf16": bf16, "fp16": fp16, "activation_checkpointing": True,
+                "activation_checkpointing_kwargs": {"use_reentrant": False},
                 "use_cpu": False, "optim": st.optim or ("paged_adamw_8bit" if quantized else "adamw_torch")}
-    return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True,
+    return {"bf16": False, "fp16": False, "activation_checkpointing": False, "use_cpu": True,
             "optim": st.optim or "adamw_torch"}
 
 
@@ -200,8 +208,10 @@ def make_manifest_callback() -> Any:
 
 # ---------------------------------------------------------------- metrics
 
-def make_tracker_callback(ctx: Any, gate_override: bool, prefix: str = "train") -> Any:
-    """A TrainerCallback that sends every trainer log row to ctx.tracker (W&B + metrics.jsonl)."""
+def make_tracker_callback(ctx: Any, gate_override: bool, prefix: str = "train",
+                          extra: dict[str, Any] | None = None) -> Any:
+    """A TrainerCallback that sends every trainer log row to ctx.tracker (W&B + metrics.jsonl);
+    ``extra`` (e.g. ``{"allow_leaky_negatives": True}``) is added to every row."""
     from transformers import TrainerCallback
 
     class TrackerCallback(TrainerCallback):
@@ -218,6 +228,7 @@ def make_tracker_callback(ctx: Any, gate_override: bool, prefix: str = "train") 
             row[f"{prefix}/global_step"] = state.global_step
             if gate_override:
                 row["gate_override"] = True
+            row.update(extra or {})
             self.history.append(row)
             ctx.tracker.log(row, step=state.global_step)
 
@@ -255,48 +266,67 @@ def weight_change(model: Any, snapshot: dict[str, Any], adapter: str = "default"
 
 # ---------------------------------------------------------------- label-mask audit
 
-def label_audit(dataset: Any, tokenizer: Any, n: int = 3) -> tuple[str, dict[str, Any]]:
-    """Render the first ``n`` training sequences with trained tokens inside ``[[...]]``.
+def expected_trained(example: dict[str, Any], tokenizer: Any) -> list[str]:
+    """What must carry loss in one SFT example, one string per reply: the completion and EOS
+    (prompt/completion), or each assistant message and ``<|im_end|>`` (messages, ChatML)."""
+    if "messages" in example:
+        return [m["content"] + "<|im_end|>" for m in example["messages"] if m["role"] == "assistant"]
+    return [example["completion"] + tokenizer.eos_token]
 
-    Checks, per example: some tokens are masked (-100) before the first trained one (the prompt
-    is not trained), something is trained, and the end-of-turn token (the tokenizer's EOS, or
-    <|im_end|> for ChatML) is trained.
+
+def label_audit(dataset: Any, tokenizer: Any, examples: list[dict[str, Any]], n_render: int = 8,
+                ) -> tuple[str, dict[str, Any]]:
+    """Check EVERY token of every training sequence against what should be trained, and render the
+    first ``n_render`` with the trained tokens inside ``[[...]]``.
+
+    ``examples[i]`` is the example that became ``dataset[i]``. For each, the tokens whose label is
+    not -100 must form exactly one contiguous run per reply, and run k must decode to reply k plus
+    its end-of-turn token (:func:`expected_trained`); every other token (prompt, user turns, system
+    prompt, template markup, padding) must be masked. A token trained that should not be, or
+    masked that should be trained, makes the runs differ from the replies, so the example fails.
     """
-    eot_ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    if im_end is not None:
-        eot_ids.add(im_end)
-    blocks, per = [], []
-    for i in range(min(n, len(dataset))):
-        ex = dataset[i]
-        ids, labels = list(ex["input_ids"]), list(ex["labels"])
-        parts, open_ = [], False
+    if len(dataset) != len(examples):
+        raise PosttrainError(f"label audit: {len(dataset)} tokenised sequences for {len(examples)} examples")
+    blocks, failures, per = [], [], []
+    for i in range(len(dataset)):
+        ids, labels = list(dataset[i]["input_ids"]), list(dataset[i]["labels"])
+        runs: list[list[int]] = []
+        prev = False
         for t, lab in zip(ids, labels, strict=True):
             trained = lab != -100
-            if trained and not open_:
-                parts.append("[[")
-                open_ = True
-            elif not trained and open_:
-                parts.append("]]")
-                open_ = False
-            parts.append(tokenizer.decode([t], skip_special_tokens=False))
-        if open_:
-            parts.append("]]")
-        trained_pos = [k for k, lab in enumerate(labels) if lab != -100]
-        first = trained_pos[0] if trained_pos else None
-        eot_trained = any(ids[k] in eot_ids for k in trained_pos)
-        stats = {"n_tokens": len(ids), "n_trained": len(trained_pos),
-                 "n_masked_before_first_trained": first if first is not None else len(ids),
-                 "prompt_masked": bool(first is not None and first > 0),
-                 "end_of_turn_trained": eot_trained}
+            if trained and not prev:
+                runs.append([])
+            if trained:
+                runs[-1].append(t)
+            prev = trained
+        got = [tokenizer.decode(r, skip_special_tokens=False) for r in runs]
+        want = expected_trained(examples[i], tokenizer)
+        n_trained = sum(len(r) for r in runs)
+        ok = got == want
+        stats = {"n_tokens": len(ids), "n_trained": n_trained, "n_replies": len(want), "n_trained_runs": len(runs),
+                 "ok": ok}
         per.append(stats)
-        blocks.append(f"=== example {i} ({stats['n_trained']}/{stats['n_tokens']} tokens trained; end-of-turn "
-                      f"trained: {eot_trained}) ===\n" + "".join(parts))
-    summary = {"n_examples": len(per), "examples": per,
-               "all_prompts_masked": all(s["prompt_masked"] for s in per) if per else False,
-               "all_end_of_turn_trained": all(s["end_of_turn_trained"] for s in per) if per else False}
+        if not ok and len(failures) < 5:
+            failures.append({"example": i, "trained": got, "expected": want})
+        if i < n_render:
+            parts, open_ = [], False
+            for t, lab in zip(ids, labels, strict=True):
+                trained = lab != -100
+                if trained != open_:
+                    parts.append("[[" if trained else "]]")
+                    open_ = trained
+                parts.append(tokenizer.decode([t], skip_special_tokens=False))
+            if open_:
+                parts.append("]]")
+            blocks.append(f"=== example {i} ({n_trained}/{len(ids)} tokens trained; {len(want)} replies; "
+                          f"{'OK' if ok else 'MISMATCH'}) ===\n" + "".join(parts))
+    summary = {"n_examples": len(per), "n_checked_tokens": sum(s["n_tokens"] for s in per),
+               "n_rendered": len(blocks), "n_failed": sum(not s["ok"] for s in per),
+               "all_ok": bool(per) and all(s["ok"] for s in per), "failures": failures}
     header = ("Label-mask audit: tokens inside [[...]] carry loss (label != -100); everything else is masked.\n"
-              "Expected: the prompt (and every user turn) masked; each reply AND its end-of-turn token trained.\n\n")
+              f"Every token of all {len(per)} sequences was checked: each reply and its end-of-turn token trained "
+              "as one run, every other token (prompt, user turns, markup) masked. "
+              f"Failed: {summary['n_failed']}.\n\n")
     return header + "\n\n".join(blocks) + "\n", summary
 
 

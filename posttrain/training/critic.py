@@ -1,18 +1,32 @@
-"""The logprob critic: the base model scores its own (prompt, response) pairs.
+"""The logprob critic: the base model scores its own (prompt, reply) pairs, no API call.
 
-Two scores, both from one forward pass per batch, no API call:
+The default score, ``pmi``, for a reply y = y_1..y_T to a prompt x, followed by the format's
+end-of-reply marker e (e.g. "\nUser:" in the transcript format):
 
-- ``loglik``: the length-normalised log-likelihood of the response given the prompt,
-  (1/T) sum_t log p(y_t | prompt, y_<t), in nats per token. Batched with LEFT padding so every
-  continuation ends at the last position; ``position_ids = cumsum(attention_mask) - 1`` gives each
-  row the positions it would have alone, so a batched score equals the one-at-a-time score
-  (tests/test_training.py checks |difference| < 1e-5).
-- ``judge``: after a judgement question ("Is the response above good or bad? Answer:"), the
-  log-odds log P(" good") - log P(" bad") of the next token (first token of each word), and
-  ``p_good`` = P(good) / (P(good) + P(bad)).
+    relevance = (1/T) sum_t [log p(y_t | x, y_<t) - log p(y_t | x0, y_<t)]   (nats per reply token)
+    ending    = log p(e | x, y)                                              (nats, once per reply)
+    critic_score = relevance + ending / END_SCALE                             (END_SCALE = 10)
 
-``critic_scores`` combines them as configured (``loglik``, ``judge`` or ``both``: the mean of the
-two z-scores) into one ``critic_score`` used to rank candidates; every example keeps all of them.
+``relevance`` is the mean pointwise mutual information between the prompt and each reply token,
+x0 being the same format with a neutral user turn ("Say something."): it is LENGTH-NORMALISED (a
+per-token mean, so long replies gain nothing by length) and it is high only for tokens the prompt
+explains. Plain likelihood is not: it favours repetitive and generic text (a repeated sentence is
+easy to predict) and ranked a repetitive reply above a coherent one in all three cases of
+tests/test_real_critic.py, and an off-topic one above the coherent one in one. Repeated or
+off-topic tokens have a PMI near zero, so they lower the mean. ``ending`` is what catches a
+reply cut mid-sentence, whose own tokens look fine: the model gives the end marker e^-16 to
+e^-23 after a cut, e^-3 to e^-5 after a complete reply (SmolLM2-135M-Instruct); dividing by 10
+makes a cut cost 1-2 nats per token against a relevance spread of about 1.
+
+Other modes: ``loglik`` = (1/(T+|e|)) sum log p over the reply and its end marker (the older
+score, kept for comparison), ``judge`` = log P(" good") - log P(" bad") after a judgement
+question, ``both`` = the mean of the z-scores of ``pmi`` and ``judge``. Every row keeps all the
+scores it was given.
+
+Batches are LEFT-padded so every continuation ends at the last position; ``position_ids =
+cumsum(attention_mask) - 1`` gives each row the positions it would have alone (batched equals
+one-at-a-time, tests/test_training.py). Log-probs are computed only at reply positions
+(:func:`token_logprobs`).
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+END_SCALE = 10.0  # nats of end-of-reply log-prob that cost one nat per token of relevance
+NEUTRAL_USER = "Say something."  # the user turn of the neutral prompt x0 (relevance = PMI against it)
 JUDGE_TEMPLATE = (
     "Below is an instruction and a response written by an assistant.\n\n"
     "Instruction: {prompt}\n\nResponse: {response}\n\n"
@@ -45,13 +61,16 @@ def _left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
     return ids, mask, position_ids
 
 
-def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str], *,
-                          batch_size: int = 16, device: str | None = None, add_bos: bool = True,
-                          ) -> list[tuple[float, int]]:
-    """Sum of log-probabilities of each continuation given its prompt, and its token count.
+def token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str], *,
+                   batch_size: int = 16, device: str | None = None, add_bos: bool = True) -> list[list[float]]:
+    """log p(token | prompt, earlier tokens) for every token of each continuation.
 
     Prompt and continuation are tokenised separately and concatenated (so the continuation's
-    tokens are exactly the ones scored). Continuations that tokenise to nothing score (0.0, 0).
+    tokens are exactly the ones scored). Only the reply positions are turned into log-probs: the
+    rows are left-padded so every continuation ends at the last position, the model returns logits
+    for the last ``max continuation length`` positions only (``logits_to_keep``), and each scored
+    token's log-prob is its logit minus a float32 logsumexp over the vocabulary at that position;
+    nothing of size [batch, sequence, vocabulary] is materialised for the prompt.
     """
     import torch
 
@@ -60,7 +79,7 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], co
     device = device or str(next(model.parameters()).device)
     bos = tokenizer.bos_token_id if add_bos else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[tuple[float, int]] = []
+    out: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
         rows, n_cont = [], []
         for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size], strict=True):
@@ -71,19 +90,57 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], co
             rows.append(p_ids + c_ids)
             n_cont.append(len(c_ids))
         ids, mask, pos = _left_pad(rows, pad_id)
+        keep = max(n_cont) + 1  # token j is predicted at position j-1: one more position than tokens
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = ids[:, 1:].to(device)
-        tok_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [b, width-1]
-        width = ids.shape[1]
-        for i, n in enumerate(n_cont):
-            if n == 0:
-                out.append((0.0, 0))
-                continue
-            # the continuation is the last n tokens; token j is predicted at position j-1
-            out.append((float(tok_logp[i, width - 1 - n:].sum().item()), n))
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           logits_to_keep=keep).logits  # [b, keep, vocab]
+            width = ids.shape[1]
+            for i, n in enumerate(n_cont):
+                if n == 0:
+                    out.append([])
+                    continue
+                # the continuation is the last n tokens, predicted at the n positions before the last one
+                lg = logits[i, keep - 1 - n:keep - 1].float()
+                target = ids[i, width - n:].to(lg.device)
+                lp = lg.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)
+                out.append([float(v) for v in lp.cpu()])
+    return out
+
+
+def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str], *,
+                          batch_size: int = 16, device: str | None = None, add_bos: bool = True,
+                          ) -> list[tuple[float, int]]:
+    """Sum of log-probabilities of each continuation given its prompt, and its token count
+    (continuations that tokenise to nothing score (0.0, 0))."""
+    per = token_logprobs(model, tokenizer, prompts, continuations, batch_size=batch_size, device=device,
+                         add_bos=add_bos)
+    return [(sum(t), len(t)) for t in per]
+
+
+def reply_scores(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
+                 ends: Sequence[str], neutral_prompts: Sequence[str] | None = None, *, batch_size: int = 16,
+                 device: str | None = None) -> list[dict[str, float]]:
+    """Per reply: ``loglik`` (mean over reply + end tokens), ``ending`` (log p of the end marker),
+    and, with ``neutral_prompts``, ``relevance`` (mean PMI over the reply tokens) and ``pmi``
+    (= relevance + ending / END_SCALE). See the module docstring."""
+    conts = [r + e for r, e in zip(responses, ends, strict=True)]
+    cond = token_logprobs(model, tokenizer, prompts, conts, batch_size=batch_size, device=device)
+    unc = token_logprobs(model, tokenizer, neutral_prompts, conts, batch_size=batch_size, device=device) \
+        if neutral_prompts is not None else None
+    out = []
+    for i, c in enumerate(cond):
+        n_end = len(_encode(tokenizer, ends[i])) if ends[i] else 0
+        # the end marker is tokenised after the reply; if the two merge at the seam, count the tail only
+        n_end = min(n_end, max(0, len(c) - 1))
+        reply = c[:len(c) - n_end]
+        row = {"loglik": sum(c) / len(c) if c else float("-inf"),
+               "ending": sum(c[len(c) - n_end:]) if n_end else 0.0, "n_tokens": float(len(reply))}
+        if unc is not None:
+            u = unc[i][:len(reply)]
+            rel = sum(a - b for a, b in zip(reply, u, strict=True)) / len(reply) if reply else float("-inf")
+            row["relevance"] = rel
+            row["pmi"] = rel + row["ending"] / END_SCALE
+        out.append(row)
     return out
 
 
@@ -118,8 +175,8 @@ def judge_scores(model: Any, tokenizer: Any, instructions: Sequence[str], respon
         rows = [([bos] if bos is not None else []) + _encode(tokenizer, t) for t in texts]
         ids, mask, pos = _left_pad(rows, pad_id)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device)).logits[:, -1].float()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         for i in range(len(rows)):
             lg, lb = float(logp[i, good]), float(logp[i, bad])
@@ -137,31 +194,40 @@ def _z(values: Sequence[float]) -> list[float]:
     return [(v - mean) / sd if math.isfinite(v) else -1e9 for v in values]
 
 
-def critic_scores(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
-                  instructions: Sequence[str], *, mode: str = "loglik", batch_size: int = 16,
-                  device: str | None = None) -> list[dict[str, float]]:
-    """Score every pair; returns dicts with ``loglik`` / ``judge_logodds`` / ``p_good`` and ``critic_score``.
+CRITIC_MODES = ("pmi", "loglik", "judge", "both")
 
-    ``prompts`` are the rendered prompts the responses continue (for ``loglik``); ``instructions``
-    the plain user texts shown to the judgement question.
+
+def critic_scores(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
+                  instructions: Sequence[str], *, ends: Sequence[str] | None = None,
+                  neutral_prompts: Sequence[str] | None = None, mode: str = "pmi", batch_size: int = 16,
+                  device: str | None = None) -> list[dict[str, float]]:
+    """Score every reply; returns dicts with the scores computed and ``critic_score`` (higher = keep).
+
+    ``prompts`` are the rendered prompts the responses continue, ``ends`` the end-of-reply marker
+    of each one's format, ``neutral_prompts`` the same format with the neutral user turn (needed by
+    ``pmi`` and ``both``), ``instructions`` the plain user texts shown to the judgement question.
     """
-    if mode not in ("loglik", "judge", "both"):
-        raise ValueError(f"critic mode {mode!r}; choose loglik, judge or both")
+    if mode not in CRITIC_MODES:
+        raise ValueError(f"critic mode {mode!r}; choose one of {', '.join(CRITIC_MODES)}")
+    ends = list(ends) if ends is not None else [""] * len(prompts)
+    if mode in ("pmi", "both") and neutral_prompts is None:
+        raise ValueError(f"critic mode {mode!r} needs neutral_prompts (the PMI baseline)")
     rows: list[dict[str, float]] = [{} for _ in prompts]
-    if mode in ("loglik", "both"):
-        for r, v in zip(rows, loglik_scores(model, tokenizer, prompts, responses, batch_size=batch_size,
-                                            device=device), strict=True):
-            r["loglik"] = v
+    if mode != "judge":
+        for r, v in zip(rows, reply_scores(model, tokenizer, prompts, responses, ends,
+                                           neutral_prompts if mode in ("pmi", "both") else None,
+                                           batch_size=batch_size, device=device), strict=True):
+            r.update(v)
     if mode in ("judge", "both"):
         for r, j in zip(rows, judge_scores(model, tokenizer, instructions, responses, batch_size=batch_size,
                                            device=device), strict=True):
             r.update(j)
-    if mode == "loglik":
-        combined = [r["loglik"] for r in rows]
+    if mode in ("pmi", "loglik"):
+        combined = [r[mode] for r in rows]
     elif mode == "judge":
         combined = [r["judge_logodds"] for r in rows]
     else:
-        za, zb = _z([r["loglik"] for r in rows]), _z([r["judge_logodds"] for r in rows])
+        za, zb = _z([r["pmi"] for r in rows]), _z([r["judge_logodds"] for r in rows])
         combined = [(a + b) / 2 for a, b in zip(za, zb, strict=True)]
     for r, c in zip(rows, combined, strict=True):
         r["critic_score"] = c

@@ -17,6 +17,11 @@ Sources (``stage.data_source``; ``auto`` = ``synthetic`` for tiny models, ``gene
      ``transcript`` format, continued with templated follow-up requests (FOLLOWUPS below: our own,
      disjoint from the benchmarks, and passed through the same contamination filter); the base
      model writes every reply.
+  4. Stated constraints: a ``constraint_fraction`` of the single-turn instructions are asked a
+     second time with "Do not use the word 'w'." appended, ``w`` a content word of the first reply.
+     A complete second reply without ``w`` becomes the row's reply, and the first reply is kept as
+     its ``violation`` (the constraint_violation negative: the model's own reply, breaking the
+     constraint); otherwise the plain row stays.
   Everything is appended to ``<run>/data/*.jsonl`` as it is produced; a rerun reuses those rows.
 - ``synthetic``: template-made memory conversations (posttrain/training/synthetic.py).
 - ``stage.data=<file.jsonl | run folder>``: an existing file (e.g. the train_data.jsonl of an SFT
@@ -24,7 +29,10 @@ Sources (``stage.data_source``; ``auto`` = ``synthetic`` for tiny models, ``gene
   "assistant"}, ...]}``, ``{"prompt", "response"}``, ``{"instruction", "output"}`` or
   ``{"messages": [...]}``.
 
-Every source then goes through the contamination filter and the logprob critic
+Every source then goes through the completeness filter (:func:`incomplete_reason`: a reply cut at
+``max_new_tokens``, ``finish_reason="length"``, or ending mid-sentence never becomes a training
+target; ``data_report.json: dropped_incomplete`` counts them by reason), the contamination filter
+and the logprob critic
 (posttrain/training/critic.py): candidates are scored by the base model and the best
 ``critic_keep_fraction`` are kept (at most ``num_examples``); every kept row carries its scores.
 The result is ``<run>/train_data.jsonl`` (its sha256 in ``data_report.json`` and in the adapter's
@@ -38,6 +46,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +60,7 @@ log = logging.getLogger(__name__)
 
 DATA_FILE = "train_data.jsonl"
 REPORT_FILE = "data_report.json"
-DATA_VERSION = "data-v1"
+DATA_VERSION = "data-v2"
 FOLLOWUPS = (
     "Can you make that shorter?",
     "Please explain that in simpler words.",
@@ -60,8 +69,26 @@ FOLLOWUPS = (
     "Why is that the case?",
     "What would you add to that?",
 )
+# per-turn fields a row may carry besides user/assistant (generation's finish_reason; a stated constraint
+# and the reply that breaks it, made by the data generators for the constraint_violation negative)
+TURN_EXTRAS = ("finish_reason", "constraint", "violation")
+CONSTRAINT_SUFFIX = "Do not use the word '{word}'."
 FEWSHOT_HEADER = "Come up with a series of tasks that a user might ask an AI assistant to do.\n\n"
-ScoreFn = Callable[[list[str], list[str], list[str]], list[dict[str, float]]]
+
+
+@dataclass
+class CriticInputs:
+    """One entry per assistant turn to score (see posttrain/training/critic.py)."""
+
+    prompts: list[str]  # the conversation so far, rendered in the row's format
+    neutral_prompts: list[str]  # the same format with the critic's neutral user turn (the PMI baseline)
+    responses: list[str]  # " " + the reply
+    ends: list[str]  # the format's end-of-reply marker (its first stop string)
+    instructions: list[str]  # the plain user text (for the judgement question)
+    owner: list[int]  # index of the row each entry belongs to
+
+
+ScoreFn = Callable[[CriticInputs], list[dict[str, float]]]
 
 
 # ---------------------------------------------------------------- sources and fingerprints
@@ -92,7 +119,7 @@ def data_fingerprint(cfg: Any, source: str, revision: str | None) -> str:
     keys = ["data", "data_source", "num_examples", "seed_tasks", "fewshot_k", "rouge_threshold",
             "min_instruction_words", "max_instruction_words", "banned_keywords", "max_rounds",
             "instruction_max_new_tokens", "multiturn_fraction", "followup_turns", "critic", "critic_keep_fraction",
-            "synthetic_templates"]
+            "synthetic_templates", "constraint_fraction"]
     settings = {k: OmegaConf.to_container(st[k], resolve=True) if OmegaConf.is_config(st[k]) else st[k]
                 for k in keys}
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
@@ -127,13 +154,56 @@ def normalise_row(row: dict[str, Any], i: int) -> dict[str, Any]:
     for k, t in enumerate(turns):
         if not isinstance(t, dict) or not str(t.get("user", "")).strip() or not str(t.get("assistant", "")).strip():
             raise PosttrainError(f"training data row {i + 1}, turn {k}: needs non-empty 'user' and 'assistant'")
-        clean.append({"user": str(t["user"]), "assistant": str(t["assistant"])})
+        clean.append({"user": str(t["user"]), "assistant": str(t["assistant"])}
+                     | {k: t[k] for k in TURN_EXTRAS if t.get(k) is not None})
     if not clean:
         raise PosttrainError(f"training data row {i + 1}: no complete (user, assistant) turn")
     out["turns"] = clean
     out.setdefault("id", f"row-{i:05d}")
     out.setdefault("source", "file")
     return out
+
+
+# ---------------------------------------------------------------- complete replies only
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)]|#+)\s")
+_CLOSED = (".", "!", "?", "…", '"', "'", "”", "’", ")", "]", "}", "*", "`", ">")
+
+
+def incomplete_reason(text: str, finish_reason: str | None = None) -> str | None:
+    """Why a reply must not be a training target, or None when it is complete.
+
+    ``"length"``: generation stopped at ``max_new_tokens`` (TRL would append EOS to it and teach the
+    model to stop mid-thought). ``"mid_sentence"``: the reply ends inside a sentence: on ``, ; : -``
+    or an open bracket, or its last line is prose (4+ words, not a list item, heading or code) that
+    does not end like a sentence. Lists, code blocks and short lines (a title, a signature) pass.
+    """
+    if finish_reason == "length":
+        return "length"
+    body = text.rstrip()
+    if not body:
+        return "empty"
+    if body.endswith((",", ";", ":", "-", "(", "[", "{", "—", "–")):
+        return "mid_sentence"
+    last = body.splitlines()[-1]
+    if body.endswith(_CLOSED) or _LIST_ITEM.match(last) or last.lstrip().startswith(("|", "```", "    ")):
+        return None
+    return "mid_sentence" if len(last.split()) >= 4 else None
+
+
+def drop_incomplete(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
+    """Rows whose every reply is complete; counts of the others by reason; a few examples for the report."""
+    kept, counts, examples = [], {"length": 0, "mid_sentence": 0, "empty": 0}, []
+    for r in rows:
+        why = next((w for t in r["turns"] if (w := incomplete_reason(t["assistant"], t.get("finish_reason")))), None)
+        if why is None:
+            kept.append(r)
+            continue
+        counts[why] += 1
+        if len(examples) < 5:
+            bad = next(t for t in r["turns"] if incomplete_reason(t["assistant"], t.get("finish_reason")))
+            examples.append({"id": r.get("id"), "reason": why, "reply_tail": bad["assistant"][-120:]})
+    return kept, counts, examples
 
 
 # ---------------------------------------------------------------- contamination
@@ -294,15 +364,34 @@ def self_instruct(backend: Any, st: Any, *, gen_cfg: Any, contamination: Contami
     return accepted, counts
 
 
+def _banned_word(reply: str, instruction: str) -> str | None:
+    """The most frequent content word of ``reply`` (4+ letters, not in the instruction): the word a
+    stated constraint will ban, so that the unconstrained reply breaks it for real."""
+    from posttrain.training.negatives import _STOPWORDS
+
+    avoid = {w.lower() for w in re.findall(r"[A-Za-z]+", instruction)}
+    counts: dict[str, int] = {}
+    for w in re.findall(r"\b[a-z]{4,}\b", reply):  # lower-case words: no names, no sentence starts
+        if w not in _STOPWORDS and w not in avoid:
+            counts[w] = counts.get(w, 0) + 1
+    return max(counts, key=lambda w: counts[w]) if counts else None
+
+
 def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *, prompt_cfg: Any, gen_cfg: Any,
                            contamination: ContaminationFilter, seed: int, state_path: Path, fingerprint: str,
                            progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The base model's replies: single-turn in instruction_cue, multi-turn in transcript (resumable)."""
+    """The base model's replies: single-turn in instruction_cue, multi-turn in transcript (resumable).
+
+    Every reply keeps its ``finish_reason``; a conversation stops at its first incomplete reply
+    (no follow-up is asked after it) and is dropped with the reason. A ``constraint_fraction`` of the
+    single-turn instructions are asked again with a banned word (see the module docstring).
+    """
     import numpy as np
     from tqdm.auto import tqdm
 
     from posttrain.generation import SamplingParams
     from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.training.negatives import uses_word
 
     previous = read_jsonl(state_path, repair=True)
     if any(r.get("fingerprint") != fingerprint for r in previous):
@@ -310,6 +399,7 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                              "delete the file to regenerate")
     done = {r["instruction"]: r for r in previous}
     rng = np.random.default_rng([seed, 7])
+    crng = np.random.default_rng([seed, 13])  # its own stream: the multi-turn plan does not depend on it
     followups = [f for f in FOLLOWUPS if contamination.reason(f) is None]
     plan = []
     for instr in instructions:
@@ -317,17 +407,25 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
         n_follow = st.followup_turns if multi else 0
         fus = [followups[int(i)] for i in rng.choice(len(followups), min(n_follow, len(followups)), replace=False)] \
             if n_follow else []
-        plan.append((instr, fus))
+        constrained = bool(crng.random() < st.constraint_fraction) and not fus
+        plan.append((instr, fus, constrained))
     pending = [p for p in plan if p[0] not in done]
     bar = tqdm(total=len(plan), initial=len(plan) - len(pending), desc="base-model replies", unit="conv",
                disable=not progress)
     bs = gen_cfg.batch_size
+
+    def params_for(fmt: str, salt: int) -> Any:
+        return SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
+                              temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, seed=seed + salt,
+                              stop_strings=tuple(stop_strings(fmt, prompt_cfg)))
+
     for start in range(0, len(pending), bs):
         chunk = pending[start:start + bs]
-        fmt_of = ["transcript" if fus else "instruction_cue" for _, fus in chunk]
-        histories: list[list[tuple[str, str | None]]] = [[(instr, None)] for instr, _ in chunk]
+        fmt_of = ["transcript" if fus else "instruction_cue" for _, fus, _ in chunk]
+        histories: list[list[tuple[str, str | None]]] = [[(instr, None)] for instr, _, _ in chunk]
+        finish: list[list[str]] = [[] for _ in chunk]
         alive = [True] * len(chunk)
-        for k in range(1 + max(len(f) for _, f in chunk)):
+        for k in range(1 + max(len(f) for _, f, _ in chunk)):
             idx = [i for i in range(len(chunk)) if alive[i] and k <= len(chunk[i][1])]
             if not idx:
                 break
@@ -339,33 +437,61 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                 by_fmt.setdefault(fmt_of[i], []).append(i)
             for fmt, members in by_fmt.items():
                 prompts = [render_prompt(histories[i], fmt, prompt_cfg, kind="base") for i in members]
-                params = SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
-                                        temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                                        seed=seed + start + k, stop_strings=tuple(stop_strings(fmt, prompt_cfg)))
-                for i, g in zip(members, backend.generate(prompts, params), strict=True):
+                for i, g in zip(members, backend.generate(prompts, params_for(fmt, start + k)), strict=True):
                     reply = g.text.strip()
                     histories[i][-1] = (histories[i][-1][0], reply)
-                    if not reply:
-                        alive[i] = False
+                    finish[i].append(g.finish_reason)
+                    if not reply or incomplete_reason(reply, g.finish_reason):
+                        alive[i] = False  # no follow-up after an empty or cut-off reply
         rows = []
-        for i, (instr, _fus) in enumerate(chunk):
-            turns = [{"user": u, "assistant": a or ""} for u, a in histories[i]]
+        for i, (instr, _fus, _c) in enumerate(chunk):
+            turns = [{"user": u, "assistant": a or "", "finish_reason": f}
+                     for (u, a), f in zip(histories[i], finish[i] + [None] * len(histories[i]), strict=False)]
             status = "ok"
-            if not alive[i] or any(not t["assistant"] for t in turns):
+            why = next((w for t in turns if (w := incomplete_reason(t["assistant"], t["finish_reason"]))), None)
+            if any(not t["assistant"] for t in turns):
                 status = "dropped_empty_reply"
+            elif why:
+                status = f"dropped_incomplete_{why}"
             elif any(rouge_l(t["assistant"], t["user"]) >= 0.9 for t in turns):
                 status = "dropped_echo"
             rows.append({"fingerprint": fingerprint, "instruction": instr, "format": fmt_of[i],
                          "turns": turns, "status": status})
-            done[instr] = rows[-1]
+        # stated constraints: ask again with a banned word taken from the first reply
+        asks = []
+        for i, (instr, _fus, constrained) in enumerate(chunk):
+            word = _banned_word(rows[i]["turns"][0]["assistant"], instr) if constrained else None
+            if constrained and rows[i]["status"] == "ok":
+                rows[i]["constraint_status"] = "no_word" if word is None else "asked"
+                if word:
+                    asks.append((i, f"{instr} {CONSTRAINT_SUFFIX.format(word=word)}", word))
+        if asks:
+            prompts = [render_prompt([(u, None)], "instruction_cue", prompt_cfg, kind="base") for _, u, _ in asks]
+            for (i, user, word), g in zip(asks, backend.generate(prompts, params_for("instruction_cue", start + 97)),
+                                          strict=True):
+                reply, first = g.text.strip(), rows[i]["turns"][0]
+                if incomplete_reason(reply, g.finish_reason):
+                    rows[i]["constraint_status"] = "incomplete"
+                elif uses_word(reply, word) or not uses_word(first["assistant"], word):
+                    rows[i]["constraint_status"] = "unmet"
+                else:
+                    rows[i]["constraint_status"] = "kept"
+                    rows[i]["turns"] = [{"user": user, "assistant": reply, "finish_reason": g.finish_reason,
+                                         "constraint": {"kind": "banned_word", "value": word},
+                                         "violation": first["assistant"]}]
+        for r in rows:
+            done[r["instruction"]] = r
         append_jsonl(state_path, rows)
         bar.update(len(chunk))
     bar.close()
     counts: dict[str, int] = {}
     out = []
-    for instr, _ in plan:
+    for instr, _, _ in plan:
         r = done[instr]
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+        if "constraint_status" in r:
+            key = f"constraint_{r['constraint_status']}"
+            counts[key] = counts.get(key, 0) + 1
         if r["status"] == "ok":
             out.append({"source": "generated", "category": "multi_turn" if len(r["turns"]) > 1 else "single_turn",
                         "generation_format": r["format"], "turns": r["turns"]})
@@ -374,21 +500,25 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
 
 # ---------------------------------------------------------------- critic over rows
 
-def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> tuple[list[str], list[str], list[str], list[int]]:
-    """One (prompt, response, instruction) per assistant turn, rendered in the format the row was made in."""
-    from posttrain.prompts import render_prompt
+def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> CriticInputs:
+    """One entry per assistant turn, rendered in the format the row was made in."""
+    from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.training.critic import NEUTRAL_USER
 
-    prompts, responses, instructions, owner = [], [], [], []
+    out = CriticInputs([], [], [], [], [], [])
     for i, r in enumerate(rows):
         fmt = r.get("generation_format", "transcript")
+        end = (stop_strings(fmt, prompt_cfg) or [""])[0]
         history: list[tuple[str, str | None]] = []
         for t in r["turns"]:
-            prompts.append(render_prompt(history + [(t["user"], None)], fmt, prompt_cfg, kind="base"))
-            responses.append(" " + t["assistant"].strip())
-            instructions.append(t["user"])
-            owner.append(i)
+            out.prompts.append(render_prompt(history + [(t["user"], None)], fmt, prompt_cfg, kind="base"))
+            out.neutral_prompts.append(render_prompt([(NEUTRAL_USER, None)], fmt, prompt_cfg, kind="base"))
+            out.responses.append(" " + t["assistant"].strip())
+            out.ends.append(end)
+            out.instructions.append(t["user"])
+            out.owner.append(i)
             history.append((t["user"], t["assistant"]))
-    return prompts, responses, instructions, owner
+    return out
 
 
 def apply_critic(rows: list[dict[str, Any]], score_fn: ScoreFn, *, prompt_cfg: Any, keep_fraction: float,
@@ -398,10 +528,10 @@ def apply_critic(rows: list[dict[str, Any]], score_fn: ScoreFn, *, prompt_cfg: A
 
     if not rows:
         return [], {"n_scored": 0, "n_kept": 0}
-    prompts, responses, instructions, owner = critic_inputs(rows, prompt_cfg)
-    per_turn = score_fn(prompts, responses, instructions)
+    inputs = critic_inputs(rows, prompt_cfg)
+    per_turn = score_fn(inputs)
     by_row: list[list[dict[str, float]]] = [[] for _ in rows]
-    for o, s in zip(owner, per_turn, strict=True):
+    for o, s in zip(inputs.owner, per_turn, strict=True):
         by_row[o].append(s)
     scores = []
     for r, turns in zip(rows, by_row, strict=True):
@@ -453,7 +583,8 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
         from posttrain.training.synthetic import synthetic_rows
 
         n = int(math.ceil(st.num_examples / st.critic_keep_fraction))
-        rows = synthetic_rows(n, seed=cfg.seed, templates=tuple(st.synthetic_templates))
+        rows = synthetic_rows(n, seed=cfg.seed, templates=tuple(st.synthetic_templates),
+                              constraint_fraction=st.constraint_fraction)
         for r in rows:
             r["generation_format"] = "transcript"
         counts["synthetic_candidates"] = n
@@ -478,13 +609,21 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
             r["id"] = f"gen-{i:05d}"
         counts["instructions"] = icounts
         counts["responses"] = rcounts
+    # complete replies only: generation already dropped (and counted) its cut-off conversations; this
+    # catches the rest (file rows carrying finish_reason, or ending mid-sentence)
+    rows, incomplete, incomplete_examples = drop_incomplete(rows)
+    generated_counts = counts.get("responses", {})
+    for why in incomplete:
+        incomplete[why] += generated_counts.get(f"dropped_incomplete_{why}", 0)
+    counts["dropped_incomplete"] = incomplete
     rows, ccounts = contamination.filter_rows(rows)
     counts.update(ccounts)
     if score_fn is None:
         from posttrain.training.critic import critic_scores
 
-        def score_fn(p: list[str], r: list[str], ins: list[str]) -> list[dict[str, float]]:
-            return critic_scores(model, tokenizer, p, r, ins, mode=st.critic, batch_size=cfg.generation.batch_size,
+        def score_fn(c: CriticInputs) -> list[dict[str, float]]:
+            return critic_scores(model, tokenizer, c.prompts, c.responses, c.instructions, ends=c.ends,
+                                 neutral_prompts=c.neutral_prompts, mode=st.critic, batch_size=cfg.generation.batch_size,
                                  device=device)
 
     keep_fraction = 1.0 if st.data else st.critic_keep_fraction
@@ -507,6 +646,9 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
         "contamination": {"rouge_threshold": st.rouge_threshold, "n_heldout_texts": len(contamination.heldout),
                           "n_benchmark_turns": len(contamination.benchmark), "examples": contamination.examples},
         "critic": {"mode": st.critic} | critic_stats,
+        "dropped_incomplete": incomplete, "n_dropped_incomplete": sum(incomplete.values()),
+        "incomplete_examples": incomplete_examples,
+        "n_constraint_rows": sum(any("constraint" in t for t in r["turns"]) for r in kept),
         "n_turns": sum(len(r["turns"]) for r in kept),
         "n_multi_turn": sum(len(r["turns"]) > 1 for r in kept),
         "gate_override": gate_override,
@@ -586,6 +728,7 @@ def dpo_sources(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, ki
         history = [(t["user"], t["assistant"]) for t in turns[:-1]]
         last = turns[-1]
         item: dict[str, Any] = {"id": r["id"], "user": last["user"], "chosen": last["assistant"].strip()}
+        item |= {k: last[k] for k in ("constraint", "violation") if last.get(k) is not None}
         if fmt == "chat_template":
             msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt else []
             for u, a in history:

@@ -6,12 +6,17 @@
   (adapter disabled).
 
 Both use the same pairs (the data of the run, or ``stage.data=<sft run>`` for the very same rows)
-with typed negatives (posttrain/training/negatives.py); ``negatives_report.json`` holds the
-leakage check. Before training, the step-0 sanity check evaluates the DPO loss on the first
-batches with policy == reference: it must be ln 2 (0.693) within ``stage.step0_loss_tolerance``
-and the rewards ~0, else the reference is wrong and the run stops (``dpo_step0.json``). At the end,
-reward margins and accuracies are evaluated per negative type. ``config_diff.json`` lists every
-setting in which this run differs from the other DPO variant's defaults.
+with typed negatives (posttrain/training/negatives.py). ``stage.eval_pairs_fraction`` of each
+type's source examples are held out, never trained on, and handed to TRL as an ``eval_dataset``
+dict (one entry per negative type, plus ``step0``). ``negatives_report.json`` holds the leakage
+check: when a surface classifier separates chosen from rejected, overall or for a type, the run
+stops before the trainer is built unless ``stage.allow_leaky_negatives=true`` (then recorded in
+every record). Before training, the step-0 sanity check evaluates (``trainer.evaluate``) the DPO
+loss on the first training batches with policy == reference: it must be ln 2 (0.693) within
+``stage.step0_loss_tolerance`` and the rewards ~0, else the reference is wrong and the run stops
+(``dpo_step0.json``). After training, reward margins and accuracies are evaluated per negative type
+on the held-out pairs. ``config_diff.json`` lists every setting in which this run differs from the
+other DPO variant's defaults.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,15 +36,16 @@ from posttrain.training.data import adapters_disabled, dpo_sources, dpo_trl_rows
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
-CONF_STAGE_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "stage"
 
 
 def config_diff(stage: Any) -> dict[str, Any]:
     """Differences between this run's effective stage config and the other DPO variant's YAML defaults."""
     from posttrain.config import TrainStageConfig
+    from posttrain.paths import conf_dir
 
     other = "dpo_only" if stage.name == "dpo" else "dpo"
-    values = OmegaConf.load(CONF_STAGE_DIR / f"{other}.yaml")
+    other_yaml = conf_dir() / "stage" / f"{other}.yaml"
+    values = OmegaConf.load(other_yaml)
     assert isinstance(values, DictConfig)
     values.pop("defaults", None)
     other_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(TrainStageConfig), values), resolve=True)
@@ -50,7 +55,7 @@ def config_diff(stage: Any) -> dict[str, Any]:
              for k in sorted(set(mine) | set(other_cfg)) if mine.get(k) != other_cfg.get(k)}
     # What identifies the run rather than how it trains: differs by design between the two variants.
     inputs = {"name", "init_adapter", "data", "comparison", "override_gate"}
-    return {"this_stage": stage.name, "other_stage": other, "compared_with": str(CONF_STAGE_DIR / f"{other}.yaml"),
+    return {"this_stage": stage.name, "other_stage": other, "compared_with": str(other_yaml),
             "differences": diffs, "expected_differences": sorted(inputs & set(diffs)),
             "unexpected_differences": sorted(set(diffs) - inputs),
             "note": "unexpected_differences are training settings in which this run differs from the other variant's "
@@ -73,77 +78,47 @@ def check_step0(stats: dict[str, float], tolerance: float) -> tuple[bool, str]:
     return True, f"step-0 DPO loss {stats['loss']:.4f} = ln 2 within {tolerance}; rewards ~0: the reference is right"
 
 
-def _batch_stats(trainer: Any, rows: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-    """DPO loss and reward metrics of ``rows`` (trainer dataset rows) in eval mode, no update."""
-    import torch
-
-    keys = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
-    batch = trainer.data_collator([{k: r[k] for k in keys if k in r} for r in rows])
-    batch = trainer._prepare_inputs(batch)
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    trainer._metrics["eval"].clear()
-    try:
-        with torch.no_grad():
-            loss = float(trainer.compute_loss(model, batch))
-        m = {k: float(v[-1]) for k, v in trainer._metrics["eval"].items() if v}
-    finally:
-        trainer._metrics["eval"].clear()
-        model.train(was_training)
-    return loss, m
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+STEP0 = "step0"
 
 
-def step0_sanity(trainer: Any, n_batches: int, batch_size: int) -> dict[str, Any]:
-    ds = trainer.train_dataset
-    losses, per = [], []
-    for b in range(n_batches):
-        rows = [ds[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(ds)))]
-        if not rows:
-            break
-        loss, m = _batch_stats(trainer, rows)
-        losses.append(loss)
-        per.append({"batch": b, "n": len(rows), "loss": loss} | m)
-    n = sum(p["n"] for p in per)
-    agg = {"loss": sum(p["loss"] * p["n"] for p in per) / n}
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
-        vals = [p[key] * p["n"] for p in per if key in p]
-        if vals:
-            agg[key] = sum(vals) / n
-    return {"batches": per, **agg, "n_pairs": n}
+def evaluate_split(trainer: Any, name: str) -> dict[str, float]:
+    """DPO loss and reward metrics on one entry of the trainer's ``eval_dataset`` dict, no update.
 
-
-def per_type_metrics(trainer: Any, batch_size: int) -> dict[str, dict[str, float]]:
-    """Reward margin / accuracy / loss per negative type, over every pair of that type."""
-    ds = trainer.train_dataset
-    types = ds["negative_type"]
-    out: dict[str, dict[str, float]] = {}
-    for t in sorted(set(types)):
-        idx = [i for i, x in enumerate(types) if x == t]
-        tot: dict[str, float] = {}
-        for s in range(0, len(idx), batch_size):
-            rows = [ds[i] for i in idx[s:s + batch_size]]
-            loss, m = _batch_stats(trainer, rows)
-            for k, v in ({"loss": loss} | m).items():
-                tot[k] = tot.get(k, 0.0) + v * len(rows)
-        out[t] = {k: v / len(idx) for k, v in tot.items()
-                  if k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")}
-        out[t]["n"] = len(idx)
+    Public TRL API only: ``trainer.evaluate(eval_dataset=<name>)`` returns ``<name>_loss``, and TRL
+    adds its averaged reward metrics to the same logged dict as ``eval_rewards/...``.
+    """
+    metrics = trainer.evaluate(eval_dataset=name, metric_key_prefix=name)
+    out = {"loss": float(metrics[f"{name}_loss"])}
+    for key in REWARD_KEYS:
+        if f"eval_{key}" in metrics:
+            out[key] = float(metrics[f"eval_{key}"])
     return out
+
+
+def step0_sanity(trainer: Any) -> dict[str, Any]:
+    """The DPO loss and rewards on the ``step0`` entry (the first training batches) before any update."""
+    return evaluate_split(trainer, STEP0) | {"n_pairs": len(trainer.eval_dataset[STEP0])}
+
+
+def per_type_metrics(trainer: Any, types: list[str]) -> dict[str, dict[str, float]]:
+    """Reward margin / accuracy / loss per negative type, on its held-out pairs."""
+    return {t: evaluate_split(trainer, t) | {"n": len(trainer.eval_dataset[t])} for t in types}
 
 
 def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     from datasets import Dataset
 
     from posttrain.models.loader import load_model
-    from posttrain.training.negatives import build_pairs, leakage_report
+    from posttrain.training.negatives import CONTENT_TYPES, build_pairs, leakage_report, split_pairs
 
     st = cfg.stage
     state = ctx.plan.state
     gate = state["gate"]
     override = bool(gate["gate_override"])
     fmt, source = state["format"], state["data_source"]
-    flag = {"gate_override": True} if override else {}
+    flag: dict[str, Any] = ({"gate_override": True} if override else {}) | (
+        {"allow_leaky_negatives": True} if st.allow_leaky_negatives else {})
     write_json(ctx.run_dir / "config_diff.json", config_diff(st) | flag)
 
     t0 = time.time()
@@ -164,35 +139,59 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     allow = bool(cfg.model.allow_chat_template_on_base)
     sources = dpo_sources(rows, fmt, cfg.prompt, kind=cfg.model.kind, allow_chat_template_on_base=allow)
     pairs = build_pairs(sources, types=list(st.negative_types), seed=cfg.seed, per_example=st.negatives_per_example)
+    train_pairs, held_pairs = split_pairs(pairs, st.eval_pairs_fraction, cfg.seed)
+    held_ids = {p["id"] for p in held_pairs}
     pairs_path = ctx.run_dir / "pairs.jsonl"
     pairs_path.unlink(missing_ok=True)
-    append_jsonl(pairs_path, [p | flag for p in pairs])
+    append_jsonl(pairs_path, [p | {"split": "eval" if p["id"] in held_ids else "train"} | flag for p in pairs])
     leakage = leakage_report(pairs, threshold=st.leakage_threshold, seed=cfg.seed)
-    write_json(ctx.run_dir / "negatives_report.json", leakage | {"n_pairs": len(pairs), "pairs_path": str(pairs_path)}
-               | flag)
-    if leakage["warn"]:
-        log.warning("negatives leakage: %s", leakage["message"])
-    ctx.tracker.log({"negatives/length_only_accuracy": leakage["overall"]["length_only_accuracy"],
-                     "negatives/surface_cv_accuracy": leakage["overall"]["surface_cv_accuracy"] or 0.0,
-                     "negatives/warn": float(leakage["warn"]), "negatives/n_pairs": len(pairs)} | flag)
+    per_type_counts = {t: {"train": sum(p["negative_type"] == t for p in train_pairs),
+                           "eval": sum(p["negative_type"] == t for p in held_pairs)}
+                       for t in sorted({p["negative_type"] for p in pairs})}
+    write_json(ctx.run_dir / "negatives_report.json", leakage | {
+        "n_pairs": len(pairs), "n_train_pairs": len(train_pairs), "n_eval_pairs": len(held_pairs),
+        "pairs_per_type": per_type_counts, "negative_types": list(st.negative_types),
+        "missing_types": sorted(set(st.negative_types) - set(per_type_counts)), "pairs_path": str(pairs_path),
+        "allow_leaky_negatives": bool(st.allow_leaky_negatives)} | flag)
+    ctx.tracker.log({"negatives/overall_score": leakage["overall"].get("score") or 0.0,
+                     "negatives/leaky": float(leakage["leaky"]), "negatives/n_pairs": len(pairs)}
+                    | {f"negatives/score/{t}": b.get("score") or 0.0 for t, b in leakage["per_type"].items()} | flag)
+    if leakage["leaky"]:
+        if not st.allow_leaky_negatives:
+            raise PosttrainError(
+                f"stage={st.name}: {leakage['message']} (negatives_report.json). Drop the flagged types from "
+                f"stage.negative_types (content-only types: {', '.join(CONTENT_TYPES)}), or set "
+                "stage.allow_leaky_negatives=true to train anyway (recorded in every record of the run). The data "
+                "was prepared; nothing was trained.")
+        log.warning("negatives leakage, trained anyway (stage.allow_leaky_negatives=true): %s", leakage["message"])
+    if not train_pairs:
+        raise PosttrainError(f"stage={st.name}: no training pairs (types {list(st.negative_types)} applied to none "
+                             f"of the {len(rows)} conversations); nothing was trained")
     prefixes = {s["id"]: s.get("prefix", "") for s in sources}
-    dataset = Dataset.from_list(dpo_trl_rows(pairs, prefixes, fmt))
+    dataset = Dataset.from_list(dpo_trl_rows(train_pairs, prefixes, fmt))
+    n_step0 = min(len(train_pairs), st.step0_batches * st.per_device_batch_size)
+    eval_sets = {STEP0: Dataset.from_list(dpo_trl_rows(train_pairs[:n_step0], prefixes, fmt))}
+    held_types = sorted({p["negative_type"] for p in held_pairs})
+    for t in held_types:
+        eval_sets[t] = Dataset.from_list(dpo_trl_rows([p for p in held_pairs if p["negative_type"] == t], prefixes, fmt))
 
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(**common.common_args(cfg, ctx.shared_dir, device), beta=st.beta,
-                     precompute_ref_log_probs=st.precompute_ref_log_probs)
-    callback = common.make_tracker_callback(ctx, override)
+                     precompute_ref_log_probs=st.precompute_ref_log_probs,
+                     per_device_eval_batch_size=st.per_device_batch_size, eval_strategy="no")
+    callback = common.make_tracker_callback(ctx, override, extra=flag)
     model.train()
     peft_config = common.lora_config(st) if st.name == "dpo_only" else None
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=[callback, common.make_manifest_callback()])
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, eval_dataset=eval_sets,
+                         processing_class=tok, peft_config=peft_config,
+                         callbacks=[callback, common.make_manifest_callback()])
     reference = "sft_adapter_copy" if "ref" in getattr(trainer.model, "peft_config", {}) else "base_adapter_disabled"
     expected_ref = "sft_adapter_copy" if st.name == "dpo" else "base_adapter_disabled"
 
     snapshot = common.lora_snapshot(trainer.model)
     ref_snapshot = common.lora_snapshot(trainer.model, "ref") if reference == "sft_adapter_copy" else {}
-    step0 = step0_sanity(trainer, st.step0_batches, st.per_device_batch_size)
+    step0 = step0_sanity(trainer)
     ok, message = check_step0(step0, st.step0_loss_tolerance)
     if reference != expected_ref:
         ok, message = False, (f"stage={st.name} expects reference {expected_ref} but the trainer set up {reference}; "
@@ -211,7 +210,10 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     if ref_snapshot:
         ref_unchanged = common.weight_change(trainer.model, ref_snapshot, "ref")["max_abs_change"] == 0.0
 
-    per_type = per_type_metrics(trainer, st.per_device_batch_size)
+    per_type = per_type_metrics(trainer, held_types)
+    # a configured type without held-out pairs (too few examples of it) is logged as NaN, not left out
+    for t in st.negative_types:
+        per_type.setdefault(t, {"loss": math.nan} | dict.fromkeys(REWARD_KEYS, math.nan) | {"n": 0})
     ctx.tracker.log({f"final/{k.replace('rewards/', '')}/{t}": v for t, m in per_type.items() for k, v in m.items()
                      if k != "n"} | flag, step=trainer.state.global_step)
 
@@ -222,7 +224,8 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "model_kind": cfg.model.kind, "prompt_format": fmt, "quantization": cfg.model.quantization, "device": device,
         "data_sha256": report["sha256"], "data_source": report["source"], "data_rows": report["n_rows"],
         "data_input": {"path": report.get("data_path"), "sha256": report["counts"].get("source_sha256")},
-        "n_pairs": len(pairs), "reference": reference,
+        "n_pairs": len(pairs), "n_train_pairs": len(train_pairs), "reference": reference,
+        "allow_leaky_negatives": bool(st.allow_leaky_negatives), "negatives_leaky": leakage["leaky"],
         "init_adapter": loaded.provenance.get("adapter_path"), "init_adapter_sha256": loaded.provenance.get("adapter_sha256"),
         "stage_config": common.stage_container(st), "prompt_config": common.stage_container(cfg.prompt),
         "seed": cfg.seed, "gate": gate, "gate_override": override, "global_step": trainer.state.global_step,
@@ -238,10 +241,11 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "weights_changed": change["weights_changed"], "max_abs_weight_change": change["max_abs_change"],
         "lora_b_max_abs": change["lora_b_max_abs"], "ref_adapter_unchanged": ref_unchanged,
         "resumed_from_step": resumed_step,
-        "step0": {k: step0[k] for k in step0 if k != "batches"} | {"passed": ok},
-        "margins_per_type": per_type, "negatives_leakage_warn": leakage["warn"],
-        "negatives_leakage": {"length_only_accuracy": leakage["overall"]["length_only_accuracy"],
-                              "surface_cv_accuracy": leakage["overall"]["surface_cv_accuracy"],
+        "step0": step0 | {"passed": ok},
+        "margins_per_type": per_type, "eval_pairs": len(held_pairs), "train_pairs": len(train_pairs),
+        "negatives_leaky": leakage["leaky"], "allow_leaky_negatives": bool(st.allow_leaky_negatives),
+        "negatives_leakage": {"overall_score": leakage["overall"].get("score"),
+                              "per_type": {t: b.get("score") for t, b in leakage["per_type"].items()},
                               "flagged_types": leakage["flagged_types"]},
         "adapter_path": str(adapter_path), "adapter_sha256": adapter_sha, "data_sha256": report["sha256"],
         "data_source": report["source"], "n_dropped_heldout": report.get("n_dropped_heldout", 0),

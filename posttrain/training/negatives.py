@@ -1,30 +1,53 @@
-"""Rejected responses for DPO, made from a (prompt, chosen) pair by five typed generators, and a
-leakage check that says whether a classifier could tell chosen from rejected by surface alone.
+"""Rejected replies for DPO, made from a (prompt, chosen) pair by typed generators, and a
+leakage check that refuses pairs a classifier can tell apart by surface alone.
 
-Generators (``negative_type``), all seeded through one ``numpy.random.Generator``:
+A negative must differ from its chosen reply in *content*: DPO lowers its loss on whatever
+separates chosen from rejected, and if a surface feature does (length, a missing full stop, a
+repeated sentence), that feature is what it learns. So each content type keeps the chosen reply's
+length distribution, final punctuation and register:
 
-- ``truncated``: the chosen reply cut after 30-70% of its words (it stops mid-thought);
-- ``wrong_instruction``: the chosen reply of a *different* prompt (fluent, but answers another
-  question);
-- ``constraint_violation``: breaks a constraint stated in the prompt when one can be read from it
-  (a word limit, a language, a list / JSON / one-line / all-caps / no-commas format, a banned word);
-  with none stated, it breaks the implicit one of every chat turn: the reply does not stop and
-  writes the user's next turn itself (the typical base-model failure);
-- ``corrupted_facts``: numbers changed and named entities swapped for other entities of the data
-  set (same length and style, wrong content); with neither present, the main verb is negated;
-- ``padded_repetitive``: the chosen reply followed by its last sentence repeated two or three times.
+- ``wrong_instruction``: the chosen reply of a *different* prompt (one whose user text is not a
+  near-duplicate). Fluent and complete, but it answers another question. The rejected replies are
+  a permutation of the chosen replies of the examples of this type (each chosen reply is some
+  other example's rejected one), so chosen and rejected have exactly the same distribution of
+  every surface feature. (Picking the candidate closest in length instead had a selection bias:
+  a reply with a rare length found no partner of its length, so the rejected ones were more
+  typical than the chosen ones: 0.70-0.76 pair accuracy on the synthetic data.)
+- ``constraint_violation``: a reply that breaks the constraint its prompt states. The data
+  generators state a banned word in ``stage.constraint_fraction`` of the prompts and keep, next
+  to the reply that honours it, one that does not (synthetic data: the other of two paraphrases of
+  equal length, each banned equally often; generated data: the base model's reply to the prompt
+  without the constraint). Without such a reply, a banned word read from the prompt is put in
+  place of a word of the chosen reply. Prompts without a stated constraint get no negative of
+  this type (it never invents one).
+- ``corrupted_facts``: one fact changed into a plausible wrong one of the same kind: a first
+  name for a first name, a city for a city, a weekday for a weekday, a number for a number of
+  the same number of digits (list numbering is never touched). Replies without a recognisable
+  fact get no negative of this type.
 
-The leakage check (:func:`leakage_report`) exists because the seed project's preference data let
-a model win by length alone. It measures, overall and per type, (1) how well length alone
-separates chosen from rejected ("longer is chosen" rate, AUC of the length difference, and the
-accuracy of the better of the two length rules) and (2) the cross-validated accuracy of a
-logistic regression on a few surface features (length, type-token ratio, repetition rate,
-punctuation rate, ending punctuation). Above ``threshold`` (0.75) it warns: a DPO run on such
-pairs can lower its loss by learning the surface feature instead of the content.
+Two more types are available but left out of the default mix (``stage.negative_types``), because
+their defect *is* the form, so a surface classifier separates them by construction (the leakage
+check flags them and DPO refuses them unless ``stage.allow_leaky_negatives=true``):
+
+- ``truncated``: the chosen reply cut mid-sentence after 30-70% of its words (shorter, no final
+  punctuation);
+- ``padded_repetitive``: the chosen reply followed by its last sentence two or three times (longer,
+  repeated).
+
+The leakage check (:func:`leakage_report`) fits, per type and overall, a logistic regression WITH
+an intercept on surface features of each single reply (label: rejected), cross-validated in five
+folds that keep a pair's two replies together, and scores it as a DPO shortcut would be used:
+the share of held-out pairs in which it scores the rejected reply above the chosen one. A feature
+set on each reply (rather than on the pair difference) and a squared length deviation let it see
+shortcuts whose direction flips between types (truncated is shorter, padded longer). A type is
+*separable* when that pair accuracy, or the better length rule, exceeds ``threshold`` and is
+significantly above chance (one-sided binomial test, p < 0.01, so that a handful of pairs cannot
+trip it by luck).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,25 +57,36 @@ import numpy as np
 
 NEGATIVE_TYPES: tuple[str, ...] = ("truncated", "wrong_instruction", "constraint_violation", "corrupted_facts",
                                    "padded_repetitive")
-
-LANG_WORDS = {"english": "en", "spanish": "es", "french": "fr", "german": "de", "portuguese": "pt",
-              "italian": "it"}
-# A reply opening in another language than the one asked for (no translation is attempted).
-WRONG_LANGUAGE_OPENERS = {
-    "en": "Sure, here is my answer in English:",
-    "es": "Claro, aquí está mi respuesta en español:",
-    "fr": "Bien sûr, voici ma réponse en français :",
-    "de": "Natürlich, hier ist meine Antwort auf Deutsch:",
+CONTENT_TYPES: tuple[str, ...] = ("wrong_instruction", "constraint_violation", "corrupted_facts")
+FORM_TYPES: dict[str, str] = {
+    "truncated": "shorter than its chosen reply and without final punctuation, by construction",
+    "padded_repetitive": "longer than its chosen reply and repeats a sentence, by construction",
 }
-# Follow-up user turns a rambling base model writes itself (constraint_violation without a stated rule).
-RAMBLE_TURNS = ("Thanks! Can you tell me more?", "Great. What else should I know?", "Okay, and why is that?",
-                "Interesting. Can you give me another example?")
-RAMBLE_REPLIES = ("Of course, there is a lot more to say about this.", "Sure, let me explain it again.",
-                  "Yes, here is another example.")
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\w])")
-_ENTITY = re.compile(r"(?<=[a-z0-9,;:] )([A-Z][a-zà-ÿ]+(?:[ -][A-Z][a-zà-ÿ]+)*)")
+
+# Facts by kind: a corrupted fact is replaced by another member of the same kind.
+FACT_KINDS: dict[str, tuple[str, ...]] = {
+    "first_name": ("Tom", "Ana", "Eva", "Max", "Leo", "Alice", "Bob", "Carmen", "Dmitri", "Emeka", "Fatima", "Giulia", "Hiro", "Ines", "Jonas",
+                   "Maria", "John", "Anna", "David", "Sarah", "Peter", "Laura", "James", "Emma", "Lucas"),
+    "city": ("Lisbon", "Nairobi", "Osaka", "Lima", "Oslo", "Cairo", "Hanoi", "Quito", "Perth", "Madrid", "Paris",
+             "London", "Berlin", "Rome", "Tokyo", "Vienna", "Prague", "Dublin", "Sydney", "Toronto", "Chicago",
+             "Boston", "Seattle", "Mumbai", "Delhi", "Beijing", "Moscow", "Athens", "Warsaw", "Budapest"),
+    "country": ("France", "Germany", "Italy", "Spain", "Portugal", "Japan", "China", "India", "Brazil", "Canada",
+                "Mexico", "Egypt", "Kenya", "Peru", "Norway", "Sweden", "Poland", "Greece", "Australia", "Vietnam"),
+    "weekday": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "month": ("January", "February", "March", "April", "June", "July", "August", "September", "October",
+              "November", "December"),
+    "number_word": ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve"),
+    "colour": ("red", "blue", "green", "yellow", "orange", "purple", "white", "black", "brown", "grey"),
+    "planet": ("Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"),
+}
+_KIND_OF: dict[str, str] = {w: k for k, ws in FACT_KINDS.items() for w in ws}
+_FACT_WORD = re.compile(r"\b(" + "|".join(sorted(_KIND_OF, key=len, reverse=True)) + r")\b")
+# a number that is not part of a word, a decimal's tail or a list marker at the start of a line
+_NUMBER = re.compile(r"(?<![\w.,])(\d+(?:\.\d+)?)(?![\w]|\.\d)")
+_LIST_MARKER = re.compile(r"^\s*\d+[.)]\s", re.M)
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
-_NEGATABLE = re.compile(r"\b(is|are|was|were|can|will|should|does|do|did|has|have)\b")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+TERMINAL = (".", "!", "?", "…", '"', "'", "”", "’", ")", "]", "}", "*", "`")
 
 
 @dataclass
@@ -61,170 +95,208 @@ class Negative:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _words(text: str) -> list[str]:
-    return text.split()
+# ---------------------------------------------------------------- the generators
 
-
-def truncated(chosen: str, rng: np.random.Generator) -> Negative:
-    words = _words(chosen)
-    if len(words) >= 2:
-        frac = float(rng.uniform(0.3, 0.7))
-        k = min(len(words) - 1, max(1, int(len(words) * frac)))
-        text = " ".join(words[:k]).rstrip(".,;:!?")
-        return Negative(text, {"kept_words": k, "of_words": len(words)})
-    cut = max(1, len(chosen) // 2)
-    return Negative(chosen[:cut], {"kept_chars": cut, "of_chars": len(chosen)})
-
-
-def wrong_instruction(index: int, users: Sequence[str], chosens: Sequence[str],
-                      rng: np.random.Generator) -> Negative | None:
-    """The chosen reply of another prompt: one whose user text and reply both differ."""
-    candidates = [j for j in range(len(chosens))
-                  if j != index and users[j].strip() != users[index].strip()
-                  and chosens[j].strip() != chosens[index].strip()]
-    if not candidates:
+def truncated(chosen: str, rng: np.random.Generator) -> Negative | None:
+    """The chosen reply cut mid-sentence after 30-70% of its words (a form defect: leaky)."""
+    words = chosen.split()
+    if len(words) < 3:
         return None
-    j = int(candidates[int(rng.integers(len(candidates)))])
-    return Negative(chosens[j], {"answer_of_example": j})
-
-
-def find_constraint(user: str) -> tuple[str, Any] | None:
-    """A constraint stated in the user text, as (kind, value), or None."""
-    low = user.lower()
-    m = re.search(r"(?:under|fewer than|less than|at most|no more than|maximum of|max(?:imum)?|within)\s+(\d+)\s+words",
-                  low) or re.search(r"in (\d+) words or (?:less|fewer)", low)
-    if m:
-        return ("max_words", int(m.group(1)))
-    m = re.search(r"at least (\d+) words", low)
-    if m:
-        return ("min_words", int(m.group(1)))
-    m = re.search(r"(?:word|term) ['\"“]?([a-z]+)['\"”]?", low)
-    if m and re.search(r"(?:don't|do not|never|without|avoid)\b[^.]*\b(?:word|term)", low):
-        return ("banned_word", m.group(1))
-    m = re.search(r"\b(?:in|into|to)\s+(english|spanish|french|german|portuguese|italian)\b", low)
-    if m:
-        return ("language", LANG_WORDS[m.group(1)])
-    if re.search(r"\bjson\b", low):
-        return ("format", "json")
-    if re.search(r"numbered list", low):
-        return ("format", "numbered_list")
-    if re.search(r"bullet", low):
-        return ("format", "bullet_list")
-    if re.search(r"all caps|all capital|uppercase|upper case|capital letters", low):
-        return ("format", "all_caps")
-    if re.search(r"no commas|without (?:any )?commas|without using commas", low):
-        return ("format", "no_commas")
-    if re.search(r"one line|single line|one sentence|single sentence", low):
-        return ("format", "single_line")
-    return None
-
-
-def _flatten_list(text: str) -> str:
-    lines = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", ln).strip() for ln in text.splitlines()]
-    return ", ".join(ln for ln in lines if ln)
-
-
-def constraint_violation(user: str, chosen: str, rng: np.random.Generator) -> Negative:
-    found = find_constraint(user)
-    if found is None:
-        turn = RAMBLE_TURNS[int(rng.integers(len(RAMBLE_TURNS)))]
-        reply = RAMBLE_REPLIES[int(rng.integers(len(RAMBLE_REPLIES)))]
-        return Negative(f"{chosen}\nUser: {turn}\nAssistant: {reply}", {"constraint": "implicit:single_reply"})
-    kind, value = found
-    meta = {"constraint": f"{kind}:{value}"}
-    if kind == "max_words":
-        words = _words(chosen)
-        filler = ("Let me add a few more details to be thorough and complete about this topic, "
-                  "since there is always more that could be said.").split()
-        while len(words) <= int(value) + 5:
-            words += filler
-        return Negative(" ".join(words), meta)
-    if kind == "min_words":
-        words = _words(chosen)
-        k = max(1, min(len(words) - 1, int(value) // 3)) if len(words) > 1 else 1
-        return Negative(" ".join(words[:k]).rstrip(",;:") + ".", meta)
-    if kind == "banned_word":
-        return Negative(f"{chosen.rstrip('.')} ({value}).", meta)
-    if kind == "language":
-        other = [c for c in WRONG_LANGUAGE_OPENERS if c != value]
-        code = other[int(rng.integers(len(other)))]
-        keep = " ".join(_NUMBER.findall(chosen) + _ENTITY.findall(chosen))
-        return Negative(f"{WRONG_LANGUAGE_OPENERS[code]} {keep}".strip(), meta | {"wrote_in": code})
-    if value in ("bullet_list", "numbered_list"):
-        return Negative(_flatten_list(chosen), meta)
-    if value == "json":
-        return Negative(re.sub(r'[{}\[\]"]', "", chosen).strip(), meta)
-    if value == "all_caps":
-        return Negative(chosen.lower(), meta)
-    if value == "no_commas":
-        words = _words(chosen)
-        if len(words) > 2:
-            words[0] += ","
-            words[len(words) // 2] += ","
-        return Negative(" ".join(words).replace(",,", ","), meta)
-    # single_line
-    sentences = _SENT_SPLIT.split(chosen.strip())
-    return Negative("\n".join(sentences) + "\nAlso, here is one more thought on a new line.", meta)
-
-
-def corrupted_facts(chosen: str, entity_pool: Sequence[str], rng: np.random.Generator) -> Negative:
-    """Change numbers and swap named entities for others from ``entity_pool``."""
-    changes: list[str] = []
-
-    def new_number(m: re.Match[str]) -> str:
-        s = m.group(1)
-        if "." in s:
-            v = float(s)
-            out = f"{v + float(rng.integers(1, 10)) * (1 if rng.random() < 0.5 or v < 10 else -1):.{len(s.split('.')[1])}f}"
-        else:
-            v = int(s)
-            delta = int(rng.integers(1, 10))
-            out = str(v + delta if (rng.random() < 0.5 or v - delta < 0) else v - delta)
-        changes.append(f"{s}->{out}")
-        return out
-
-    text = _NUMBER.sub(new_number, chosen)
-    present = set(_ENTITY.findall(text))
-    pool = [e for e in dict.fromkeys(entity_pool) if e not in present]
-
-    def new_entity(m: re.Match[str]) -> str:
-        if not pool:
-            return m.group(1)
-        out = pool[int(rng.integers(len(pool)))]
-        changes.append(f"{m.group(1)}->{out}")
-        return out
-
-    text = _ENTITY.sub(new_entity, text)
-    if changes:
-        return Negative(text, {"changes": changes})
-    m = _NEGATABLE.search(chosen)
-    if m:
-        text = chosen[:m.end()] + " not" + chosen[m.end():]
-        return Negative(text, {"changes": [f"negated '{m.group(1)}'"]})
-    return Negative("Not " + chosen[:1].lower() + chosen[1:], {"changes": ["negated sentence"]})
+    frac = float(rng.uniform(0.3, 0.7))
+    k = min(len(words) - 1, max(1, int(len(words) * frac)))
+    # never cut right after a sentence end: that would be a shorter complete reply, not a truncated one
+    while k > 1 and words[k - 1].endswith((".", "!", "?")):
+        k -= 1
+    return Negative(" ".join(words[:k]).rstrip(",;:"), {"kept_words": k, "of_words": len(words)})
 
 
 def padded_repetitive(chosen: str, rng: np.random.Generator) -> Negative:
+    """The chosen reply followed by its last sentence repeated 2-3 times (a form defect: leaky)."""
     sentences = [s for s in _SENT_SPLIT.split(chosen.strip()) if s]
     last = sentences[-1] if sentences else chosen.strip()
     k = int(rng.integers(2, 4))
     return Negative(" ".join([chosen.strip()] + [last] * k), {"repeats": k})
 
 
-def entity_pool(texts: Sequence[str]) -> list[str]:
-    """Named entities (capitalised words not starting a sentence) found in ``texts``, in order."""
-    return list(dict.fromkeys(e for t in texts for e in _ENTITY.findall(t)))
+def _other_prompt(i: int, j: int, users: Sequence[str], chosens: Sequence[str]) -> bool:
+    """Whether example j's reply can be example i's wrong_instruction negative."""
+    from posttrain.training.rouge import rouge_l
+
+    return (i != j and chosens[j].strip() != chosens[i].strip() and users[j].strip() != users[i].strip()
+            and rouge_l(users[j], users[i]) < 0.5)
 
 
-def build_pairs(examples: Sequence[dict[str, Any]], *, types: Sequence[str] = NEGATIVE_TYPES, seed: int = 0,
+def wrong_instruction(index: int, users: Sequence[str], chosens: Sequence[str],
+                      rng: np.random.Generator) -> Negative | None:
+    """The chosen reply of another prompt (one random valid one; :func:`build_pairs` then replaces it
+    by a permutation over all the examples of this type)."""
+    for j in (int(x) for x in rng.permutation(len(chosens))[:64]):
+        if _other_prompt(index, j, users, chosens):
+            return Negative(chosens[j], {"answer_of_example": j})
+    return None
+
+
+def _permute_replies(members: list[int], users: Sequence[str], chosens: Sequence[str],
+                     rng: np.random.Generator) -> dict[int, int]:
+    """A permutation of ``members`` with no fixed point and only valid (example, other reply) pairs:
+    a random cyclic shift, repaired by swapping targets; members left without a valid partner are
+    dropped (returned mapping lacks them)."""
+    order = [members[int(k)] for k in rng.permutation(len(members))]
+    m = len(order)
+    if m < 2:
+        return {}
+    target = order[1:] + order[:1]
+    for k in range(m):
+        if _other_prompt(order[k], target[k], users, chosens):
+            continue
+        for j in (int(x) for x in rng.permutation(m)):
+            if j != k and _other_prompt(order[k], target[j], users, chosens) \
+                    and _other_prompt(order[j], target[k], users, chosens):
+                target[k], target[j] = target[j], target[k]
+                break
+    return {a: b for a, b in zip(order, target, strict=True) if _other_prompt(a, b, users, chosens)}
+
+
+def find_constraint(user: str) -> tuple[str, Any] | None:
+    """A constraint stated in the user text, as (kind, value), or None.
+
+    Content constraints: ``banned_word`` ("Do not use the word 'x'"). Form constraints are read
+    too (word limits, a language, list / JSON / all-caps / one-line formats) for the record, but
+    no negative is made for them: breaking a form constraint changes the form, a surface tell.
+    """
+    low = user.lower()
+    m = re.search(r"(?:don't|do not|never|without|avoid)\b[^.?!]*?\b(?:word|term)s?\s+['\"“‘]?([a-z][a-z'-]*)", low)
+    if m:
+        return ("banned_word", m.group(1).strip("'"))
+    m = re.search(r"(?:under|fewer than|less than|at most|no more than|maximum of|within)\s+(\d+)\s+words", low) \
+        or re.search(r"in (\d+) words or (?:less|fewer)", low)
+    if m:
+        return ("max_words", int(m.group(1)))
+    m = re.search(r"at least (\d+) words", low)
+    if m:
+        return ("min_words", int(m.group(1)))
+    m = re.search(r"\b(?:in|into|to)\s+(english|spanish|french|german|portuguese|italian)\b", low)
+    if m:
+        return ("language", m.group(1))
+    for pattern, value in ((r"\bjson\b", "json"), (r"numbered list", "numbered_list"), (r"bullet", "bullet_list"),
+                           (r"all caps|all capital|uppercase|upper case|capital letters", "all_caps"),
+                           (r"one line|single line|one sentence|single sentence", "single_line")):
+        if re.search(pattern, low):
+            return ("format", value)
+    return None
+
+
+def uses_word(text: str, word: str) -> bool:
+    """Whether ``word`` occurs in ``text`` as a whole word (case-insensitive)."""
+    return re.search(rf"\b{re.escape(word)}\b", text, flags=re.I) is not None
+
+
+def constraint_violation(user: str, chosen: str, violation: str | None, constraint: dict[str, Any] | None,
+                         rng: np.random.Generator) -> Negative | None:
+    """A reply that breaks the prompt's stated constraint, or None when the prompt states none."""
+    if violation and violation.strip() and violation.strip() != chosen.strip():
+        return Negative(violation.strip(), {"constraint": constraint, "source": "data_generator"})
+    found = find_constraint(user)
+    if found is None or found[0] != "banned_word":
+        return None
+    word = str(found[1])
+    if uses_word(chosen, word):  # the chosen reply breaks it already: no clean pair
+        return None
+    tokens = chosen.split(" ")
+    # replace a word of similar length (not the first or the last, which carry the form)
+    spots = [i for i in range(1, len(tokens) - 1) if _WORD.fullmatch(tokens[i])]
+    if not spots:
+        return None
+    i = min(spots, key=lambda k: (abs(len(tokens[k]) - len(word)), float(rng.random())))
+    replaced = tokens[i]
+    tokens[i] = word
+    return Negative(" ".join(tokens), {"constraint": {"kind": "banned_word", "value": word},
+                                       "source": "inserted", "replaced": replaced})
+
+
+def _other_number(s: str, rng: np.random.Generator) -> str:
+    """A different number of the same shape: same digit count (a year stays a nearby year)."""
+    if "." in s:
+        whole, frac = s.split(".")
+        return f"{_other_number(whole, rng)}.{frac}"
+    v = int(s)
+    if len(s) == 4 and 1000 <= v <= 2099:  # a year: a nearby one
+        delta = int(rng.integers(1, 30)) * (1 if rng.random() < 0.5 else -1)
+        return str(v + delta)
+    lo, hi = (0, 9) if len(s) == 1 else (10 ** (len(s) - 1), 10 ** len(s) - 1)
+    for _ in range(20):
+        out = int(rng.integers(lo, hi + 1))
+        if out != v:
+            return str(out).zfill(len(s)) if s.startswith("0") else str(out)
+    return str(v + 1)
+
+
+def corrupted_facts(chosen: str, rng: np.random.Generator) -> Negative | None:
+    """One fact changed into a plausible wrong one of the same kind, or None if no fact is found."""
+    list_spans = {(m.start(), m.end()) for m in _LIST_MARKER.finditer(chosen)}
+    facts: list[tuple[str, str]] = []  # (kind, surface)
+    for m in _FACT_WORD.finditer(chosen):
+        facts.append((_KIND_OF[m.group(1)], m.group(1)))
+    for m in _NUMBER.finditer(chosen):
+        if any(a <= m.start() < b for a, b in list_spans):
+            continue
+        facts.append(("number", m.group(1)))
+    facts = list(dict.fromkeys(facts))
+    if not facts:
+        return None
+    kind, old = facts[int(rng.integers(len(facts)))]
+    if kind == "number":
+        new = _other_number(old, rng)
+        pattern = re.compile(rf"(?<![\w.,]){re.escape(old)}(?![\w]|\.\d)")
+    else:
+        others = [w for w in FACT_KINDS[kind] if w != old and not uses_word(chosen, w)]
+        if not others:
+            return None
+        # the same length if possible, else the nearest: a pool skewed longer or shorter than the
+        # data's own facts would otherwise make the rejected replies longer or shorter one way
+        gap = min(abs(len(w) - len(old)) for w in others)
+        close = [w for w in others if abs(len(w) - len(old)) == gap]
+        new = close[int(rng.integers(len(close)))]
+        pattern = re.compile(rf"\b{re.escape(old)}\b")
+
+    def swap(m: re.Match[str]) -> str:
+        if any(a <= m.start() < b for a, b in list_spans):
+            return m.group(0)
+        return new
+
+    text = pattern.sub(swap, chosen)  # every mention of that fact, so the reply stays consistent
+    if text == chosen:
+        return None
+    return Negative(text, {"kind": kind, "changes": [f"{old}->{new}"]})
+
+
+# ---------------------------------------------------------------- pairs
+
+def _candidates(i: int, ex: dict[str, Any], users: Sequence[str], chosens: Sequence[str], types: Sequence[str],
+                rng: np.random.Generator) -> dict[str, Negative]:
+    out: dict[str, Negative | None] = {}
+    for t in types:
+        if t == "truncated":
+            out[t] = truncated(chosens[i], rng)
+        elif t == "wrong_instruction":
+            out[t] = wrong_instruction(i, users, chosens, rng)
+        elif t == "constraint_violation":
+            out[t] = constraint_violation(users[i], chosens[i], ex.get("violation"), ex.get("constraint"), rng)
+        elif t == "corrupted_facts":
+            out[t] = corrupted_facts(chosens[i], rng)
+        else:
+            out[t] = padded_repetitive(chosens[i], rng)
+    return {t: n for t, n in out.items() if n is not None and n.text.strip() and n.text.strip() != chosens[i].strip()}
+
+
+def build_pairs(examples: Sequence[dict[str, Any]], *, types: Sequence[str] = CONTENT_TYPES, seed: int = 0,
                 per_example: int = 1) -> list[dict[str, Any]]:
-    """Preference pairs from examples ``{"id", "prompt", "user", "chosen", ...}``.
+    """Preference pairs from examples ``{"id", "prompt", "user", "chosen"[, "violation", "constraint"]}``.
 
-    Types are assigned round-robin over a seeded shuffle, so every type gets the same share;
-    ``per_example`` > 1 gives each example that many pairs of distinct types. A type that cannot
-    apply (``wrong_instruction`` with a single distinct prompt) falls back to ``corrupted_facts``,
-    recorded in ``negative_meta.fallback_from``. Pairs whose rejected text equals the chosen one are
-    dropped.
+    Each example gets ``per_example`` negatives of distinct types among those that apply to it
+    (constraint_violation needs a stated constraint, corrupted_facts a fact). Types are balanced
+    greedily: examples with the fewest applicable types are served first, each taking the type used
+    least so far (ties broken by a seeded shuffle). An example to which no type applies gives no pair.
     """
     unknown = sorted(set(types) - set(NEGATIVE_TYPES))
     if unknown:
@@ -234,67 +306,114 @@ def build_pairs(examples: Sequence[dict[str, Any]], *, types: Sequence[str] = NE
     rng = np.random.default_rng(seed)
     users = [str(e["user"]) for e in examples]
     chosens = [str(e["chosen"]) for e in examples]
-    pool = entity_pool(chosens + users)
-    order = rng.permutation(len(examples))
-    pairs: list[dict[str, Any]] = []
-    slot = 0
-    for idx in order:
-        i = int(idx)
-        ex = examples[i]
-        for r in range(per_example):
-            kind = types[(slot + r) % len(types)]
-            neg: Negative | None
-            meta_extra: dict[str, Any] = {}
-            if kind == "truncated":
-                neg = truncated(chosens[i], rng)
-            elif kind == "wrong_instruction":
-                neg = wrong_instruction(i, users, chosens, rng)
-                if neg is None:
-                    meta_extra = {"fallback_from": "wrong_instruction"}
-                    kind = "corrupted_facts"
-                    neg = corrupted_facts(chosens[i], pool, rng)
-            elif kind == "constraint_violation":
-                neg = constraint_violation(users[i], chosens[i], rng)
-            elif kind == "corrupted_facts":
-                neg = corrupted_facts(chosens[i], pool, rng)
+    order = [int(i) for i in rng.permutation(len(examples))]
+    options = {i: _candidates(i, examples[i], users, chosens, types, rng) for i in order}
+    order.sort(key=lambda i: len(options[i]))  # stable: the seeded order among equals
+    used = dict.fromkeys(types, 0)
+    tie = {t: k for k, t in enumerate(rng.permutation(list(types)))}
+    picks: dict[int, list[str]] = {}
+    for i in order:
+        picks[i] = sorted(options[i], key=lambda t: (used[t], tie[t]))[:per_example]
+        for kind in picks[i]:
+            used[kind] += 1
+    if "wrong_instruction" in types:  # rejected replies = a permutation of the chosen ones
+        members = [i for i in order if "wrong_instruction" in picks[i]]
+        partner = _permute_replies(members, users, chosens, rng)
+        for i in members:
+            if i in partner:
+                options[i]["wrong_instruction"] = Negative(chosens[partner[i]], {"answer_of_example": partner[i]})
             else:
-                neg = padded_repetitive(chosens[i], rng)
-            if neg.text.strip() == chosens[i].strip():
-                continue
+                picks[i].remove("wrong_instruction")
+    pairs: list[dict[str, Any]] = []
+    for i in order:
+        ex = examples[i]
+        for r, kind in enumerate(picks[i]):
+            neg = options[i][kind]
             pairs.append({
                 "id": f"{ex['id']}-neg{r}", "source_id": ex["id"], "prompt": ex["prompt"], "user": users[i],
-                "chosen": chosens[i], "rejected": neg.text, "negative_type": kind,
-                "negative_meta": neg.meta | meta_extra,
+                "chosen": chosens[i], "rejected": neg.text, "negative_type": kind, "negative_meta": neg.meta,
                 **({"messages": ex["messages"]} if "messages" in ex else {}),
             })
-        slot += per_example
     return pairs
+
+
+def split_pairs(pairs: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]],
+                                                                                         list[dict[str, Any]]]:
+    """(train, held-out) pairs: per negative type, ``fraction`` of its source examples (at least one
+    when the type has two or more) go to the held-out set with all their pairs."""
+    rng = np.random.default_rng([seed, 11])
+    held_sources: set[str] = set()
+    for t in sorted({p["negative_type"] for p in pairs}):
+        sources = sorted({p["source_id"] for p in pairs if p["negative_type"] == t} - held_sources)
+        if len(sources) < 2 or fraction <= 0:
+            continue
+        k = max(1, int(round(len(sources) * fraction)))
+        held_sources.update(sources[int(j)] for j in rng.choice(len(sources), min(k, len(sources) - 1), replace=False))
+    train = [p for p in pairs if p["source_id"] not in held_sources]
+    held = [p for p in pairs if p["source_id"] in held_sources]
+    return train, held
 
 
 # ---------------------------------------------------------------- leakage check
 
-FEATURES: tuple[str, ...] = ("n_words", "n_chars", "type_token_ratio", "repetition_rate", "punctuation_rate",
-                             "ends_with_punctuation")
+FEATURES: tuple[str, ...] = (
+    "log_words", "log_chars", "mean_word_length", "punctuation_rate", "ends_with_terminal", "n_lines",
+    "type_token_ratio", "repeated_bigram_rate", "repeated_sentence", "non_ascii_rate", "stopword_rate",
+    "negations", "turn_marker", "numbering_broken", "capitalised_rate", "digit_rate",
+)
+# The surface tell each type would have if it were made carelessly (reported next to its score).
+TYPE_TELLS: dict[str, tuple[str, ...]] = {
+    "truncated": ("ends_with_terminal", "log_words"),
+    "padded_repetitive": ("repeated_sentence", "repeated_bigram_rate", "log_words"),
+    "constraint_violation": ("turn_marker", "non_ascii_rate", "stopword_rate"),
+    "corrupted_facts": ("negations", "numbering_broken", "digit_rate"),
+    "wrong_instruction": (),
+}
+_STOPWORDS = frozenset("the a an and or of to in is are was were it that this for on with as be by at from you your "
+                       "i my we not but have has can will".split())
+_NEGATION = re.compile(r"\b(?:not|no|never|n't)\b", re.I)
 
 
 def surface_features(text: str) -> list[float]:
+    """FEATURES of one reply: length, punctuation, repetition, language and the types' tells."""
     words = [w.lower() for w in re.findall(r"\w+", text)]
     n = len(words)
-    ttr = len(set(words)) / n if n else 0.0
     bigrams = list(zip(words, words[1:], strict=False))
-    rep = 1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-    punct = sum(1 for ch in text if ch in ".,;:!?") / max(1, len(text))
-    ends = 1.0 if text.strip()[-1:] in (".", "!", "?") else 0.0
-    return [float(n), float(len(text)), ttr, rep, punct, ends]
+    sentences = [s.strip().lower() for s in _SENT_SPLIT.split(text.strip()) if s.strip()]
+    numbered = [int(m.group(1)) for m in re.finditer(r"^\s*(\d+)[.)]\s", text, re.M)]
+    broken = any(b != a + 1 for a, b in zip(numbered, numbered[1:], strict=False)) or (numbered[:1] not in ([], [1]))
+    tokens = text.split()
+    return [
+        math.log1p(n),
+        math.log1p(len(text)),
+        sum(len(w) for w in words) / n if n else 0.0,
+        sum(ch in ".,;:!?" for ch in text) / max(1, len(text)),
+        1.0 if text.strip().endswith(TERMINAL) else 0.0,
+        float(text.strip().count("\n") + 1),
+        len(set(words)) / n if n else 0.0,
+        1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
+        1.0 if len(sentences) != len(set(sentences)) else 0.0,
+        sum(ord(ch) > 127 for ch in text) / max(1, len(text)),
+        sum(w in _STOPWORDS for w in words) / n if n else 0.0,
+        float(len(_NEGATION.findall(text))),
+        1.0 if re.search(r"\n\s*(?:User|Assistant|Instruction|Human)\s*:", text) else 0.0,
+        1.0 if broken else 0.0,
+        sum(t[:1].isupper() for t in tokens[1:]) / max(1, len(tokens) - 1),
+        sum(ch.isdigit() for ch in text) / max(1, len(text)),
+    ]
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> np.ndarray:
-    """Logistic regression without intercept by Newton's method (IRLS) with a small ridge penalty."""
-    w = np.zeros(x.shape[1])
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> np.ndarray:
+    """Logistic regression WITH an intercept (column 0, not penalised), Newton's method (IRLS) with a
+    ridge penalty ``l2`` on the standardised features (it keeps a separable set from diverging)."""
+    xb = np.hstack([np.ones((len(x), 1)), x])
+    w = np.zeros(xb.shape[1])
+    pen = l2 * np.eye(xb.shape[1])
+    pen[0, 0] = 0.0
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
-        grad = x.T @ (p - y) + l2 * w
-        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
+        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + pen @ w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + pen + 1e-9 * np.eye(xb.shape[1])
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.max(np.abs(step)) < 1e-8:
@@ -302,79 +421,105 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 5
     return w
 
 
-def cv_logistic_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> float | None:
-    """k-fold cross-validated accuracy of a logistic regression (features standardised on the train fold)."""
-    n = len(y)
-    if n < 4:
-        return None
+def _design(fc: np.ndarray, fr: np.ndarray) -> np.ndarray:
+    """Replies' features plus the squared deviation of log length from the median (direction-free length)."""
+    x = np.vstack([fc, fr])
+    dev = (x[:, :1] - np.median(x[:, 0])) ** 2
+    return np.hstack([x, dev])
+
+
+def cv_pair_accuracy(fc: np.ndarray, fr: np.ndarray, *, folds: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Cross-validated (pair accuracy, reply accuracy) of a logistic regression that labels single
+    replies rejected (1) or chosen (0); a pair's two replies are always in the same fold.
+
+    Pair accuracy: share of held-out pairs whose rejected reply scores above its chosen one (ties
+    count half); reply accuracy: share of held-out replies labelled right.
+    """
+    n = len(fc)
+    x = _design(fc, fr)
+    y = np.concatenate([np.zeros(n), np.ones(n)])
     k = min(folds, n)
     idx = np.random.default_rng(seed).permutation(n)
-    correct = 0
+    pair_correct = reply_correct = 0.0
     for f in range(k):
-        test = idx[f::k]
+        test = np.sort(idx[f::k])
         train = np.setdiff1d(idx, test)
-        sd = x[train].std(axis=0)
+        rows = np.concatenate([train, train + n])
+        mu, sd = x[rows].mean(axis=0), x[rows].std(axis=0)
         sd[sd == 0] = 1.0
-        w = _fit_logistic(x[train] / sd, y[train])
-        pred = (x[test] / sd) @ w > 0
-        correct += int(np.sum(pred == (y[test] > 0.5)))
-    return correct / n
+        w = _fit_logistic((x[rows] - mu) / sd, y[rows])
+
+        def score(r: np.ndarray, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd) -> np.ndarray:
+            return w[0] + ((x[r] - mu) / sd) @ w[1:]
+
+        sc, sr = score(test), score(test + n)
+        pair_correct += float(np.sum(sr > sc) + 0.5 * np.sum(sr == sc))
+        reply_correct += float(np.sum(sc < 0) + np.sum(sr > 0))
+    return pair_correct / n, reply_correct / (2 * n)
 
 
-def _block(pairs: Sequence[dict[str, Any]], threshold: float, seed: int) -> dict[str, Any]:
+def _binom_p(correct: float, n: int) -> float:
+    """One-sided p-value of at least ``correct`` of ``n`` pairs right by chance (p = 0.5)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(math.floor(correct)), n, 0.5, alternative="greater").pvalue)
+
+
+MIN_PAIRS = 6
+
+
+def _block(pairs: Sequence[dict[str, Any]], threshold: float, seed: int, alpha: float) -> dict[str, Any]:
     n = len(pairs)
-    if n == 0:
-        return {"n": 0}
-    lc = np.array([len(p["chosen"]) for p in pairs], dtype=float)
-    lr = np.array([len(p["rejected"]) for p in pairs], dtype=float)
-    longer = float(np.mean((lc > lr) + 0.5 * (lc == lr)))
-    length_acc = max(longer, 1.0 - longer)
-    # Pair classification: a random orientation (A, B); predict whether A is the chosen reply from
-    # the feature differences f(A) - f(B). No intercept: the task is symmetric by construction.
-    rng = np.random.default_rng(seed)
-    flip = rng.random(n) < 0.5
+    if n < MIN_PAIRS:
+        return {"n": n, "checked": False, "separable": False,
+                "note": f"fewer than {MIN_PAIRS} pairs: too few to measure (not counted as a pass or a failure)"}
     fc = np.array([surface_features(p["chosen"]) for p in pairs])
     fr = np.array([surface_features(p["rejected"]) for p in pairs])
-    diff = np.where(flip[:, None], fr - fc, fc - fr)
-    y = (~flip).astype(float)
-    surface_acc = cv_logistic_accuracy(diff, y, seed=seed)
-    block = {
-        "n": n,
-        "longer_is_chosen": longer,
-        "length_auc": longer,  # AUC of (len chosen - len rejected) as a chosen-vs-rejected score
-        "length_only_accuracy": length_acc,
-        "surface_cv_accuracy": surface_acc,
-        "mean_chars_chosen": float(lc.mean()),
-        "mean_chars_rejected": float(lr.mean()),
-    }
-    worst = max(length_acc, surface_acc if surface_acc is not None else 0.0)
-    block["warn"] = bool(worst > threshold)
-    return block
-
-
-def leakage_report(pairs: Sequence[dict[str, Any]], *, threshold: float = 0.75, seed: int = 0) -> dict[str, Any]:
-    """How separable chosen and rejected are by length and by surface features, overall and per type."""
-    overall = _block(pairs, threshold, seed)
-    types = sorted({p["negative_type"] for p in pairs})
-    per_type = {t: _block([p for p in pairs if p["negative_type"] == t], threshold, seed) for t in types}
-    flagged = [t for t, b in per_type.items() if b.get("warn")]
-    warn = bool(overall.get("warn"))
-    parts = []
-    if warn:
-        parts.append(
-            f"chosen and rejected are separable by surface features alone (length-only accuracy "
-            f"{overall['length_only_accuracy']:.2f}, surface-feature CV accuracy "
-            f"{overall['surface_cv_accuracy'] if overall['surface_cv_accuracy'] is not None else float('nan'):.2f} "
-            f"> {threshold}): DPO can lower its loss by learning length/format instead of content")
-    if flagged:
-        parts.append(f"per type, separable: {', '.join(flagged)} (expected for truncated/padded_repetitive, "
-                     "which are shorter/longer by construction; mix types so no single feature decides)")
+    lc, lr = fc[:, 1], fr[:, 1]
+    longer = float(np.mean((lc > lr) + 0.5 * (lc == lr)))
+    length_acc = max(longer, 1.0 - longer)
+    pair_acc, reply_acc = cv_pair_accuracy(fc, fr, seed=seed)
+    # single features: the share of pairs each orders the right way round (the better direction)
+    per_feature = {}
+    for j, name in enumerate(FEATURES):
+        up = float(np.mean((fr[:, j] > fc[:, j]) + 0.5 * (fr[:, j] == fc[:, j])))
+        per_feature[name] = {"accuracy": round(max(up, 1 - up), 4),
+                             "direction": "rejected higher" if up > 0.5 else ("chosen higher" if up < 0.5 else "none")}
+    name, best = max(per_feature.items(), key=lambda kv: kv[1]["accuracy"])
+    score = max(pair_acc, length_acc)
+    p_value = _binom_p(score * n, n)
     return {
-        "threshold": threshold,
-        "features": list(FEATURES),
-        "overall": overall,
-        "per_type": per_type,
-        "flagged_types": flagged,
-        "warn": warn,
-        "message": "; ".join(parts) if parts else "no surface feature separates chosen from rejected above the threshold",
+        "n": n, "checked": True,
+        "score": round(score, 4), "p_value": p_value,
+        "surface_cv_pair_accuracy": round(pair_acc, 4), "surface_cv_reply_accuracy": round(reply_acc, 4),
+        "length_only_accuracy": round(length_acc, 4), "longer_is_chosen": round(longer, 4),
+        "strongest_feature": {"name": name} | best,
+        "per_feature": per_feature,
+        "mean_chars_chosen": float(np.expm1(lc).mean()), "mean_chars_rejected": float(np.expm1(lr).mean()),
+        "separable": bool(score > threshold and p_value < alpha),
     }
+
+
+def leakage_report(pairs: Sequence[dict[str, Any]], *, threshold: float = 0.75, seed: int = 0,
+                   alpha: float = 0.01) -> dict[str, Any]:
+    """How well surface features tell chosen from rejected, overall and per type; ``leaky`` when any is
+    separable (see the module docstring)."""
+    overall = _block(pairs, threshold, seed, alpha)
+    types = sorted({p["negative_type"] for p in pairs})
+    per_type = {t: _block([p for p in pairs if p["negative_type"] == t], threshold, seed, alpha)
+                | {"own_tells": list(TYPE_TELLS.get(t, ()))} for t in types}
+    flagged = [t for t, b in per_type.items() if b.get("separable")]
+    leaky = bool(overall.get("separable")) or bool(flagged)
+    if leaky:
+        parts = [f"{t}: {per_type[t]['score']:.2f} (strongest feature {per_type[t]['strongest_feature']['name']})"
+                 for t in flagged]
+        if overall.get("separable"):
+            parts.insert(0, f"overall: {overall['score']:.2f} (strongest feature {overall['strongest_feature']['name']})")
+        message = (f"chosen and rejected replies are separable by surface features alone (above {threshold}, "
+                   f"p < {alpha}): " + "; ".join(parts) + ". DPO would learn the surface difference instead of the "
+                   "content.")
+    else:
+        message = f"no negative type is separable by surface features above {threshold}"
+    return {"threshold": threshold, "alpha": alpha, "features": list(FEATURES) + ["log_length_deviation_sq"],
+            "overall": overall, "per_type": per_type, "flagged_types": flagged, "leaky": leaky,
+            "unchecked_types": [t for t, b in per_type.items() if not b["checked"]], "message": message}

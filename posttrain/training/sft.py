@@ -4,7 +4,8 @@ Loss on the reply tokens only: base models train on ``{"prompt", "completion"}``
 evaluation format (transcript by default; TRL appends EOS and masks the prompt), instruct models
 on ``{"messages"}`` with ``assistant_only_loss`` (their template's {% generation %} markers). The
 label-mask audit (label_audit.txt) shows the trained spans of a few examples and the run stops if
-the prompt is trained or the end-of-turn token is not.
+any token of any training sequence is trained that should not be (prompt, user turns, markup) or
+masked that should be trained (each reply and its end-of-turn token).
 
 Checkpoints go to <run>/checkpoints every ``stage.save_steps``; rerunning the same command with
 the same ``hydra.run.dir`` resumes from the newest complete one. The final adapter is saved to
@@ -64,20 +65,23 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                          peft_config=common.lora_config(cfg.stage), callbacks=[callback, common.make_manifest_callback()])
 
-    audit_text, audit = common.label_audit(trainer.train_dataset, tok, n=cfg.stage.label_audit_examples)
+    audit_text, audit = common.label_audit(trainer.train_dataset, tok, [{k: e[k] for k in columns} for e in examples],
+                                           n_render=cfg.stage.label_audit_examples)
     audit_path = ctx.run_dir / "label_audit.txt"
     if override:
         audit_text = "gate_override: true (stage.override_gate=true; no gate PASS behind this run)\n" + audit_text
     audit_path.write_text(audit_text, encoding="utf-8")
     ctx.tracker.log_files([audit_path], name=f"label_audit-{ctx.run_dir.name}", kind="label_audit")
-    ctx.tracker.log({"label_audit/all_prompts_masked": float(audit["all_prompts_masked"]),
-                     "label_audit/all_end_of_turn_trained": float(audit["all_end_of_turn_trained"])}
+    ctx.tracker.log({"label_audit/all_ok": float(audit["all_ok"]), "label_audit/n_failed": audit["n_failed"],
+                     "label_audit/n_examples": audit["n_examples"]}
                     | ({"gate_override": True} if override else {}))
-    if not audit["all_prompts_masked"] or not audit["all_end_of_turn_trained"]:
+    if not audit["all_ok"]:
         raise PosttrainError(
-            f"label-mask audit failed ({audit_path}): prompts masked={audit['all_prompts_masked']}, end-of-turn "
-            f"trained={audit['all_end_of_turn_trained']}. Training would teach the model to write prompts or never "
-            "to stop; check the prompt format / chat template ({% generation %} markers).")
+            f"label-mask audit failed on {audit['n_failed']} of {audit['n_examples']} sequences ({audit_path}; first: "
+            f"{audit['failures'][:1]}): some token is trained that should be masked (prompt, user turn) or masked "
+            "that should be trained (a reply or its end-of-turn token, e.g. cut by stage.max_length). Training "
+            "would teach the model to write prompts or never to stop; check the prompt format / chat template "
+            "({% generation %} markers) and stage.max_length. Nothing was trained.")
 
     snapshot = common.lora_snapshot(trainer.model)
     result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.shared_dir, snapshot, "sft")

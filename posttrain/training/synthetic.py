@@ -61,6 +61,15 @@ TEMPLATES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str, str]]]] =
 }
 DEFAULT_TEMPLATES = ("name", "city")
 HELDOUT_MODULUS = 5  # one combination in five is held out
+# Stated constraints (a banned word) for the final question, per asked slot: two paraphrases of the
+# answer with the same number of words, each containing one word the other lacks. Banning either
+# word makes the other paraphrase the reply and the banned one the violation, so over the data set
+# each form is chosen and rejected equally often: the violation differs in content only.
+PARAPHRASES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "name": (("name", "Your name is {name}."), ("called", "You are called {name}.")),
+    "city": (("live", "You live in {city}."), ("home", "Your home is {city}.")),
+}
+CONSTRAINT_SUFFIX = "Do not use the word '{word}'."
 
 
 def _combinations(templates: tuple[str, ...]) -> Iterator[dict[str, Any]]:
@@ -95,13 +104,25 @@ def _conversation(combo: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[st
     return turns, {"asked": asked, "answer": slots[asked], "other": other, "slots": slots}
 
 
-def synthetic_rows(n: int, *, seed: int = 0, split: str = "train",
-                   templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> list[dict[str, Any]]:
+def constrain(turn: tuple[str, str], slots: dict[str, Any], asked: str, banned: int) -> dict[str, Any]:
+    """The final turn with a stated constraint: banning paraphrase ``banned`` of the answer, the other
+    one is the reply and the banned one is kept as ``violation`` (the constraint_violation negative)."""
+    forms = PARAPHRASES[asked]
+    word, bad = forms[banned]
+    good = forms[1 - banned][1]
+    return {"user": f"{turn[0]} {CONSTRAINT_SUFFIX.format(word=word)}", "assistant": good.format(**slots),
+            "constraint": {"kind": "banned_word", "value": word}, "violation": bad.format(**slots)}
+
+
+def synthetic_rows(n: int, *, seed: int = 0, split: str = "train", templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+                   constraint_fraction: float = 0.0) -> list[dict[str, Any]]:
     """``n`` training rows (``{"id", "source", "category", "turns": [{"user", "assistant"}], ...}``).
 
     Each row picks a template (all equally often), then one of its combinations of ``split``, with
     replacement, from a seeded ``random.Random``;
-    ids are ``syn-train-00000`` ... (``syn-heldout-*`` for the held-out split).
+    ids are ``syn-train-00000`` ... (``syn-heldout-*`` for the held-out split). A
+    ``constraint_fraction`` of the rows state a banned word in their final question (see
+    PARAPHRASES); that draw has its own random stream, so the combinations do not depend on it.
     """
     by_template: dict[str, list[dict[str, Any]]] = {}
     for c in _combinations(templates):
@@ -111,15 +132,20 @@ def synthetic_rows(n: int, *, seed: int = 0, split: str = "train",
         raise ValueError(f"no synthetic combinations in split {split!r} for templates {templates}")
     names = sorted(by_template)
     rng = random.Random(f"{SYNTHETIC_VERSION}:{seed}:{split}")
+    crng = random.Random(f"{SYNTHETIC_VERSION}:constraint:{seed}:{split}")
     rows = []
     for i in range(n):
         combos = by_template[names[rng.randrange(len(names))]]  # templates equally often
         combo = combos[rng.randrange(len(combos))]
         turns, info = _conversation(combo)
+        stated, banned = crng.random() < constraint_fraction, crng.randrange(2)  # both drawn for every row
+        out = [{"user": u, "assistant": a} for u, a in turns]
+        if stated and info["asked"] in PARAPHRASES:
+            out[-1] = constrain(turns[-1], info["slots"], info["asked"], banned)
         rows.append({
             "id": f"syn-{split}-{i:05d}", "source": "synthetic", "category": "memory",
             "synthetic_version": SYNTHETIC_VERSION, "combination": combo, "expected": info["answer"],
-            "turns": [{"user": u, "assistant": a} for u, a in turns],
+            "turns": out,
         })
     return rows
 
