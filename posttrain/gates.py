@@ -1,38 +1,62 @@
 """The gate: does the instruct model beat the base model clearly enough to justify post-training?
 
 The gate reads two models' per-item verdicts on the same benchmark and returns PASS, FAIL or
-NOT_ELIGIBLE. NOT_ELIGIBLE means the evidence itself cannot be trusted (a triage scorer, an
-uncalibrated judge, too many errors, runs that do not cover the same items); it is decided before
-and independently of the numbers. Among eligible runs, PASS needs every check to hold:
+NOT_ELIGIBLE. NOT_ELIGIBLE means the evidence itself cannot be trusted, and is decided before any
+number is looked at:
 
-- base success rate <= ``base_max_success`` (the base model really fails the task),
-- instruct success rate >= ``instruct_min_success`` (the task is solvable),
-- exact McNemar p < ``mcnemar_alpha`` on the paired items (the gap is not noise),
-- Cohen's h (instruct − base) >= ``min_cohens_h`` (the gap is large, not just significant).
+- the instrument differs: a triage scorer, a judge that is uncalibrated or calibrated below
+  ``min_kappa``, a different judge (provider, model, template hash) or calibration on the two sides,
+  or score rows whose scorer/judge differ from their run's summary;
+- the items differ: another benchmark file (sha256), split or limit, a run that does not hold exactly
+  the benchmark's items, duplicated item ids, ids scored for one model only;
+- too little evidence: fewer than ``min_paired`` paired items, or too many errors;
+- errors could decide it: the gate passes on the observed pairs but not with every error item
+  imputed against the claim (base errors as pass, instruct errors as fail).
 
-``docs/statistics.md`` explains the choices. Everything here is pure.
+Among eligible runs, PASS needs every check to hold, on the observed pairs AND in that worst case:
+base rate <= ``base_max_success``, instruct rate >= ``instruct_min_success``, the item-level exact
+McNemar p and the cluster-level sign-flip p both < ``mcnemar_alpha`` (so the gate uses the more
+conservative of the two), and Cohen's h >= ``min_cohens_h``. ``docs/statistics.md`` explains each
+choice with its arithmetic. Everything here is pure and exact: no sampling, no seed.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from posttrain.stats import cohens_h, mcnemar_exact, paired_table
+import numpy as np
+
+from posttrain.stats import (
+    cluster_mean,
+    cluster_permutation_test,
+    cohens_h,
+    icc_anova,
+    obuchowski_test,
+    paired_sample_size,
+)
 
 Verdict = Literal["PASS", "FAIL", "NOT_ELIGIBLE"]
 Op = Literal["<=", ">=", "<"]
 
 VALID_VERDICTS = frozenset({"pass", "fail", "error"})
 HEURISTIC_REASON = "scorer=heuristic_triage is triage only and can never gate; rerun with scorer=llm"
+MIN_PAIRED_FLOOR = 100  # never gate on fewer pairs, whatever the power arithmetic says (docs/statistics.md)
+INSTRUMENT_KEYS = ("provider", "model", "template_version", "template_sha256")
 _MAX_IDS_SHOWN = 5  # enough to find the defect in a log without flooding it
 
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """The numbers the gate compares against; see docs/statistics.md for their power."""
+    """The numbers the gate compares against; see docs/statistics.md for their power.
+
+    ``min_paired`` None means :func:`default_min_paired` of the other numbers (100 with the defaults).
+    """
 
     base_max_success: float = 0.30
     instruct_min_success: float = 0.80
@@ -40,20 +64,146 @@ class GateThresholds:
     min_cohens_h: float = 0.5
     min_kappa: float = 0.7
     max_error_rate: float = 0.05
+    min_paired: int | None = None
+
+    @property
+    def required_paired(self) -> int:
+        """``min_paired``, or its default from the power analysis."""
+        return int(self.min_paired) if self.min_paired is not None else default_min_paired(self)
+
+
+@functools.lru_cache(maxsize=64)
+def default_min_paired(t: GateThresholds) -> int:
+    """Pairs for 80% power to detect the smallest gap the gate accepts, never below 100.
+
+    The smallest accepted gap starts at the base ceiling: base at ``base_max_success`` and instruct at
+    the rate that is ``min_cohens_h`` above it on the arcsine scale, sin²(asin√p_b + h/2). With the
+    defaults: base .30, instruct sin²(0.5796 + 0.25) = .5429; independence within an item gives
+    p10 = .5429·.70 = .3800 and p01 = .30·.4571 = .1371; Connor's n at α = .01 and 80% power is
+    (2.5758·√.5171 + 0.8416·√(.5171 − .2429²))² / .2429² = 99.4 -> 100. Fewer pairs than that cannot
+    tell a gap the gate accepts from one it should refuse.
+    """
+    pb = t.base_max_success
+    pi = min(1.0, math.sin(math.asin(math.sqrt(pb)) + t.min_cohens_h / 2.0) ** 2)
+    p10, p01 = pi * (1.0 - pb), pb * (1.0 - pi)
+    if p10 == p01:
+        return MIN_PAIRED_FLOOR
+    return max(MIN_PAIRED_FLOOR, paired_sample_size(p10, p01, 0.8, t.mcnemar_alpha))
 
 
 @dataclass(frozen=True)
 class ModelScores:
-    """One model's scored run: item id -> "pass" | "fail" | "error", and how it was scored.
+    """One model's scored run, as the gate needs it.
 
-    ``calibration_kappa`` is the LLM judge's Cohen's kappa against human labels; None when the
-    judge was never calibrated.
+    Attributes:
+        model: the model's name.
+        verdicts: item id -> "pass" | "fail" | "error" (one per id; duplicates go to ``problems``).
+        scorer: "llm" or "heuristic_triage".
+        calibration_kappa: the LLM judge's Cohen's kappa against human labels; None if uncalibrated.
+        clusters: item id -> cluster (template id; MT-Bench-101 task); None: each item its own cluster.
+        instrument: the judge: provider, model, template_version, template_sha256 (None: not recorded).
+        calibration_key: which calibration the kappa belongs to (None: not recorded).
+        benchmark: ``summary.json``'s ``benchmark_info`` (name, split, limit, n, sha256, ...).
+        expected_ids: the benchmark's ids for the declared split/limit (the run's items.jsonl).
+        problems: defects of the run's records found while reading them (see :func:`scores_from_records`).
     """
 
     model: str
     verdicts: Mapping[str, str]
     scorer: str
     calibration_kappa: float | None = None
+    clusters: Mapping[str, str] | None = None
+    instrument: Mapping[str, Any] | None = None
+    calibration_key: str | None = None
+    benchmark: Mapping[str, Any] | None = None
+    expected_ids: frozenset[str] | None = None
+    problems: tuple[str, ...] = ()
+
+
+def _shown(ids: Iterable[str]) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:_MAX_IDS_SHOWN]) + (", ..." if len(ids) > _MAX_IDS_SHOWN else "")
+
+
+def item_ids_sha256(ids: Sequence[str]) -> str:
+    """SHA-256 of the item ids in benchmark order, one per line (``benchmark_info.item_ids_sha256``)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def item_cluster(item: Mapping[str, Any]) -> str | None:
+    """An item's cluster: its template (conversations) or its task (MT-Bench-101); None if neither."""
+    meta = item.get("meta") or {}
+    for key in ("template", "task"):
+        if meta.get(key):
+            return f"{key}:{meta[key]}"
+    return None
+
+
+def scores_from_records(model: str, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                        items: Sequence[Mapping[str, Any]] | None = None,
+                        calibration_kappa: float | None = None) -> ModelScores:
+    """Read one run's records (summary.json, scores.jsonl rows, items.jsonl) into :class:`ModelScores`.
+
+    Record defects land in ``problems`` (each one makes a gate over this run NOT_ELIGIBLE): duplicated
+    item ids (last row wins for the numbers shown), rows scored by another scorer than the summary
+    says, and, for ``scorer=llm``, a summary without ``judge_instrument`` or rows whose judge
+    (``judge``, ``judge_provider``, ``judge_model``, ``template_version``, ``template_sha256``) differs
+    from it. Old records without these fields count as not eligible, never as matching.
+
+    Args:
+        model: the model's name.
+        summary: the run's summary.json.
+        rows: its score rows.
+        items: its items.jsonl rows (ids and clusters); None when the run did not keep them.
+        calibration_kappa: kappa looked up now; default the summary's ``calibration.kappa`` when it applies.
+    """
+    problems: list[str] = []
+    counts = Counter(str(r["item_id"]) for r in rows)
+    dups = sorted(i for i, c in counts.items() if c > 1)
+    if dups:
+        problems.append(f"scores.jsonl repeats {len(dups)} item id(s) (a corrupted run; rescore it into a "
+                        f"fresh folder): {_shown(dups)}")
+    scorer = str(summary.get("scorer") or "unknown")
+    other = [str(r["item_id"]) for r in rows if r.get("scorer") != scorer]
+    if other:
+        seen = sorted({str(r.get("scorer")) for r in rows if r.get("scorer") != scorer})
+        problems.append(f"{len(other)} of {len(rows)} score rows were scored by {', '.join(seen)}, not "
+                        f"scorer={scorer} as summary.json says: {_shown(other)}")
+    instrument = summary.get("judge_instrument") if scorer == "llm" else None
+    if scorer == "llm":
+        if not isinstance(instrument, Mapping) or any(not instrument.get(k) for k in INSTRUMENT_KEYS):
+            problems.append("summary.json records no complete judge_instrument (provider, model, template_version, "
+                            "template_sha256): the judge cannot be matched; rescore with the current posttrain")
+            instrument = None
+        else:
+            row_key = {"provider": "judge_provider", "model": "judge_model", "template_version": "template_version",
+                       "template_sha256": "template_sha256"}
+            expected = {row_key[k]: instrument[k] for k in INSTRUMENT_KEYS}
+            if summary.get("judge"):
+                expected["judge"] = summary["judge"]
+            off = [str(r["item_id"]) for r in rows if any(r.get(k) != v for k, v in expected.items())]
+            if off:
+                problems.append(f"{len(off)} of {len(rows)} score rows name another judge than summary.json's "
+                                f"({', '.join(f'{k}={v}' for k, v in expected.items())}): {_shown(off)}")
+    cal = summary.get("calibration") if isinstance(summary.get("calibration"), Mapping) else {}
+    kappa = calibration_kappa
+    if kappa is None and cal.get("applies") and cal.get("kappa") is not None:
+        kappa = float(cal["kappa"])
+    clusters = None
+    expected_ids = None
+    if items is not None:
+        expected_ids = frozenset(str(it["id"]) for it in items)
+        recorded = (summary.get("benchmark_info") or {}).get("item_ids_sha256")
+        if recorded and recorded != item_ids_sha256([str(it["id"]) for it in items]):
+            problems.append("items.jsonl does not hold the items summary.json recorded (item_ids_sha256 differs)")
+        named = {str(it["id"]): item_cluster(it) for it in items}
+        if named and all(named.values()):
+            clusters = {i: str(c) for i, c in named.items()}
+    return ModelScores(model=model, verdicts={str(r["item_id"]): str(r["verdict"]) for r in rows}, scorer=scorer,
+                       calibration_kappa=kappa, clusters=clusters,
+                       instrument=dict(instrument) if instrument else None,
+                       calibration_key=cal.get("key"), benchmark=summary.get("benchmark_info"),
+                       expected_ids=expected_ids, problems=tuple(problems))
 
 
 @dataclass(frozen=True)
@@ -72,9 +222,83 @@ class GateCheck:
         return f"{self.name} {self.value:.4g} {holds} {self.op} {self.threshold:.4g}"
 
 
+def _check(name: str, value: float, threshold: float, op: Op) -> GateCheck:
+    passed = {"<=": value <= threshold, ">=": value >= threshold, "<": value < threshold}[op]
+    return GateCheck(name=name, value=value, threshold=threshold, op=op, passed=passed)
+
+
+@dataclass(frozen=True)
+class PairedAnalysis:
+    """The numbers behind the checks, on one set of paired items (observed, or worst case)."""
+
+    n_paired: int
+    n_clusters: int
+    base_success: float | None
+    instruct_success: float | None
+    instruct_only: int
+    base_only: int
+    mcnemar_p: float | None  # item level, exact
+    cluster_p: float | None  # cluster sign-flip permutation test
+    cluster_method: str | None
+    obuchowski_p: float | None  # cluster-adjusted McNemar (asymptotic), reported only
+    gate_p: float | None  # max(mcnemar_p, cluster_p): the one the gate uses
+    cohens_h: float | None
+    base_ci95: list[float] | None  # cluster-robust (CR1, t on G − 1 df)
+    instruct_ci95: list[float] | None
+    diff: float | None  # instruct − base
+    diff_ci95: list[float] | None
+    diff_ci95_iid: list[float] | None  # the same interval if items were independent
+    icc: float | None  # of the paired difference
+    design_effect: float | None
+    checks: list[GateCheck]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+
+def analyse_pairs(instruct: Sequence[bool], base: Sequence[bool], clusters: Sequence[str],
+                  t: GateThresholds) -> PairedAnalysis:
+    """Item-level and cluster-level statistics and the gate's checks for aligned paired results."""
+    n = len(instruct)
+    if n == 0:
+        return PairedAnalysis(0, 0, None, None, 0, 0, None, None, None, None, None, None, None, None, None, None,
+                              None, None, None, [])
+    x, y = np.asarray(instruct, dtype=bool), np.asarray(base, dtype=bool)
+    codes = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1].ravel()  # integer codes, once
+    a_only, b_only = int(np.sum(x & ~y)), int(np.sum(y & ~x))
+    p_i, p_b = float(x.mean()), float(y.mean())
+    # The exact McNemar p: the sign-flip test with one item per cluster is that test, computed the same
+    # way (tests/test_stats.py checks it against scipy's binomtest), and fast enough to simulate the gate.
+    item_p = cluster_permutation_test(x, y, np.arange(n)).p_value
+    perm = cluster_permutation_test(x, y, codes)
+    obu = obuchowski_test(x, y, codes)
+    d = x.astype(float) - y.astype(float)
+    ci_i, ci_b = cluster_mean(x, codes, bounds=(0.0, 1.0)), cluster_mean(y, codes, bounds=(0.0, 1.0))
+    ci_d = cluster_mean(d, codes)
+    z = 1.959963984540054
+    iid = [max(-1.0, ci_d.estimate - z * ci_d.se_iid), min(1.0, ci_d.estimate + z * ci_d.se_iid)]
+    icc = icc_anova(d, codes)
+    gate_p = max(item_p, perm.p_value)
+    h = cohens_h(p_i, p_b)
+    checks = [
+        _check("base_success_rate", p_b, t.base_max_success, "<="),
+        _check("instruct_success_rate", p_i, t.instruct_min_success, ">="),
+        _check("mcnemar_p", item_p, t.mcnemar_alpha, "<"),
+        _check("cluster_p", perm.p_value, t.mcnemar_alpha, "<"),
+        _check("cohens_h", h, t.min_cohens_h, ">="),
+    ]
+    return PairedAnalysis(
+        n_paired=n, n_clusters=int(codes.max()) + 1, base_success=p_b, instruct_success=p_i, instruct_only=a_only,
+        base_only=b_only, mcnemar_p=item_p, cluster_p=perm.p_value, cluster_method=perm.method,
+        obuchowski_p=obu.p_value, gate_p=gate_p, cohens_h=h, base_ci95=[ci_b.low, ci_b.high],
+        instruct_ci95=[ci_i.low, ci_i.high], diff=ci_d.estimate, diff_ci95=[ci_d.low, ci_d.high],
+        diff_ci95_iid=iid, icc=icc.icc, design_effect=icc.design_effect, checks=checks)
+
+
 @dataclass(frozen=True)
 class GateVerdict:
-    """The gate's decision, why, and the numbers it rests on."""
+    """The gate's decision, why, and the numbers it rests on (observed, and with errors imputed)."""
 
     verdict: Verdict
     reasons: list[str]
@@ -91,15 +315,16 @@ class GateVerdict:
     base_error_rate: float
     instruct_error_rate: float
     thresholds: GateThresholds = field(default_factory=GateThresholds)
+    min_paired: int = MIN_PAIRED_FLOOR
+    clusters_recorded: bool = False
+    observed: PairedAnalysis | None = None
+    worst_case: PairedAnalysis | None = None
+    n_error_items: int = 0
+    dropped: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (plain str, float, int, bool, None, list, dict)."""
         return asdict(self)
-
-
-def _check(name: str, value: float, threshold: float, op: Op) -> GateCheck:
-    passed = {"<=": value <= threshold, ">=": value >= threshold, "<": value < threshold}[op]
-    return GateCheck(name=name, value=value, threshold=threshold, op=op, passed=passed)
 
 
 def _error_rate(scores: ModelScores) -> float:
@@ -107,126 +332,133 @@ def _error_rate(scores: ModelScores) -> float:
     return sum(v == "error" for v in scores.verdicts.values()) / n if n else 0.0
 
 
-def _eligibility_reasons(role: str, scores: ModelScores, t: GateThresholds) -> list[str]:
+def _run_reasons(role: str, s: ModelScores, t: GateThresholds) -> list[str]:
     """Why one model's run cannot gate (the heuristic-scorer reason is added by the caller)."""
-    reasons: list[str] = []
-    who = f"{role} ({scores.model})"
-    if scores.scorer == "llm":
-        kappa = scores.calibration_kappa
+    who = f"{role} ({s.model})"
+    reasons = [f"{who}: {p}" for p in s.problems]
+    if s.scorer == "llm":
+        kappa = s.calibration_kappa
         if kappa is None or not math.isfinite(kappa):
-            reasons.append(
-                f"{who}: LLM judge is uncalibrated (no finite calibration kappa); calibrate it first"
-            )
+            reasons.append(f"{who}: LLM judge is uncalibrated (no finite calibration kappa); calibrate it first")
         elif kappa < t.min_kappa:
             reasons.append(f"{who}: judge calibration kappa {kappa:.3f} < min_kappa {t.min_kappa:.3f}")
-    elif scores.scorer != "heuristic_triage":
-        reasons.append(f"{who}: unknown scorer={scores.scorer!r}; only scorer=llm can gate")
-    n_err = sum(v == "error" for v in scores.verdicts.values())
-    rate = _error_rate(scores)
-    if rate > t.max_error_rate:
-        reasons.append(
-            f"{who}: error rate {rate:.3f} ({n_err}/{len(scores.verdicts)}) > max_error_rate {t.max_error_rate:.3f}"
-        )
+        if s.instrument is None and not s.problems:
+            reasons.append(f"{who}: no judge identity (provider, model, template hash) recorded; rescore the run")
+    elif s.scorer != "heuristic_triage":
+        reasons.append(f"{who}: unknown scorer={s.scorer!r}; only scorer=llm can gate")
+    n_err = sum(v == "error" for v in s.verdicts.values())
+    if (rate := _error_rate(s)) > t.max_error_rate:
+        reasons.append(f"{who}: error rate {rate:.3f} ({n_err}/{len(s.verdicts)}) > max_error_rate "
+                       f"{t.max_error_rate:.3f}")
+    bench = s.benchmark or {}
+    if not bench.get("sha256") or bench.get("n") is None:
+        reasons.append(f"{who}: summary.json records no benchmark sha256/n; the items it holds cannot be checked")
+    elif len(s.verdicts) != int(bench["n"]):
+        reasons.append(f"{who}: holds {len(s.verdicts)} item(s) but the benchmark ({bench.get('name')}, split="
+                       f"{bench.get('split')}, limit={bench.get('limit')}) has {bench['n']}; rerun the missing items")
+    if s.expected_ids is not None:
+        missing, extra = s.expected_ids - s.verdicts.keys(), s.verdicts.keys() - s.expected_ids
+        if missing:
+            reasons.append(f"{who}: {len(missing)} of the benchmark's items were never scored: {_shown(missing)}")
+        if extra:
+            reasons.append(f"{who}: {len(extra)} scored id(s) are not the benchmark's items: {_shown(extra)}")
     return reasons
 
 
-def _unpaired_reason(only: list[str], here: str, there: str) -> str:
-    shown = ", ".join(only[:_MAX_IDS_SHOWN]) + (", ..." if len(only) > _MAX_IDS_SHOWN else "")
-    return f"unpaired items: {len(only)} id(s) scored for {here} but not for {there}: {shown}"
+def _pair_reasons(base: ModelScores, instruct: ModelScores) -> list[str]:
+    """Why the two runs are not measured with the same instrument on the same items."""
+    reasons: list[str] = []
+    if base.scorer == instruct.scorer == "llm" and base.instrument and instruct.instrument:
+        diff = [f"{k} {base.instrument.get(k)!r} vs {instruct.instrument.get(k)!r}" for k in INSTRUMENT_KEYS
+                if base.instrument.get(k) != instruct.instrument.get(k)]
+        if diff:
+            reasons.append(f"different judges: base ({base.model}) vs instruct ({instruct.model}) differ in "
+                           f"{'; '.join(diff)}; the gap would mix the models with the judges' leniency. Rescore "
+                           "both with one judge")
+    if base.scorer == instruct.scorer == "llm" and base.calibration_key != instruct.calibration_key:
+        reasons.append(f"different calibrations: base ({base.model}) key {base.calibration_key!r} vs instruct "
+                       f"({instruct.model}) key {instruct.calibration_key!r}")
+    bb, bi = base.benchmark or {}, instruct.benchmark or {}
+    for key in ("sha256", "name", "split", "limit", "n", "item_ids_sha256"):
+        if key in bb and key in bi and bb[key] != bi[key]:
+            reasons.append(f"different benchmarks: {key} {bb[key]!r} (base {base.model}) vs {bi[key]!r} "
+                           f"(instruct {instruct.model}); evaluate both on the same items")
+    for only, here, there in ((base.verdicts.keys() - instruct.verdicts.keys(), "base", "instruct"),
+                              (instruct.verdicts.keys() - base.verdicts.keys(), "instruct", "base")):
+        if only:
+            reasons.append(f"unpaired items: {len(only)} id(s) scored for {here} but not for {there}: {_shown(only)}")
+    return reasons
 
 
-def evaluate_gate(
-    base: ModelScores, instruct: ModelScores, thresholds: GateThresholds | None = None
-) -> GateVerdict:
+def evaluate_gate(base: ModelScores, instruct: ModelScores, thresholds: GateThresholds | None = None) -> GateVerdict:
     """Decide PASS / FAIL / NOT_ELIGIBLE for a base-vs-instruct pair.
 
-    Pairing: an item counts toward the success rates and McNemar only when both runs scored it
-    and neither verdict is "error". Errors still count toward each model's error rate
-    (errors / all items in that run). Ids present in one run only make the pair NOT_ELIGIBLE,
-    since a success rate over different item sets is not a paired comparison.
+    Pairing: the observed analysis uses the ids both runs scored where neither verdict is "error".
+    The worst case puts the error items back, base errors as pass and instruct errors as fail.
+    Items are clustered by ``clusters`` (both runs' maps are merged; a missing map makes each item its
+    own cluster, which the record says under ``clusters_recorded``).
 
-    The checks are computed whenever there are paired items, even when NOT_ELIGIBLE, so a report
-    can show them; the verdict is PASS only when eligible and every check passes.
-
-    Args:
-        base: the base model's scored run.
-        instruct: the instruct (or post-trained) model's scored run.
-        thresholds: the gate's numbers; default ``GateThresholds()``.
+    The numbers are computed whenever there are paired items, even when NOT_ELIGIBLE, so a report can
+    show them; the verdict is PASS only when eligible and every check passes in both analyses.
 
     Raises:
         ValueError: on a verdict other than "pass", "fail" or "error".
     """
     t = thresholds if thresholds is not None else GateThresholds()
-    for scores in (base, instruct):
-        bad = {v for v in scores.verdicts.values() if v not in VALID_VERDICTS}
+    for s in (base, instruct):
+        bad = {v for v in s.verdicts.values() if v not in VALID_VERDICTS}
         if bad:
-            raise ValueError(f"{scores.model}: verdicts must be pass/fail/error, got {sorted(bad)}")
+            raise ValueError(f"{s.model}: verdicts must be pass/fail/error, got {sorted(bad)}")
 
     reasons: list[str] = []
     if "heuristic_triage" in (base.scorer, instruct.scorer):
         reasons.append(HEURISTIC_REASON)
-    reasons += _eligibility_reasons("base", base, t)
-    reasons += _eligibility_reasons("instruct", instruct, t)
+    reasons += _run_reasons("base", base, t) + _run_reasons("instruct", instruct, t)
+    reasons += _pair_reasons(base, instruct)
 
-    # Unpaired ids come from the raw runs; error items are then dropped from both sides, so an
-    # error on either model removes the item from the comparison without making it "unpaired".
-    only_base = sorted(base.verdicts.keys() - instruct.verdicts.keys())
-    only_instruct = sorted(instruct.verdicts.keys() - base.verdicts.keys())
-    if only_base:
-        reasons.append(_unpaired_reason(only_base, "base", "instruct"))
-    if only_instruct:
-        reasons.append(_unpaired_reason(only_instruct, "instruct", "base"))
-    usable = {
-        i
-        for i in base.verdicts.keys() & instruct.verdicts.keys()
-        if base.verdicts[i] != "error" and instruct.verdicts[i] != "error"
-    }
-    table = paired_table(
-        {i: instruct.verdicts[i] == "pass" for i in usable},
-        {i: base.verdicts[i] == "pass" for i in usable},
-    )
+    vb, vi = base.verdicts, instruct.verdicts
+    shared = sorted(vb.keys() & vi.keys())
+    usable = [i for i in shared if vb[i] != "error" and vi[i] != "error"]
+    errored = [i for i in shared if vb[i] == "error" or vi[i] == "error"]
+    known = {**(base.clusters or {}), **(instruct.clusters or {})}
+    recorded = bool(known) and all(i in known for i in shared)
+    cluster = (lambda i: known[i]) if recorded else (lambda i: i)  # noqa: E731
 
-    checks: list[GateCheck] = []
-    p_base: float | None = None
-    p_instruct: float | None = None
-    p_value: float | None = None
-    h: float | None = None
-    if table.n_paired == 0:
+    def analyse(ids: list[str], worst: bool) -> PairedAnalysis:
+        ins = [vi[i] == "pass" if vi[i] != "error" else False for i in ids]
+        bas = [vb[i] == "pass" if vb[i] != "error" else worst for i in ids]
+        return analyse_pairs(ins, bas, [cluster(i) for i in ids], t)
+
+    observed = analyse(usable, worst=False)
+    worst = analyse(shared, worst=True) if errored else observed
+    min_paired = t.required_paired
+    if observed.n_paired == 0:
         reasons.append("no paired items: nothing was scored (without error) for both models")
-    else:
-        p_instruct, p_base = table.success_a, table.success_b
-        p_value = mcnemar_exact(table.a_only, table.b_only).p_value
-        h = cohens_h(p_instruct, p_base)
-        checks = [
-            _check("base_success_rate", p_base, t.base_max_success, "<="),
-            _check("instruct_success_rate", p_instruct, t.instruct_min_success, ">="),
-            _check("mcnemar_p", p_value, t.mcnemar_alpha, "<"),
-            _check("cohens_h", h, t.min_cohens_h, ">="),
-        ]
+    elif observed.n_paired < min_paired:
+        reasons.append(f"too little evidence: {observed.n_paired} paired items < gate.min_paired {min_paired} "
+                       "(docs/statistics.md); evaluate more items")
 
     if reasons:
         verdict: Verdict = "NOT_ELIGIBLE"
-    elif all(c.passed for c in checks):
+    elif observed.passed and worst.passed:
         verdict = "PASS"
-        reasons = [c.describe() for c in checks]
+        reasons = [c.describe() for c in observed.checks]
+    elif observed.passed:
+        verdict = "NOT_ELIGIBLE"
+        failing = [c.describe() for c in worst.checks if not c.passed]
+        reasons = [f"{len(errored)} error items could change the decision: rerun to resolve them (with base errors "
+                   f"as pass and instruct errors as fail: {'; '.join(failing)})"]
     else:
         verdict = "FAIL"
-        reasons = [c.describe() for c in checks if not c.passed]
+        reasons = [c.describe() for c in observed.checks if not c.passed]
 
     return GateVerdict(
-        verdict=verdict,
-        reasons=reasons,
-        checks=checks,
-        base_model=base.model,
-        instruct_model=instruct.model,
-        n_paired=table.n_paired,
-        base_success=p_base,
-        instruct_success=p_instruct,
-        instruct_only=table.a_only,
-        base_only=table.b_only,
-        mcnemar_p=p_value,
-        cohens_h=h,
-        base_error_rate=_error_rate(base),
-        instruct_error_rate=_error_rate(instruct),
-        thresholds=t,
+        verdict=verdict, reasons=reasons, checks=observed.checks, base_model=base.model,
+        instruct_model=instruct.model, n_paired=observed.n_paired, base_success=observed.base_success,
+        instruct_success=observed.instruct_success, instruct_only=observed.instruct_only,
+        base_only=observed.base_only, mcnemar_p=observed.mcnemar_p, cohens_h=observed.cohens_h,
+        base_error_rate=_error_rate(base), instruct_error_rate=_error_rate(instruct), thresholds=t,
+        min_paired=min_paired, clusters_recorded=recorded, observed=observed, worst_case=worst,
+        n_error_items=len(errored),
+        dropped={"error": errored, "unpaired": sorted(vb.keys() ^ vi.keys())},
     )

@@ -13,6 +13,7 @@ an explicit ``numpy.random.Generator``. ``docs/statistics.md`` explains the meth
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -424,3 +425,186 @@ def paired_bootstrap_diff_ci(
     )
     ci = res.confidence_interval
     return BootstrapCI(float(diff(xa, xb)), float(ci.low), float(ci.high), alpha, n_boot)
+
+
+# --------------------------------------------------------------------------------------------
+# Clustered items: cluster-robust means, the intra-cluster correlation, cluster-aware paired tests
+# --------------------------------------------------------------------------------------------
+# Items built from one template (or one MT-Bench-101 task) share their structure and tend to pass
+# or fail together. Treating them as independent makes intervals too narrow and p-values too small
+# (Miller 2024, "Adding Error Bars to Evals", arXiv 2411.00640). statsmodels offers cluster-robust
+# (sandwich) standard errors for regressions (``OLS(...).fit(cov_type="cluster")``) but no
+# cluster-aware paired test for binary outcomes; the functions below are checked against the former.
+
+
+def _cluster_codes(clusters: Sequence[str] | np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    if len(clusters) != n:
+        raise ValueError(f"need one cluster per value: {len(clusters)} clusters for {n} values")
+    arr = np.asarray(clusters)
+    _, codes = np.unique(arr if arr.dtype.kind in "iu" else arr.astype(str), return_inverse=True)
+    codes = codes.ravel()
+    return codes, int(codes.max()) + 1 if n else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(upper: float, df: int) -> float:
+    return float(sps.t.isf(upper, df))
+
+
+@dataclass(frozen=True)
+class ClusterMean:
+    """A mean with its cluster-robust (CR1) standard error and a t interval on G − 1 df."""
+
+    estimate: float
+    se: float
+    low: float
+    high: float
+    n: int
+    n_clusters: int
+    se_iid: float  # the same mean's SE if the values were independent (s / √n)
+
+
+def cluster_mean(
+    values: Sequence[float] | np.ndarray,
+    clusters: Sequence[str] | np.ndarray,
+    alpha: float = 0.05,
+    bounds: tuple[float, float] = (-1.0, 1.0),
+) -> ClusterMean:
+    """Mean of ``values`` with a cluster-robust interval.
+
+    With residuals e_i = y_i − ȳ and cluster sums E_g = Σ_{i∈g} e_i, the CR1 variance is
+    Var(ȳ) = G/(G − 1) · Σ_g E_g² / n², which equals statsmodels' ``OLS(y, 1).fit(cov_type="cluster")``
+    (its small-sample factor G/(G−1)·(n−1)/(n−K) with K = 1). The interval is ȳ ± t_{G−1}·SE, clipped
+    to ``bounds``: with 33 clusters the t quantile (2.04 at 95%) is the honest one, not 1.96.
+
+    Args:
+        values: one number per item (a 0/1 success, or a paired difference in {−1, 0, 1}).
+        clusters: the cluster of each item.
+        alpha: 1 − coverage.
+        bounds: the range the mean lives in ((0, 1) for a rate, (−1, 1) for a difference).
+    """
+    y = np.asarray(values, dtype=float)
+    n = y.size
+    codes, g = _cluster_codes(clusters, n)
+    if n == 0:
+        return ClusterMean(math.nan, math.nan, bounds[0], bounds[1], 0, 0, math.nan)
+    mean = float(y.mean())
+    se_iid = float(y.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    if g < 2:  # one cluster: its spread says nothing about other clusters
+        return ClusterMean(mean, math.nan, bounds[0], bounds[1], n, g, se_iid)
+    sums = np.bincount(codes, weights=y - mean, minlength=g)
+    se = math.sqrt(g / (g - 1) * float(np.sum(sums**2))) / n
+    half = _t_quantile(alpha / 2.0, g - 1) * se
+    return ClusterMean(mean, se, max(bounds[0], mean - half), min(bounds[1], mean + half), n, g, se_iid)
+
+
+@dataclass(frozen=True)
+class ICCResult:
+    """One-way ANOVA intra-cluster correlation and the design effect it implies."""
+
+    icc: float  # may be slightly negative by chance; the design effect uses max(icc, 0)
+    m0: float  # the ANOVA estimator's adjusted mean cluster size
+    design_effect: float
+    n: int
+    n_clusters: int
+
+
+def icc_anova(values: Sequence[float] | np.ndarray, clusters: Sequence[str] | np.ndarray) -> ICCResult:
+    """The intra-cluster correlation of ``values`` (one-way ANOVA estimator) and the design effect.
+
+    With G clusters of sizes m_g (n in all): MSB = Σ m_g (ȳ_g − ȳ)² / (G − 1),
+    MSW = Σ_g Σ_i (y_gi − ȳ_g)² / (n − G), m0 = (n − Σ m_g² / n) / (G − 1), and
+    ICC = (MSB − MSW) / (MSB + (m0 − 1)·MSW). The design effect 1 + (m0 − 1)·max(ICC, 0) is how many
+    times more items a clustered design needs than an independent one for the same precision.
+    Worked example: clusters {1, 1}, {0, 0}: ȳ = .5, MSB = (2·.25 + 2·.25)/1 = 1, MSW = 0, m0 = 2,
+    ICC = 1, design effect 2 (each cluster is worth one item). When every value is equal the ICC is 0.
+    """
+    y = np.asarray(values, dtype=float)
+    n = y.size
+    codes, g = _cluster_codes(clusters, n)
+    if g < 2 or n <= g:
+        return ICCResult(0.0, 1.0, 1.0, n, g)
+    sizes = np.bincount(codes, minlength=g).astype(float)
+    means = np.bincount(codes, weights=y, minlength=g) / sizes
+    msb = float(np.sum(sizes * (means - y.mean()) ** 2)) / (g - 1)
+    msw = float(np.sum((y - means[codes]) ** 2)) / (n - g)
+    m0 = (n - float(np.sum(sizes**2)) / n) / (g - 1)
+    denom = msb + (m0 - 1.0) * msw
+    icc = (msb - msw) / denom if denom > 0 else 0.0
+    return ICCResult(icc, m0, 1.0 + (m0 - 1.0) * max(icc, 0.0), n, g)
+
+
+@dataclass(frozen=True)
+class ClusterTest:
+    """A two-sided paired test of E[x − y] = 0 that treats clusters, not items, as the units."""
+
+    statistic: float
+    p_value: float
+    n_clusters: int  # clusters with a non-zero difference (the only ones that carry evidence)
+    method: str
+
+
+def obuchowski_test(
+    x: Sequence[bool] | np.ndarray, y: Sequence[bool] | np.ndarray, clusters: Sequence[str] | np.ndarray
+) -> ClusterTest:
+    """Obuchowski's (1998) cluster-adjusted McNemar test for paired proportions.
+
+    With d_g = Σ_{i∈g}(x_i − y_i) and n_g items in cluster g (n in all, G clusters), d̄ = Σ d_g / n:
+    X² = (Σ_g d_g)² / [G/(G − 1) · Σ_g (d_g − n_g·d̄)²], referred to χ²₁. It is the squared z of the
+    mean difference with the CR1 cluster-robust SE (:func:`cluster_mean`), so it equals a Wald test
+    from statsmodels' cluster-robust OLS of x − y on a constant. With one item per cluster it is close
+    to (not equal to) the McNemar χ². Asymptotic in the number of clusters: report it, but gate on the
+    permutation test below.
+    """
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    d = xa - ya
+    codes, g = _cluster_codes(clusters, d.size)
+    if d.size == 0 or not np.any(d):
+        return ClusterTest(0.0, 1.0, 0, "obuchowski")
+    dg = np.bincount(codes, weights=d, minlength=g)
+    ng = np.bincount(codes, minlength=g).astype(float)
+    dbar = float(d.mean())
+    var = g / (g - 1) * float(np.sum((dg - ng * dbar) ** 2)) if g > 1 else 0.0
+    n_active = int(np.count_nonzero(dg))
+    if var <= 0.0:  # every cluster moved the same way by the same per-item amount: no spread to test
+        return ClusterTest(math.inf, 0.0 if g > 1 else 1.0, n_active, "obuchowski")
+    stat = float(dg.sum()) ** 2 / var
+    return ClusterTest(stat, float(sps.chi2.sf(stat, 1)), n_active, "obuchowski")
+
+
+def cluster_permutation_test(
+    x: Sequence[bool] | np.ndarray, y: Sequence[bool] | np.ndarray, clusters: Sequence[str] | np.ndarray
+) -> ClusterTest:
+    """Exact paired permutation test that flips the two models' labels for a whole cluster at once.
+
+    Under H0 (within every cluster, the two models' results are exchangeable) each cluster's
+    difference d_g = Σ_{i∈g}(x_i − y_i) is as likely to be −d_g as d_g, whatever the correlation of
+    items inside the cluster. The statistic is |Σ_g d_g|; the p-value is the share of the 2^G sign
+    patterns s with |Σ_g s_g·d_g| >= |Σ_g d_g|. Clusters with d_g = 0 cannot change the sum and are
+    dropped. The d_g are integers, so the null distribution of the sum is computed exactly by
+    convolving, cluster by cluster, the two-point distributions {−|d_g|, +|d_g|} (G steps over at
+    most 2n + 1 values): no sampling, no seed. With one item per cluster d_g = ±1, the sum is
+    2·Binomial(m, 1/2) − m over the m discordant items, and the test IS the exact two-sided McNemar
+    test (worked example: 1 vs 9 discordant gives P(|S| >= 8) = 22/1024).
+
+    Args:
+        x, y: the two models' results per item (pass = True).
+        clusters: each item's cluster.
+    """
+    d = np.asarray(x, dtype=int) - np.asarray(y, dtype=int)
+    codes, g = _cluster_codes(clusters, d.size)
+    dg = np.bincount(codes, weights=d, minlength=g).round().astype(int) if d.size else np.zeros(0, dtype=int)
+    dg = np.abs(dg[dg != 0])
+    if dg.size == 0:
+        return ClusterTest(0.0, 1.0, 0, "cluster sign-flip (exact)")
+    observed = abs(int(d.sum()))
+    # c clusters sharing |d_g| = v add v·(2·Binomial(c, 1/2) − c): one convolution per distinct v
+    dist = np.ones(1)  # the distribution of the signed sum, indexed from its minimum
+    for v, c in zip(*np.unique(dg, return_counts=True), strict=True):
+        part = np.zeros(2 * int(c) * int(v) + 1)
+        part[:: 2 * int(v)] = sps.binom.pmf(np.arange(int(c) + 1), int(c), 0.5)
+        dist = np.convolve(dist, part)
+    total = int(dg.sum())
+    sums = np.abs(np.arange(-total, total + 1))
+    p = float(min(1.0, dist[sums >= observed].sum()))
+    return ClusterTest(float(observed), p, int(dg.size), "cluster sign-flip (exact)")

@@ -27,10 +27,18 @@ def _runs(
     return base, instruct
 
 
+INSTRUMENT = {"provider": "anthropic", "model": "claude-x", "template_version": "conv-judge-v2",
+              "template_sha256": "ab" * 32}
+
+
 def _scores(
     verdicts: dict[str, str], model: str = "m", scorer: str = "llm", kappa: float | None = 0.85
 ) -> ModelScores:
-    return ModelScores(model=model, verdicts=verdicts, scorer=scorer, calibration_kappa=kappa)
+    """One run judged by INSTRUMENT, holding exactly the benchmark's items (n = its own length)."""
+    bench = {"name": "conversations", "split": "full", "limit": None, "n": len(verdicts), "sha256": "cd" * 32}
+    return ModelScores(model=model, verdicts=verdicts, scorer=scorer, calibration_kappa=kappa,
+                       instrument=INSTRUMENT if scorer == "llm" else None, calibration_key="human-v1",
+                       benchmark=bench)
 
 
 def _gate(base: dict[str, str], instruct: dict[str, str], **thresholds: float) -> GateVerdict:
@@ -59,10 +67,15 @@ def test_pass_hand_worked() -> None:
         "base_success_rate",
         "instruct_success_rate",
         "mcnemar_p",
+        "cluster_p",
         "cohens_h",
     ]
-    assert [c.op for c in v.checks] == ["<=", ">=", "<", ">="]
+    assert [c.op for c in v.checks] == ["<=", ">=", "<", "<", ">="]
     assert all(c.passed for c in v.checks)
+    # no clusters recorded: each item is its own cluster, and the sign-flip test IS exact McNemar
+    assert not v.clusters_recorded and v.observed is not None
+    assert v.observed.cluster_p == pytest.approx(v.mcnemar_p, rel=1e-9)
+    assert v.min_paired == 100 and v.n_error_items == 0 and v.worst_case == v.observed
 
 
 def test_fail_lists_the_failing_check_with_its_number_and_threshold() -> None:
@@ -84,9 +97,9 @@ def test_fail_on_significance_alone() -> None:
     = 8/20 = .40 — relax the instruct floor to .40 so only McNemar can fail: p = 2·(1/2)^6 = 1/32
     = .03125, not < .01; h = 2·asin(√.4) − 2·asin(√.1) = 1.369438 − 0.643501 = 0.725937."""
     base, instruct = _runs(2, 6, 0, 12)
-    v = _gate(base, instruct, instruct_min_success=0.40)
+    v = _gate(base, instruct, instruct_min_success=0.40, min_paired=20)
     assert v.verdict == "FAIL"
-    assert v.reasons == ["mcnemar_p 0.03125 is not < 0.01"]
+    assert v.reasons == ["mcnemar_p 0.03125 is not < 0.01", "cluster_p 0.03125 is not < 0.01"]
     assert v.mcnemar_p == pytest.approx(1 / 32)
 
 
@@ -98,13 +111,18 @@ def test_error_items_leave_the_pairing_but_count_toward_the_error_rate() -> None
         base[f"i{k:04d}"] = "error"
     for k in (50, 51, 52):
         instruct[f"i{k:04d}"] = "error"
-    v = _gate(base, instruct)
+    v = _gate(base, instruct, min_paired=90)
     assert v.n_paired == 95
     assert (v.base_error_rate, v.instruct_error_rate) == pytest.approx((0.02, 0.03))
     # Items 0, 1 were "both pass" and 50..52 "instruct only": base 8/95, instruct (8 + 77)/95.
     assert v.base_success == pytest.approx(8 / 95)
     assert v.instruct_success == pytest.approx(85 / 95)
     assert v.verdict == "PASS"
+    # Worst case: base's 2 errors as pass (they were "both pass" anyway), instruct's 3 as fail:
+    # base 10/100, instruct 87/100 - 3 = ... (10 + 80 - 3)/100 = .87: still PASS.
+    assert v.worst_case is not None and v.worst_case.n_paired == 100
+    assert v.worst_case.instruct_success == pytest.approx(0.87) and v.worst_case.base_success == pytest.approx(0.10)
+    assert v.dropped["error"] == ["i0000", "i0001", "i0050", "i0051", "i0052"]
 
 
 def test_to_dict_is_json_ready() -> None:
@@ -187,15 +205,15 @@ def test_unpaired_items() -> None:
     instruct["extra-i2"] = "fail"
     v = evaluate_gate(_scores(base), _scores(instruct), GateThresholds())
     assert v.verdict == "NOT_ELIGIBLE"
-    assert len(v.reasons) == 2
-    assert "1 id(s) scored for base but not for instruct: extra-b" in v.reasons[0]
-    assert "2 id(s) scored for instruct but not for base: extra-i1, extra-i2" in v.reasons[1]
+    assert "different benchmarks: n 201 (base m) vs 202 (instruct m); evaluate both on the same items" in v.reasons[0]
+    assert "1 id(s) scored for base but not for instruct: extra-b" in v.reasons[1]
+    assert "2 id(s) scored for instruct but not for base: extra-i1, extra-i2" in v.reasons[2]
     assert v.n_paired == 200
 
 
 def test_no_paired_items() -> None:
     v = evaluate_gate(_scores({}), _scores({}), GateThresholds())
-    assert v.verdict == "NOT_ELIGIBLE" and v.checks == [] and "no paired items" in v.reasons[0]
+    assert v.verdict == "NOT_ELIGIBLE" and v.checks == [] and "no paired items" in v.reasons[-1]
 
 
 # ---------------------------------------------------------------- false passes under the null
