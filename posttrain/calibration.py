@@ -9,8 +9,16 @@ conversations and the two agree (Cohen's kappa >= ``gate.min_kappa``). The workf
    ``sample.csv.key.json``, which the labeller should not open.
 2. The labeller fills ``human_label`` with pass/fail.
 3. ``posttrain-calibrate import sample.csv`` compares the labels with the judge's verdicts and
-   stores ``<judge>__<template_version>.json`` under ``$POSTTRAIN_HOME/calibrations``, where
-   :func:`is_calibrated` finds it. A new template version needs its own calibration.
+   stores them under ``$POSTTRAIN_HOME/calibrations``, keyed by the judge instrument.
+4. ``posttrain-calibrate status [judge=NAME] [judge.model=...]`` lists the stored calibrations and
+   says whether one applies to a judge config, and why not.
+
+A calibration is bound to the instrument it calibrated: provider, model id, template version and the
+template's sha256 (:func:`posttrain.judges.prompt.template_sha256`: template text, rubric, renderer
+source, schema). It applies only to that exact instrument, with at least ``gate.min_calibration_items``
+labelled items (default 30) and kappa >= ``gate.min_kappa``. The stored record keeps every label and
+the judge's verdict beside it; kappa is recomputed from them whenever a calibration is read, so a
+hand-edited kappa or a record without labels counts for nothing.
 """
 
 from __future__ import annotations
@@ -21,13 +29,12 @@ import json
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from statsmodels.stats.inter_rater import cohens_kappa
 
 from posttrain.items import Expectation, Item, item_from_dict
 from posttrain.paths import calibration_dir
@@ -67,6 +74,13 @@ _FORMATS = {
     "all_caps": "is in capital letters only",
     "no_commas": "has no commas",
 }
+
+
+INSTRUMENT_KEYS = ("provider", "model", "template_version", "template_sha256")
+# score-row field holding each instrument key
+_ROW_FIELDS = {"provider": "judge_provider", "model": "judge_model", "template_version": "template_version",
+               "template_sha256": "template_sha256"}
+DEFAULT_MIN_ITEMS = 30  # gate.min_calibration_items
 
 
 class CalibrationError(ValueError):
@@ -187,6 +201,11 @@ def export_sample(
                 raise CalibrationError(
                     f"{run_dir}: scored by {s.get('scorer')!r} without a judge: nothing to calibrate"
                 )
+            if any(not s.get(f) for f in _ROW_FIELDS.values()):
+                raise CalibrationError(
+                    f"{run_dir}: score rows do not record the judge instrument ({', '.join(_ROW_FIELDS.values())}): "
+                    "they were scored by an older posttrain; rescore the run, then export"
+                )
             gen = gens.get((s["item_id"], s.get("model")))
             if gen is None:
                 raise CalibrationError(
@@ -195,7 +214,7 @@ def export_sample(
             pool.append({**s, "_run": label, "_run_dir": str(run_dir.resolve()), "_gen": gen})
     if not pool:
         raise CalibrationError("no judged (pass/fail) conversation in " + ", ".join(map(str, run_dirs)))
-    judges = sorted({(r["judge"], r.get("judge_model"), r.get("template_version")) for r in pool}, key=str)
+    judges = sorted({(r["judge"], *(r[f] for f in _ROW_FIELDS.values())) for r in pool}, key=str)
     if len(judges) > 1:
         raise CalibrationError(f"runs mix judges/template versions {judges}: calibrate one judge at a time")
 
@@ -234,8 +253,7 @@ def export_sample(
                 "model": r.get("model"),
                 "category": r.get("category"),
                 "judge": r["judge"],
-                "judge_model": r.get("judge_model"),
-                "template_version": r.get("template_version"),
+                **{f: r[f] for f in _ROW_FIELDS.values()},
                 "judge_verdict": r["verdict"],
             }
     meta = {"created": datetime.now(UTC).isoformat(), "csv": out.name, "seed": seed, "n_requested": n}
@@ -243,36 +261,78 @@ def export_sample(
     return out
 
 
-def _store_path(store_dir: Path, judge: str, template_version: str) -> Path:
-    safe = [re.sub(r"[^A-Za-z0-9._-]", "_", s) for s in (judge, template_version)]
-    return Path(store_dir) / f"{safe[0]}__{safe[1]}.json"
+def instrument_key(instrument: Mapping[str, Any]) -> str:
+    """The calibration key of a judge instrument: ``provider__model__template_version__sha12``.
+
+    The first 12 hex digits of the template hash name the file; the full hash is stored inside and
+    compared in full.
+    """
+    parts = [str(instrument["provider"]), str(instrument["model"]), str(instrument["template_version"]),
+             str(instrument["template_sha256"])[:12]]
+    return "__".join(re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in parts)
+
+
+def _store_path(store_dir: Path, key: str) -> Path:
+    return Path(store_dir) / f"{key}.json"
 
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def kappa_from_labels(labels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Cohen's kappa of human labels against the judge's verdicts, from the stored label records.
+
+    The table has human labels as rows and judge verdicts as columns, both in the order (pass, fail);
+    kappa, its 95% interval and standard error come from ``statsmodels.stats.inter_rater.cohens_kappa``
+    and are None when undefined (both raters put everything in one class).
+
+    Raises:
+        CalibrationError: a label or verdict that is not pass/fail.
+    """
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    order = ("pass", "fail")
+    table = np.zeros((2, 2), dtype=int)
+    for rec in labels:
+        human, judge = rec.get("human_label"), rec.get("judge_verdict")
+        if human not in order or judge not in order:
+            raise CalibrationError(f"label {rec.get('sample_id')}: human_label {human!r} / judge_verdict {judge!r} "
+                                   "must be pass or fail")
+        table[order.index(human), order.index(judge)] += 1
+    n = int(table.sum())
+    if n == 0:
+        return {"n": 0, "kappa": None, "ci95": None, "se": None, "agreement": None, "table": table.tolist()}
+    with np.errstate(divide="ignore", invalid="ignore"):  # undefined kappa comes back as NaN
+        res = cohens_kappa(table)
+    kappa = _finite(res.kappa)
+    return {"n": n, "kappa": kappa,
+            "ci95": [_finite(res.kappa_low), _finite(res.kappa_upp)] if kappa is not None else None,
+            "se": _finite(res.std_kappa) if kappa is not None else None,
+            "agreement": float(np.trace(table)) / n, "table": table.tolist()}
+
+
 def import_labels(labelled_csv: Path, *, store_dir: Path, key: Path | None = None) -> dict[str, Any]:
     """Compare human labels with the judge's verdicts; store and return Cohen's kappa.
 
-    Labels are pass/fail, case-insensitive; 1/0, y/n and yes/no are accepted too. The table
-    has human labels as rows and judge verdicts as columns, both in the order (pass, fail).
-    Kappa and its 95% interval come from ``statsmodels.stats.inter_rater.cohens_kappa``;
-    kappa is None when undefined (both raters put everything in one class).
+    Labels are pass/fail, case-insensitive; 1/0, y/n and yes/no are accepted too. Kappa comes from
+    :func:`kappa_from_labels`. The record is stored under :func:`instrument_key` of the judge that
+    made the verdicts and keeps every label beside the judge's verdict.
 
     Args:
         labelled_csv: the exported CSV with ``human_label`` filled.
-        store_dir: where ``<judge>__<template_version>.json`` is written (atomically; it
-            replaces an earlier calibration of the same judge and template).
+        store_dir: where ``<key>.json`` is written (atomically; it replaces an earlier calibration of
+            the same instrument).
         key: the sidecar; default ``<labelled_csv>.key.json``.
 
     Returns:
-        ``kappa``, ``ci95``, ``n``, ``agreement``, ``table`` and the stored record's other fields.
+        The stored record (``key``, ``instrument``, ``kappa``, ``ci95``, ``n``, ``agreement``,
+        ``table``, ``labels``, ...) and its ``path``.
 
     Raises:
         CalibrationError: a missing key, an unknown/duplicate/missing sample id, an empty or
             invalid label (the message names the spreadsheet row, header = row 1, and sample
-            id), or a sample mixing judges or template versions.
+            id), a key without the judge instrument, or a sample mixing judges or template versions.
     """
     labelled_csv = Path(labelled_csv)
     key_path = Path(key) if key is not None else Path(f"{labelled_csv}.key.json")
@@ -309,78 +369,194 @@ def import_labels(labelled_csv: Path, *, store_dir: Path, key: Path | None = Non
         raise CalibrationError(f"{labelled_csv}: " + "; ".join(errors))
     if not labels:
         raise CalibrationError(f"{labelled_csv}: no labelled row")
+    if any(not samples[s].get(f) for s in labels for f in _ROW_FIELDS.values()):
+        raise CalibrationError(f"{key_path}: samples do not record the judge instrument "
+                               f"({', '.join(_ROW_FIELDS.values())}); export again from rescored runs")
 
-    judges = sorted(
-        {(samples[s]["judge"], samples[s].get("judge_model"), samples[s]["template_version"]) for s in labels}
-    )
+    judges = sorted({(samples[s]["judge"], *(samples[s][f] for f in _ROW_FIELDS.values())) for s in labels})
     if len(judges) > 1:
         raise CalibrationError(f"sample mixes judges/template versions {judges}: one calibration per judge")
-    judge, judge_model, template_version = judges[0]
-
-    order = ("pass", "fail")
-    table = np.zeros((2, 2), dtype=int)
-    for sid, human in labels.items():
-        table[order.index(human), order.index(samples[sid]["judge_verdict"])] += 1
-    with np.errstate(divide="ignore", invalid="ignore"):  # undefined kappa comes back as NaN
-        res = cohens_kappa(table)
-    n = int(table.sum())
-    kappa = _finite(res.kappa)
-    ci95 = [_finite(res.kappa_low), _finite(res.kappa_upp)] if kappa is not None else None
+    first = samples[next(iter(labels))]
+    instrument = {k: first[f] for k, f in _ROW_FIELDS.items()}
+    label_records = [{"sample_id": s, **samples[s], "human_label": labels[s]} for s in sorted(labels)]
+    stats = kappa_from_labels(label_records)
     record = {
-        "judge": judge,
-        "judge_model": judge_model,
-        "template_version": template_version,
-        "n": n,
+        "key": instrument_key(instrument),
+        "instrument": instrument,
+        "judge": first["judge"],
+        **stats,
         "date": datetime.now(UTC).isoformat(),
-        "kappa": kappa,
-        "ci95": ci95,
-        "se": _finite(res.std_kappa) if kappa is not None else None,
-        "agreement": float(np.trace(table)) / n,
-        "table": table.tolist(),
         "table_layout": "rows: human (pass, fail); columns: judge (pass, fail)",
         "source_csv": str(labelled_csv.resolve()),
-        "labels": [{"sample_id": s, **samples[s], "human_label": labels[s]} for s in sorted(labels)],
+        "labels": label_records,
     }
-    path = _store_path(store_dir, judge, template_version)
+    path = _store_path(store_dir, record["key"])
     write_json(path, record)
     return {**record, "path": str(path)}
 
 
-def load_calibration(store_dir: Path, judge: str, template_version: str) -> dict[str, Any] | None:
-    """The stored calibration of ``judge`` with ``template_version``, or None."""
-    path = _store_path(store_dir, judge, template_version)
-    if not path.is_file():
-        return None
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A stored calibration with kappa, n and the table recomputed from its labels.
+
+    Raises:
+        CalibrationError: not JSON, no instrument, no labels (a record that cannot show its kappa),
+            or a stored kappa or n that its labels do not give (edited by hand).
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CalibrationError(f"{path}: corrupt calibration ({exc})") from exc
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: unreadable calibration ({exc})") from exc
+    inst = rec.get("instrument") if isinstance(rec, dict) else None
+    if not isinstance(inst, dict) or any(not inst.get(k) for k in INSTRUMENT_KEYS):
+        raise CalibrationError(f"{path}: records no judge instrument ({', '.join(INSTRUMENT_KEYS)}); made by an "
+                               "older posttrain: calibrate again")
+    labels = rec.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise CalibrationError(f"{path}: keeps no labels, so its kappa cannot be recomputed: calibrate again")
+    stats = kappa_from_labels(labels)
+    stored_kappa = rec.get("kappa")
+    same_kappa = (stored_kappa is None) == (stats["kappa"] is None) and (
+        stats["kappa"] is None or math.isclose(float(stored_kappa), stats["kappa"], abs_tol=1e-9))
+    if not same_kappa or rec.get("n") != stats["n"]:
+        raise CalibrationError(f"{path}: stored kappa {stored_kappa} / n {rec.get('n')} do not match its labels "
+                               f"(kappa {stats['kappa']}, n {stats['n']}): edited by hand? calibrate again")
+    return {**rec, **stats, "key": instrument_key(inst), "path": str(path)}
 
 
-def is_calibrated(
-    store_dir: Path, judge: str, template_version: str, min_kappa: float = 0.7
-) -> tuple[bool, str]:
-    """Whether the judge's stored kappa reaches ``min_kappa``; the reason says why (not)."""
-    cal = load_calibration(store_dir, judge, template_version)
-    if cal is None:
-        return False, (
-            f"no calibration for judge={judge} template={template_version}: run "
-            f"`posttrain-calibrate export RUN_DIR --out sample.csv`, label it, then "
-            f"`posttrain-calibrate import sample.csv`"
-        )
-    kappa = cal.get("kappa")
-    if kappa is None:
-        return (
-            False,
-            f"kappa undefined for judge={judge} template={template_version} (one class only); label a more varied sample",
-        )
-    if kappa < min_kappa:
-        return False, f"kappa {kappa:.2f} < {min_kappa:.2f}"
-    return True, f"kappa {kappa:.2f} >= {min_kappa:.2f} (n={cal.get('n')}, {cal.get('date', '')[:10]})"
+def list_calibrations(store_dir: Path) -> list[dict[str, Any]]:
+    """Every stored calibration, read through :func:`read_calibration`; an unusable one has ``error``."""
+    out = []
+    for path in sorted(Path(store_dir).glob("*.json")) if Path(store_dir).is_dir() else []:
+        try:
+            out.append(read_calibration(path))
+        except CalibrationError as exc:
+            out.append({"path": str(path), "key": path.stem, "error": str(exc)})
+    return out
+
+
+def _short(inst: Mapping[str, Any]) -> str:
+    return (f"{inst.get('provider')} {inst.get('model')} {inst.get('template_version')} "
+            f"(template sha256 {str(inst.get('template_sha256'))[:12]})")
+
+
+def calibration_status(store_dir: Path, instrument: Mapping[str, Any], *, min_kappa: float = 0.7,
+                       min_items: int = DEFAULT_MIN_ITEMS) -> dict[str, Any]:
+    """Whether a stored calibration applies to ``instrument``, and why not.
+
+    It applies when a calibration of exactly this instrument (provider, model id, template version,
+    full template sha256) exists, holds at least ``min_items`` labels and its recomputed kappa is at
+    least ``min_kappa``. When none matches, the reason names the nearest one (another model, another
+    template hash) so the user knows what changed.
+
+    Returns:
+        ``{"key", "kappa", "n", "applies", "reason"}``: the matching calibration's key, recomputed
+        kappa and label count (None when there is none), and None as reason when it applies.
+    """
+    inst = {k: instrument.get(k) for k in INSTRUMENT_KEYS}
+    want = instrument_key(inst)
+    out: dict[str, Any] = {"key": None, "kappa": None, "n": None, "applies": False, "reason": None}
+    todo = ("`posttrain-calibrate export RUN_DIR --out sample.csv --n 30`, label it, then "
+            "`posttrain-calibrate import sample.csv`")
+    stored = list_calibrations(store_dir)
+    exact = [c for c in stored if "error" not in c and all(c["instrument"].get(k) == inst[k] for k in INSTRUMENT_KEYS)]
+    if not exact:
+        broken = [c for c in stored if "error" in c and c["key"] == want]
+        if broken:
+            out["reason"] = broken[0]["error"]
+            return out
+        valid = [c for c in stored if "error" not in c]
+        same = {k: [c for c in valid if all(c["instrument"].get(j) == inst[j] for j in INSTRUMENT_KEYS if j != k)]
+                for k in INSTRUMENT_KEYS}
+        if same["template_sha256"]:
+            other = same["template_sha256"][0]["instrument"]["template_sha256"]
+            out["reason"] = (f"the calibration of {inst['provider']} {inst['model']} {inst['template_version']} was made "
+                             f"with template sha256 {other[:12]}, this judge's is {str(inst['template_sha256'])[:12]}: "
+                             f"the template, rubric, renderer or schema changed since; calibrate again: {todo}")
+        elif same["model"]:
+            models = sorted({c["instrument"]["model"] for c in same["model"]})
+            out["reason"] = (f"calibrated for model(s) {', '.join(models)}, not {inst['model']}: a calibration holds "
+                             f"only for the model it was made with; calibrate {inst['model']}: {todo}")
+        else:
+            out["reason"] = f"no calibration for {_short(inst)}: {todo}"
+        return out
+    cal = exact[0]
+    out.update(key=cal["key"], kappa=cal["kappa"], n=cal["n"])
+    if cal["n"] < min_items:
+        out["reason"] = (f"calibration {cal['key']} has {cal['n']} labelled items, fewer than "
+                         f"gate.min_calibration_items={min_items}: label a larger sample ({todo})")
+    elif cal["kappa"] is None:
+        out["reason"] = (f"kappa undefined for calibration {cal['key']} (one class only); "
+                         "label a more varied sample")
+    elif cal["kappa"] < min_kappa:
+        out["reason"] = f"calibration {cal['key']}: kappa {cal['kappa']:.2f} < gate.min_kappa {min_kappa:.2f}"
+    else:
+        out["applies"] = True
+    return out
+
+
+def is_calibrated(store_dir: Path, instrument: Mapping[str, Any], *, min_kappa: float = 0.7,
+                  min_items: int = DEFAULT_MIN_ITEMS) -> tuple[bool, str]:
+    """(applies, reason) of :func:`calibration_status`; the reason describes the calibration when it applies."""
+    st = calibration_status(store_dir, instrument, min_kappa=min_kappa, min_items=min_items)
+    if st["applies"]:
+        return True, f"calibration {st['key']}: kappa {st['kappa']:.2f} >= {min_kappa:.2f} on n={st['n']}"
+    return False, str(st["reason"])
+
+
+def _status_cli(store_dir: Path, overrides: Sequence[str], min_kappa: float | None,
+                min_items: int | None) -> int:
+    """``posttrain-calibrate status``: list the store; with ``judge=NAME``, say whether one applies."""
+    from omegaconf import OmegaConf
+
+    from posttrain.config import GateConfig, load_group_option
+    from posttrain.judges.prompt import judge_instrument
+
+    stored = list_calibrations(store_dir)
+    print(f"calibrations in {store_dir}: {len(stored)}")
+    for c in stored:
+        if "error" in c:
+            print(f"  {c['key']}: UNUSABLE: {c['error']}")
+            continue
+        k = "undefined" if c["kappa"] is None else f"{c['kappa']:.2f}"
+        print(f"  {c['key']}: judge={c.get('judge')} {_short(c['instrument'])}; kappa {k} on n={c['n']} "
+              f"({str(c.get('date', ''))[:10]})")
+    if not overrides:
+        return 0
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("judge=")]
+    bad = [o for o in overrides if not (o.startswith("judge=") or o.startswith("judge.")) or "=" not in o]
+    if len(names) != 1 or bad:
+        raise CalibrationError(f"status takes judge=NAME and judge.FIELD=VALUE overrides, got {list(overrides)}")
+    cfg = load_group_option("judge", names[0])
+    for o in overrides:
+        if o.startswith("judge."):
+            field, value = o.split("=", 1)
+            OmegaConf.update(cfg, field.removeprefix("judge."), _parse_value(value), merge=False)
+    gate = GateConfig()
+    min_kappa = gate.min_kappa if min_kappa is None else min_kappa
+    min_items = gate.min_calibration_items if min_items is None else min_items
+    inst = judge_instrument(cfg)
+    st = calibration_status(store_dir, inst, min_kappa=min_kappa, min_items=min_items)
+    print(f"judge={cfg.name}: {_short(inst)}")
+    if st["applies"]:
+        print(f"  APPLIES: calibration {st['key']}, kappa {st['kappa']:.2f} >= {min_kappa:.2f} on n={st['n']} "
+              f"(>= {min_items} items)")
+        return 0
+    print(f"  DOES NOT APPLY: {st['reason']}")
+    return 1
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line override value as YAML reads it (numbers, booleans, null, strings)."""
+    import yaml
+
+    return yaml.safe_load(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``posttrain-calibrate export ...`` / ``posttrain-calibrate import ...``; exit 2 on bad input."""
+    """``posttrain-calibrate export|import|status ...``; exit 2 on bad input.
+
+    ``status`` exits 1 when a judge is given and no calibration applies to it, else 0.
+    """
     parser = argparse.ArgumentParser(prog="posttrain-calibrate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="write a CSV of judged conversations to label")
@@ -395,6 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     im.add_argument("csv", type=Path)
     im.add_argument("--store", type=Path, default=None, help="default: $POSTTRAIN_HOME/calibrations")
     im.add_argument("--key", type=Path, default=None, help="default: <CSV>.key.json")
+    st = sub.add_parser("status", help="list the stored calibrations; with judge=NAME, say whether one applies",
+                        description="List the stored calibrations. With judge=NAME (and judge.FIELD=VALUE "
+                                    "overrides such as judge.model=...), say whether a calibration applies to that "
+                                    "judge config and why not. Exit 1 when it does not apply.")
+    st.add_argument("overrides", nargs="*", metavar="judge=NAME|judge.FIELD=VALUE")
+    st.add_argument("--store", type=Path, default=None, help="default: $POSTTRAIN_HOME/calibrations")
+    st.add_argument("--min-kappa", type=float, default=None, help="default: gate.min_kappa (0.7)")
+    st.add_argument("--min-items", type=int, default=None, help="default: gate.min_calibration_items (30)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "export":
@@ -404,13 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {n_rows} conversations to {out}; fill human_label with pass/fail.")
             print(f"the judge's verdicts are in {out}.key.json: do not show it to the labeller.")
             print(f"then: posttrain-calibrate import {out}")
+        elif args.cmd == "status":
+            return _status_cli(args.store or default_store_dir(), args.overrides, args.min_kappa, args.min_items)
         else:
             res = import_labels(args.csv, store_dir=args.store or default_store_dir(), key=args.key)
             k = "undefined" if res["kappa"] is None else f"{res['kappa']:.2f}"
             ci = "" if res["ci95"] is None else f" [95% CI {res['ci95'][0]:.2f}, {res['ci95'][1]:.2f}]"
-            print(f"judge={res['judge']} ({res['judge_model']}) template={res['template_version']}")
+            print(f"judge={res['judge']}: {_short(res['instrument'])}")
             print(f"kappa {k}{ci}, agreement {res['agreement']:.0%} on n={res['n']}; stored {res['path']}")
-    except (CalibrationError, OSError, csv.Error, KeyError, ValueError) as exc:
+            if res["n"] < DEFAULT_MIN_ITEMS:
+                print(f"warning: {res['n']} labelled items; the gate needs gate.min_calibration_items "
+                      f"(default {DEFAULT_MIN_ITEMS}) before this calibration counts", file=sys.stderr)
+    except (CalibrationError, OSError, csv.Error, KeyError, ValueError) as exc:  # ConfigError is a ValueError
         print(f"posttrain-calibrate: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -59,15 +59,28 @@ def thresholds_from(gate: Any) -> GateThresholds:
     return GateThresholds(**{k: float(v) for k in names if (v := get(k, None)) is not None})
 
 
-def default_calibration(judge: str, template_version: str, min_kappa: float) -> tuple[bool, str, float | None]:
-    """Look the judge up in the calibration store (``posttrain.paths.calibration_dir()``)."""
-    from posttrain.calibration import is_calibrated, load_calibration
+def default_calibration(judge: str, template_version: str, min_kappa: float, *,
+                        instrument: Mapping[str, Any] | None = None,
+                        min_items: int | None = None) -> tuple[bool, str, float | None]:
+    """Look the judge instrument up in the calibration store (``posttrain.paths.calibration_dir()``).
+
+    A calibration applies only to the instrument it calibrated (provider, model id, template version,
+    template sha256: ``summary.json``'s ``judge_instrument``), with at least ``min_items`` labels
+    (default ``gate.min_calibration_items``, 30). Without ``instrument`` the judge cannot be matched
+    (the config name and template version alone do not say which model or template text judged), so
+    nothing applies. The kappa is returned only when the calibration applies.
+    """
+    from posttrain.calibration import DEFAULT_MIN_ITEMS, calibration_status
     from posttrain.paths import calibration_dir
 
-    ok, reason = is_calibrated(calibration_dir(), judge, template_version, min_kappa=min_kappa)
-    cal = load_calibration(calibration_dir(), judge, template_version)
-    kappa = cal.get("kappa") if cal else None
-    return ok, reason, (float(kappa) if kappa is not None else None)
+    if not instrument:
+        return False, (f"judge {judge} ({template_version}): the run records no judge_instrument (provider, model, "
+                       "template_version, template_sha256), so no calibration can be matched; rescore the run"), None
+    st = calibration_status(calibration_dir(), instrument, min_kappa=min_kappa,
+                            min_items=DEFAULT_MIN_ITEMS if min_items is None else min_items)
+    if st["applies"]:
+        return True, f"calibration {st['key']}: kappa {st['kappa']:.2f} >= {min_kappa:.2f} on n={st['n']}", st["kappa"]
+    return False, str(st["reason"]), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +239,8 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
         "sentinel": {m: j.sentinel for m, j in zip(labels, jobs, strict=True) if j.sentinel},
         "length_bias": {m: j.summary["length_bias"] for m, j in zip(labels, jobs, strict=True)
                         if j.summary.get("length_bias")},
+        "spot_check": {m: j.summary["spot_check"] for m, j in zip(labels, jobs, strict=True)
+                       if isinstance(j.summary.get("spot_check"), dict)},
         "missing_jobs": list(missing),
         "warnings": warnings,
     }

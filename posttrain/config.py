@@ -180,7 +180,7 @@ class JudgeConfig:
     max_reasks: int = 2  # re-ask when a verdict does not parse or fails validation
     timeout_s: float = 60.0
     mode: str = "sync"  # "sync" | "batch" | "pairwise"
-    template_version: str = "conv-judge-v1"
+    template_version: str = "conv-judge-v2"
     spot_check: float = 0.0  # fraction re-judged by the second judge
     second_judge: str | None = None  # judge config name used for the spot check
     cache_dir: str | None = None  # None: <data dir>/judge_cache
@@ -201,6 +201,9 @@ class GateConfig:
     min_cohens_h: float = 0.5
     min_kappa: float = 0.7
     max_error_rate: float = 0.05
+    # A human calibration counts only with at least this many labelled conversations (the design's 30);
+    # with fewer, kappa's interval is too wide to tell a good judge from a lucky one.
+    min_calibration_items: int = 30
 
 
 @dataclass
@@ -328,6 +331,7 @@ def validate(cfg: Any) -> None:
     positive("judge.concurrency")
     positive("judge.max_tokens")
     positive("judge.timeout_s")
+    positive("gate.min_calibration_items")
     if cfg.judge.max_retries < 0:
         problems.append(f"judge.max_retries={cfg.judge.max_retries} must be >= 0")
     if cfg.judge.price_input_per_mtok < 0 or cfg.judge.price_output_per_mtok < 0:

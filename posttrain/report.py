@@ -217,6 +217,12 @@ def render_markdown(c: dict[str, Any]) -> str:
         out += _table(["model", "n", "AUC (length predicts fail)", "flagged", "note"],
                       [[m, b.get("n"), b.get("auc"), "FLAGGED" if b.get("flagged") else "no", b.get("reason") or ""]
                        for m in order if (b := c["length_bias"].get(m))])
+    if c.get("spot_check"):
+        out += ["## Spot check: second judge", ""]
+        out += _table(["model", "status", "second judge", "n compared", "agreement", "kappa", "note"],
+                      [[m, s.get("status", "ran"), s.get("second_judge"), s.get("n_compared"), s.get("agreement"),
+                        s.get("kappa"), s.get("reason") or s.get("kappa_reason") or ""]
+                       for m in order if (s := c["spot_check"].get(m))])
     if plots := (c.get("files") or {}).get("plots"):
         out += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     if lines := unpaired_lines(c):

@@ -80,6 +80,10 @@ def sensible_verdict(prompt: str) -> dict[str, Any]:
     for group in _section(tail, "Forbidden content"):
         ok = not any(_mentions(reply, v) for v in group)
         checks.append({"name": f"avoids {group[0]}", "passed": ok, "detail": "absent" if ok else "present"})
+    # conv-judge-v2 also labels each constraint, note and the consistency line: one check each, passed
+    # (this fake judges only the required and forbidden lines)
+    for label in re.findall(r"^- \[((?:constraint|note) \d+|consistency)\]", tail, re.M):
+        checks.append({"name": label, "passed": True, "detail": "not judged by this fake"})
     passed = m is not None and all(c["passed"] for c in checks)
     return {"verdict": "pass" if passed else "fail", "checks": checks,
             "rationale": "all checks passed" if passed else "a check failed"}

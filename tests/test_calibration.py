@@ -1,4 +1,8 @@
-"""Human calibration round trip: export a sample, label it, import, kappa, is_calibrated."""
+"""Human calibration round trip: export a sample, label it, import, kappa, is_calibrated.
+
+Binding to the instrument (model, template hash, item count) and ``posttrain-calibrate status`` are
+tested in tests/test_judge_validity.py.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,20 @@ from posttrain.calibration import (
     default_store_dir,
     export_sample,
     import_labels,
+    instrument_key,
     is_calibrated,
-    load_calibration,
     main,
+    read_calibration,
 )
 from posttrain.items import Constraint, Expectation, Item, Turn
 
 SECRET = "JUDGE-RATIONALE-7f3a"
+SHA = "ab" * 32  # the template sha256 the score rows record
+
+
+def _instrument(judge: str = "claude") -> dict[str, str]:
+    return {"provider": "anthropic" if judge == "claude" else "openai", "model": f"{judge}-model",
+            "template_version": "conv-judge-v1", "template_sha256": SHA}
 CATEGORIES = ("recall", "format", "update")
 
 
@@ -71,8 +82,8 @@ def _write_run(root: Path, name: str, model: str, judge: str = "claude", n_items
         scores.append(
             {
                 "item_id": it.id, "category": it.category, "model": model, "verdict": verdict,
-                "scorer": "llm", "judge": judge, "judge_model": f"{judge}-model",
-                "template_version": "conv-judge-v1",
+                "scorer": "llm", "judge": judge, "judge_provider": _instrument(judge)["provider"],
+                "judge_model": f"{judge}-model", "template_version": "conv-judge-v1", "template_sha256": SHA,
                 "turn_verdicts": [{"turn": 1, "verdict": verdict, "checks": [], "rationale": SECRET}],
                 "checks": [], "rationale": SECRET, "input_tokens": 100, "output_tokens": 20,
                 "cost_usd": 0.001, "n_parse_failures": 0, "n_api_errors": 0, "reply_chars": 20,
@@ -158,14 +169,16 @@ def test_round_trip_kappa_matches_statsmodels(runs: list[Path], tmp_path: Path) 
     assert res["ci95"] == pytest.approx([expected.kappa_low, expected.kappa_upp])
     assert res["agreement"] == pytest.approx(np.trace(table) / table.sum())
 
-    stored = load_calibration(store, "claude", "conv-judge-v1")
-    assert stored is not None and (store / "claude__conv-judge-v1.json").is_file()
-    assert stored["judge_model"] == "claude-model" and stored["n"] == res["n"]
+    key = instrument_key(_instrument())
+    assert key == "anthropic__claude-model__conv-judge-v1__" + SHA[:12] and res["key"] == key
+    stored = read_calibration(store / f"{key}.json")
+    assert stored["instrument"] == _instrument() and stored["n"] == res["n"]
     assert stored["kappa"] == pytest.approx(expected.kappa) and stored["date"].endswith("+00:00")
-    ok, reason = is_calibrated(store, "claude", "conv-judge-v1", min_kappa=expected.kappa - 0.01)
+    assert len(stored["labels"]) == res["n"]  # the labels are kept, beside the judge's verdicts
+    ok, reason = is_calibrated(store, _instrument(), min_kappa=expected.kappa - 0.01, min_items=res["n"])
     assert ok, reason
-    ok, reason = is_calibrated(store, "claude", "conv-judge-v1", min_kappa=expected.kappa + 0.01)
-    assert not ok and reason == f"kappa {expected.kappa:.2f} < {expected.kappa + 0.01:.2f}"
+    ok, reason = is_calibrated(store, _instrument(), min_kappa=expected.kappa + 0.01, min_items=res["n"])
+    assert not ok and reason == f"calibration {key}: kappa {expected.kappa:.2f} < gate.min_kappa {expected.kappa + 0.01:.2f}"
 
 
 def test_invalid_or_empty_label_names_row_and_sample(runs: list[Path], tmp_path: Path) -> None:
@@ -196,30 +209,31 @@ def test_mixed_judges_are_refused(runs: list[Path], tmp_path: Path) -> None:
     _write_csv(out, rows)
     key_path = Path(f"{out}.key.json")
     key = json.loads(key_path.read_text())
-    key["samples"][rows[0]["sample_id"]]["judge"] = "gpt4"
+    key["samples"][rows[0]["sample_id"]]["judge_model"] = "gpt4-model"
     key_path.write_text(json.dumps(key))
     with pytest.raises(CalibrationError, match="mixes judges"):
         import_labels(out, store_dir=tmp_path / "store")
 
 
-def test_is_calibrated_thresholds(tmp_path: Path) -> None:
-    ok, reason = is_calibrated(tmp_path, "claude", "conv-judge-v1")
+def test_is_calibrated_thresholds(runs: list[Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ok, reason = is_calibrated(store, _instrument())
     assert not ok and reason.startswith(
-        "no calibration for judge=claude template=conv-judge-v1: run `posttrain-calibrate export"
+        f"no calibration for anthropic claude-model conv-judge-v1 (template sha256 {SHA[:12]}): "
+        "`posttrain-calibrate export"
     )
-    record = {
-        "judge": "claude",
-        "template_version": "conv-judge-v1",
-        "kappa": 0.55,
-        "n": 30,
-        "date": "2025-01-01T00:00:00+00:00",
-    }
-    (tmp_path / "claude__conv-judge-v1.json").write_text(json.dumps(record))
-    assert is_calibrated(tmp_path, "claude", "conv-judge-v1") == (False, "kappa 0.55 < 0.70")
-    assert is_calibrated(tmp_path, "claude", "conv-judge-v1", min_kappa=0.5)[0]
-    assert not is_calibrated(tmp_path, "claude", "conv-judge-v2")[0]  # each template needs its own
-    (tmp_path / "claude__conv-judge-v1.json").write_text(json.dumps({**record, "kappa": None}))
-    assert not is_calibrated(tmp_path, "claude", "conv-judge-v1", min_kappa=0.0)[0]
+    out = export_sample(runs, tmp_path / "s.csv", n=22, seed=0)
+    rows = _read_csv(out)
+    key = json.loads(Path(f"{out}.key.json").read_text())["samples"]
+    for k, r in enumerate(rows):  # agrees with the judge except on the first three rows
+        v = key[r["sample_id"]]["judge_verdict"]
+        r["human_label"] = v if k >= 3 else ("fail" if v == "pass" else "pass")
+    _write_csv(out, rows)
+    res = import_labels(out, store_dir=store)
+    assert is_calibrated(store, _instrument(), min_kappa=0.0, min_items=res["n"])[0]
+    assert not is_calibrated(store, _instrument(), min_kappa=0.99, min_items=res["n"])[0]
+    assert not is_calibrated(store, {**_instrument(), "template_version": "conv-judge-v2"}, min_kappa=0.0,
+                             min_items=1)[0]  # each template needs its own
 
 
 def test_cli_round_trip_and_bad_input(runs: list[Path], tmp_path: Path, monkeypatch, capsys) -> None:
@@ -234,7 +248,7 @@ def test_cli_round_trip_and_bad_input(runs: list[Path], tmp_path: Path, monkeypa
     _write_csv(out, rows)
     assert main(["import", str(out)]) == 0
     assert "kappa" in capsys.readouterr().out
-    assert (tmp_path / "home" / "calibrations" / "claude__conv-judge-v1.json").is_file()
+    assert (tmp_path / "home" / "calibrations" / f"{instrument_key(_instrument())}.json").is_file()
 
     assert main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "error" in capsys.readouterr().err

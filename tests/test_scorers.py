@@ -24,8 +24,8 @@ from posttrain.scorers.diagnostics import LENGTH_AUC_FLAG, length_bias, spot_che
 from posttrain.scorers.triage import triage_generations, triage_item
 
 SCORE_KEYS = {
-    "item_id", "category", "model", "verdict", "scorer", "judge", "judge_model", "template_version",
-    "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
+    "item_id", "category", "model", "verdict", "scorer", "judge", "judge_provider", "judge_model",
+    "template_version", "template_sha256", "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
     "n_parse_failures", "n_api_errors", "reply_chars", "error",
 }  # fmt: skip
 
@@ -194,9 +194,8 @@ def test_correct_2000_char_reply_passes() -> None:
     assert set(row) == SCORE_KEYS
     assert row["verdict"] == "pass", row["rationale"]
     assert row["reply_chars"] == 2000
-    assert (row["scorer"], row["judge"], row["judge_model"], row["template_version"]) == (
-        "heuristic_triage", None, None, "triage-v1",
-    )  # fmt: skip
+    assert (row["scorer"], row["judge"], row["judge_provider"], row["judge_model"], row["template_version"],
+            row["template_sha256"]) == ("heuristic_triage", None, None, None, "triage-v2", None)  # fmt: skip
     assert row["cost_usd"] == 0 and row["input_tokens"] == 0 and row["error"] is None
     assert [tv["turn"] for tv in row["turn_verdicts"]] == [2]
     assert all(c["turn"] == 2 for c in row["checks"])

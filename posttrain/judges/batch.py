@@ -172,7 +172,7 @@ async def run_batch(prompts: dict[str, str], ctx: AskContext, *, state_path: Pat
                 answers[key] = Answer(None, n_api_errors=1, error=res)
                 continue
             raw = RawVerdict(None)
-            problem = read_answer(ctx.judge.provider, res, raw)
+            problem = read_answer(ctx.judge.provider, res, raw, prompts.get(key))
             usd = cost_usd(ctx.cfg, raw.input_tokens, raw.output_tokens, batch=True)
             answers[key] = Answer(raw.data, raw.input_tokens, raw.output_tokens, usd,
                                   n_parse_failures=int(problem is not None), error=problem)

@@ -213,15 +213,18 @@ def make_provider(cfg: Any, spec: OutputSpec = VERDICT_SPEC) -> Provider:
                            "(nothing was spent)")
 
 
-def read_answer(provider: Provider, response: dict[str, Any], into: RawVerdict) -> str | None:
-    """Fold one answered response into ``into``; return None when it holds a valid object, else why not."""
+def read_answer(provider: Provider, response: dict[str, Any], into: RawVerdict, prompt: str | None = None) -> str | None:
+    """Fold one answered response into ``into``; return None when it holds a valid object, else why not.
+
+    ``prompt`` (the prompt answered) lets the validator hold a verdict to the checks that prompt lists.
+    """
     parsed = provider.parse(response)
     into.input_tokens += parsed.input_tokens
     into.output_tokens += parsed.output_tokens
     if parsed.problem is not None:
         return parsed.problem
     try:
-        into.data = provider.spec.validate(parsed.obj)
+        into.data = provider.spec.validate(parsed.obj, prompt)
     except VerdictError as exc:
         return f"invalid answer: {exc}"
     return None
@@ -265,7 +268,7 @@ class SdkJudge:
                 out.error = str(exc)
                 return out
             out.n_api_errors += n_failed
-            unusable = read_answer(self.provider, response, out)
+            unusable = read_answer(self.provider, response, out, prompt)
             if unusable is None:
                 return out
             problem = unusable

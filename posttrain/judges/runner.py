@@ -18,9 +18,11 @@ from typing import Any
 from posttrain.items import Item
 from posttrain.judges.cache import JudgeCache, cache_key
 from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, SdkJudge, check_judge_ready, make_judge
-from posttrain.judges.prompt import VerdictError, render_turn_prompt
+from posttrain.judges.prompt import VerdictError, render_turn_prompt, template_sha256
+from posttrain.scorers.checks import wordless_verdict
 
-SCORE_KEYS = ("item_id", "category", "model", "verdict", "scorer", "judge", "judge_model", "template_version",
+SCORE_KEYS = ("item_id", "category", "model", "verdict", "scorer", "judge", "judge_provider", "judge_model",
+              "template_version", "template_sha256",
               "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
               "n_parse_failures", "n_api_errors", "reply_chars", "error")
 _RATIONALE_CHARS = 600
@@ -97,7 +99,7 @@ async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -
     hit = ctx.cache.get(key)
     if hit is not None:
         try:  # an entry edited by hand or written by an older schema counts as a miss
-            data = ctx.judge.provider.spec.validate(hit["answer"])
+            data = ctx.judge.provider.spec.validate(hit["answer"], prompt)
         except VerdictError:
             pass
         else:
@@ -146,6 +148,7 @@ class TurnJob:
     key: str | None
     reply_chars: int
     error: str | None = None
+    verdict: dict[str, Any] | None = None  # decided without a call (a wordless reply fails: non_empty)
 
 
 def row_replies(row: dict[str, Any]) -> tuple[list[str], list[int]]:
@@ -161,6 +164,9 @@ def plan_turns(item: Item, row: dict[str, Any], cfg: Any) -> list[TurnJob]:
     for i in item.judged_turns:
         if i >= len(replies):
             jobs.append(TurnJob(i, i, None, None, 0, error=f"no reply generated for turn index {i}"))
+            continue
+        if (empty := wordless_verdict(replies[i])) is not None:  # nothing to grade: fail, no call
+            jobs.append(TurnJob(i, labels[i], None, None, len(replies[i]), verdict=empty))
             continue
         prompt = render_turn_prompt(item, replies, i, cfg.template_version)
         jobs.append(TurnJob(i, labels[i], prompt, cache_key(cfg.provider, cfg.model, cfg.template_version, prompt),
@@ -218,7 +224,8 @@ def score_row(item: Item, row: dict[str, Any], jobs: Sequence[TurnJob], answers:
     rationale = " | ".join(f"turn {tv['turn']}: {tv['rationale']}" for tv in turn_verdicts)
     return {
         "item_id": item.id, "category": item.category, "model": row.get("model"), "verdict": verdict,
-        "scorer": "llm", "judge": cfg.name, "judge_model": cfg.model, "template_version": cfg.template_version,
+        "scorer": "llm", "judge": cfg.name, "judge_provider": cfg.provider, "judge_model": cfg.model,
+        "template_version": cfg.template_version, "template_sha256": template_sha256(cfg.template_version),
         "turn_verdicts": turn_verdicts, "checks": checks,
         "rationale": rationale if len(rationale) <= _RATIONALE_CHARS else rationale[: _RATIONALE_CHARS - 3] + "...",
         "input_tokens": sum(a.input_tokens for a in answers), "output_tokens": sum(a.output_tokens for a in answers),
@@ -319,7 +326,7 @@ async def judge_plans(plans: Sequence[tuple[Item, dict[str, Any], list[TurnJob]]
         async def one_turn(job: TurnJob) -> Answer:
             nonlocal n_error
             if job.prompt is None:
-                ans = Answer(None, error=job.error)
+                ans = Answer(job.verdict, error=job.error)
             else:
                 pre = batch_answers.get(job.key or "")
                 if pre is not None and pre.data is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +143,49 @@ def spot_check(
     summary = kappa_summary([(r["primary"], r["second"]) for r in records if r["agree"] is not None])
     return {"n": len(records), **summary, **base, "cost_usd": sum(t["cost_usd"] for t in second),
             "spent_usd": spend.usd, "items": records}
+
+
+def run_spot_check(
+    items: Sequence[Item],
+    rows_by_model: Mapping[str, Sequence[dict[str, Any]]],
+    primary_scores: Sequence[dict[str, Any]],
+    primary_cfg: Any,
+    *,
+    seed: int,
+    cache_dir_of: Callable[[Any], Path],
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The run's spot check as configured by ``primary_cfg`` (``spot_check``, ``second_judge``).
+
+    Never silently absent and never fatal: a spot check that is off, or that cannot run (no second
+    judge named, an unknown one, no API key for it), is recorded with ``status`` "off" / "skipped" and
+    the reason, and the run goes on; nothing is spent then. The second judge grades with the primary's
+    template version, so the two judges answer the same prompts.
+
+    Returns:
+        (summary block, full result or None). The block holds ``status`` and ``reason``, and when the
+        check ran: ``frac``, ``n``, ``n_compared``, ``agreement``, ``kappa``, ``kappa_ci95``,
+        ``kappa_reason``, ``second_judge`` and ``second_judge_model``. The full result is what
+        :func:`spot_check` returns (written to spot_check.json).
+    """
+    from posttrain.config import ConfigError, load_group_option
+    from posttrain.judges.clients import JudgeConfigError
+
+    frac = float(primary_cfg.spot_check)
+    if frac <= 0:
+        return {"status": "off", "reason": "judge.spot_check=0: no second judge was asked"}, None
+    name = primary_cfg.second_judge
+    if not name:
+        return {"status": "skipped", "reason": f"judge.spot_check={frac} but judge.second_judge is not set"}, None
+    try:
+        second = load_group_option("judge", name)
+        second.template_version = primary_cfg.template_version
+        check_judge_ready(second)
+    except (ConfigError, JudgeConfigError) as exc:
+        return {"status": "skipped", "reason": f"second judge {name!r} cannot run: {exc}"}, None
+    result = spot_check(items, rows_by_model, primary_scores, second, frac, rng=np.random.default_rng(seed),
+                        cache_dir=cache_dir_of(second), progress=progress)
+    block = {"status": "ran", "reason": None, "frac": frac,
+             **{k: result.get(k) for k in ("n", "n_compared", "agreement", "kappa", "kappa_ci95", "kappa_reason",
+                                           "second_judge", "second_judge_model")}}
+    return block, result

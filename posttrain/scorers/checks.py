@@ -32,6 +32,36 @@ def _result(name: str, passed: bool, detail: str) -> Check:
 
 
 # --------------------------------------------------------------------------------------------
+# Non-empty: a reply with no letter or digit answers nothing
+# --------------------------------------------------------------------------------------------
+
+
+def check_non_empty(reply: str) -> Check:
+    """The reply holds at least one letter or digit (any script).
+
+    An empty, whitespace-only or punctuation-only reply ("::::::") would pass every forbidden-string
+    check vacuously; it answers nothing, so it fails here, before any other check or API call.
+    """
+    n_alnum = sum(c.isalnum() for c in reply)
+    if n_alnum:
+        return _result("non_empty", True, f"{n_alnum} letters or digits")
+    what = "empty" if not reply else "whitespace only" if not reply.strip() else f"no letter or digit in {len(reply)} characters"
+    return _result("non_empty", False, f"the reply is {what}: nothing to grade")
+
+
+def wordless_verdict(reply: str) -> dict[str, Any] | None:
+    """A failing turn verdict for a reply without a letter or digit; None when the reply has one.
+
+    Both scorers call this first, so such a reply fails in triage and under the LLM judge alike,
+    recorded as a ``non_empty`` check, and costs no API call.
+    """
+    check = check_non_empty(reply)
+    if check["passed"]:
+        return None
+    return {"verdict": "fail", "checks": [check], "rationale": f"non_empty: {check['detail']}"}
+
+
+# --------------------------------------------------------------------------------------------
 # Entity matching
 # --------------------------------------------------------------------------------------------
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from posttrain.items import Item
-from posttrain.scorers.checks import check_expectation
+from posttrain.scorers.checks import check_expectation, wordless_verdict
 
 SCORER_NAME = "heuristic_triage"
-TEMPLATE_VERSION = "triage-v1"
+TEMPLATE_VERSION = "triage-v2"  # v2: a reply without a letter or digit fails (non_empty)
 
 
 def _row(item: Item, model: str | None, **fields: Any) -> dict[str, Any]:
@@ -32,8 +32,10 @@ def _row(item: Item, model: str | None, **fields: Any) -> dict[str, Any]:
         "verdict": "error",
         "scorer": SCORER_NAME,
         "judge": None,
+        "judge_provider": None,
         "judge_model": None,
         "template_version": TEMPLATE_VERSION,
+        "template_sha256": None,
         "turn_verdicts": [],
         "checks": [],
         "rationale": "",
@@ -62,6 +64,10 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
     only notes is recorded as ``"unchecked"`` and left out of the decision: passing it by default
     would inflate the pass rate, failing it would deflate it; the item is decided on the turns a
     deterministic check can test, and its rationale says which turns were left to an LLM judge.
+
+    A reply with no letter or digit (empty, whitespace, "::::::") fails its turn with a ``non_empty``
+    check before any other check, notes-only turns included: otherwise the forbidden-string checks
+    would pass it vacuously.
 
     Raises:
         ValueError: ``row["item_id"]`` is not ``item.id``.
@@ -94,6 +100,11 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
         reply = gen.get("reply") or ""
         turn_no = gen.get("turn", i)
         reply_chars += len(reply)
+        empty = wordless_verdict(reply)
+        if empty is not None:  # fails whatever the expectation says (also a notes-only turn)
+            turn_verdicts.append({"turn": turn_no, **empty})
+            flat.extend({"turn": turn_no, **c} for c in empty["checks"])
+            continue
         checks = check_expectation(reply, expect)
         if not checks:
             unchecked.append(turn_no)

@@ -157,21 +157,26 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         extra["gate_eligible"] = False
         extra["gate_ineligible_reason"] = ("scorer=heuristic_triage is triage only and can never gate; "
                                            "rerun with scorer=llm and a calibrated judge")
+        extra["judge_instrument"] = None
+        extra["calibration"] = {"key": None, "kappa": None, "n": None, "applies": False,
+                                "reason": "scorer=heuristic_triage has no judge to calibrate"}
     else:
-        from posttrain.calibration import is_calibrated
+        from posttrain.calibration import calibration_status
         from posttrain.judges import JudgeSpend, judge_generations
+        from posttrain.judges.prompt import judge_instrument
 
         spend = JudgeSpend()
         scores = judge_generations(items, rows, cfg.judge, cache_dir=judge_cache_dir(cfg.judge.cache_dir),
                                    on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir, spend=spend)
         ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
         extra["judge_spend"] = spend.as_dict()
-        ok, reason = is_calibrated(calibration_dir(), cfg.judge.name, cfg.judge.template_version,
-                                   min_kappa=cfg.gate.min_kappa)
-        extra["gate_eligible"] = ok
-        extra["gate_ineligible_reason"] = None if ok else reason
-        if cfg.judge.spot_check > 0:
-            extra["spot_check"] = _spot_check(cfg, items, rows, scores, ctx)
+        instrument = judge_instrument(cfg.judge)
+        extra["judge_instrument"] = instrument
+        extra["calibration"] = calibration_status(calibration_dir(), instrument, min_kappa=cfg.gate.min_kappa,
+                                                  min_items=cfg.gate.min_calibration_items)
+        extra["gate_eligible"] = extra["calibration"]["applies"]
+        extra["gate_ineligible_reason"] = extra["calibration"]["reason"]
+        extra["spot_check"] = _spot_check(cfg, items, rows, scores, ctx)
     # scores.partial.jsonl grows in completion order (a crash trace); scores.jsonl is written whole in
     # generation-row order, so a resumed run's file is byte-identical to an uninterrupted run's
     write_jsonl(ctx.run_dir / "scores.jsonl", scores)
@@ -181,19 +186,16 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
 
 def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], scores: list[dict[str, Any]],
                 ctx: RunContext) -> dict[str, Any]:
-    import numpy as np
-
-    from posttrain.config import load_group_option
-    from posttrain.judges import check_judge_ready, spot_check
+    """The spot check's summary block: always present, with ``status`` ran / off / skipped and why."""
+    from posttrain.judges.spot_check import run_spot_check
     from posttrain.paths import judge_cache_dir
 
-    second = load_group_option("judge", cfg.judge.second_judge)
-    check_judge_ready(second)
-    result = spot_check(items, {cfg.model.name: rows}, scores, second, cfg.judge.spot_check,
-                        rng=np.random.default_rng(cfg.seed), cache_dir=judge_cache_dir(second.cache_dir))
-    ctx.api_usd += float(result.get("spent_usd") or 0.0)
-    write_json(ctx.run_dir / "spot_check.json", result)
-    return {k: result.get(k) for k in ("n", "agreement", "kappa", "kappa_ci95", "second_judge")}
+    block, result = run_spot_check(items, {cfg.model.name: rows}, scores, cfg.judge, seed=cfg.seed,
+                                   cache_dir_of=lambda second: judge_cache_dir(second.cache_dir))
+    if result is not None:
+        ctx.api_usd += float(result.get("spent_usd") or 0.0)
+        write_json(ctx.run_dir / "spot_check.json", result)
+    return block
 
 
 def summarise_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
