@@ -64,7 +64,7 @@ def test_sha256_is_the_hash_of_the_file_bytes_and_ignores_split_and_limit() -> N
     full = load_benchmark("conversations")
     assert full.sha256 == expected
     assert load_benchmark("conversations", split="pilot", limit=3).sha256 == expected
-    assert full.version == conv.GENERATOR_VERSION == "conv-v1"
+    assert full.version == conv.GENERATOR_VERSION == "conv-v2"
     assert full.source_path == str(conv.DATA_PATH)
 
 

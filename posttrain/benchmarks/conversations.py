@@ -26,7 +26,7 @@ from typing import Any
 from posttrain.benchmarks import Benchmark, load_generated
 from posttrain.items import Constraint, Expectation, Item, Turn
 
-GENERATOR_VERSION = "conv-v1"
+GENERATOR_VERSION = "conv-v2"  # v2: data slips fixed (docs/benchmarks-data.md, "conv-v2")
 DEFAULT_SEED = 1234
 CATEGORIES: tuple[str, ...] = ("memory", "preferences", "topic_continuity", "constraint_updates")
 PER_CATEGORY = 50
@@ -187,8 +187,8 @@ EXPLAIN_QS = [
 # (question, answer variants in English, Spanish, French and German)
 FACT_QS = [
     ("What is the capital of Australia?", ["Canberra"]),
-    ("Which is the tallest mountain in Africa?", ["Kilimanjaro"]),
-    ("Who painted the Mona Lisa?", ["Leonardo", "da Vinci"]),
+    ("Which is the tallest mountain in Africa?", ["Kilimanjaro", "Kilimandjaro", "Kilimandscharo"]),
+    ("Who painted the Mona Lisa?", ["Leonardo", "da Vinci", "Léonard", "de Vinci"]),
     ("Who wrote Romeo and Juliet?", ["Shakespeare"]),
     ("What is the capital of Canada?", ["Ottawa"]),
     ("Who developed the theory of relativity?", ["Einstein"]),
@@ -274,26 +274,29 @@ def mem_self_intro(rng: Slots) -> list[Turn]:
     return turns
 
 
+# (species, name, pronoun, age unit, oldest plausible age in that unit). The age is drawn as 2-9 and
+# folded into 2..oldest, so the draw (and every later one) is the same as before the fold was added:
+# a puppy is months old, and a hamster or guinea pig is not 9 years old.
 PETS = [
-    ("dog", "Biscuit", "he"),
-    ("cat", "Miso", "she"),
-    ("rabbit", "Clover", "she"),
-    ("parrot", "Kiwi", "he"),
-    ("tortoise", "Sheldon", "he"),
-    ("hamster", "Nugget", "she"),
-    ("ferret", "Ziggy", "he"),
-    ("guinea pig", "Pepper", "she"),
-    ("cockatiel", "Mango", "he"),
-    ("puppy", "Waffles", "she"),
+    ("dog", "Biscuit", "he", "years", 9),
+    ("cat", "Miso", "she", "years", 9),
+    ("rabbit", "Clover", "she", "years", 9),
+    ("parrot", "Kiwi", "he", "years", 9),
+    ("tortoise", "Sheldon", "he", "years", 9),
+    ("hamster", "Nugget", "she", "months", 9),
+    ("ferret", "Ziggy", "he", "years", 6),
+    ("guinea pig", "Pepper", "she", "years", 5),
+    ("cockatiel", "Mango", "he", "years", 9),
+    ("puppy", "Waffles", "she", "months", 9),
 ]
 
 
 def mem_pet(rng: Slots) -> list[Turn]:
-    species, pet, subj = rng.one(PETS)
+    species, pet, subj, unit, oldest = rng.one(PETS)
     obj = "him" if subj == "he" else "her"
-    age = rng.randint(2, 9)
+    age = 2 + (rng.randint(2, 9) - 2) % (oldest - 1)
     turns = [
-        Turn(f"I just adopted a {species} called {pet}! {subj.capitalize()} is {age} years old."),
+        Turn(f"I just adopted a {species} called {pet}! {subj.capitalize()} is {age} {unit} old."),
         Turn(
             f"What should I feed {obj} during the first week?",
             _x(notes=f"'{obj}' is the {species} {pet}; advice must suit a {species}."),
@@ -303,7 +306,7 @@ def mem_pet(rng: Slots) -> list[Turn]:
     turns.append(
         Turn(
             f"Quick quiz to check you're paying attention: what's my new pet called, and how old is {subj}?",
-            _x([pet], [str(age), NUMBER_WORDS[age]], notes=f"The {species} is {pet}, {age} years old."),
+            _x([pet], [str(age), NUMBER_WORDS[age]], notes=f"The {species} is {pet}, {age} {unit} old."),
         )
     )
     return turns
@@ -328,7 +331,7 @@ def mem_colleague(rng: Slots) -> list[Turn]:
     )
     turns.append(
         Turn(
-            f"Remind me: where did {subj} live before, and what was {poss} previous job?",
+            f"Remind me: which city did {subj} work in before, and what was {poss} job there?",
             _x(city, job_v, notes=f"{name} used to be {_a(job)} in {city[0]}."),
         )
     )
@@ -848,7 +851,10 @@ def topic_countries(rng: Slots) -> list[Turn]:
     names = [c[0] for c in countries]
     turns = [
         Turn(f"We're choosing between {names[0]}, {names[1]} and {names[2]} for our next family trip."),
-        Turn(f"What's the capital of the {ORDINALS[i]} one?", _x(countries[i][1], notes=f"{names[i]}.")),
+        Turn(
+            f"What's the capital of the {ORDINALS[i]} one?",
+            _x(countries[i][1], notes=f"The {ORDINALS[i]} one is {names[i]}."),
+        ),
     ]
     if rng.random() < 0.5:
         turns.append(Turn("Is it a good city for kids?", _x(notes=f"'it' is the capital of {names[i]}.")))
@@ -857,7 +863,8 @@ def topic_countries(rng: Slots) -> list[Turn]:
     )
     turns.append(
         Turn(
-            f"Same question for the {ORDINALS[j]} one.", _x(countries[j][2], notes=f"Currency of {names[j]}.")
+            f"Same question for the {ORDINALS[j]} one.",
+            _x(countries[j][2], notes=f"Same question (currency) about the {ORDINALS[j]} one, {names[j]}."),
         )
     )
     return turns
@@ -879,7 +886,10 @@ def topic_elements(rng: Slots) -> list[Turn]:
     els, i, j = _pick3(rng, ELEMENTS)
     return [
         Turn(f"In chemistry class today we covered {els[0][0]}, {els[1][0]} and {els[2][0]}."),
-        Turn(f"What's the chemical symbol of the {ORDINALS[i]} one?", _x([els[i][1]], notes=f"{els[i][0]}.")),
+        Turn(
+            f"What's the chemical symbol of the {ORDINALS[i]} one?",
+            _x([els[i][1]], notes=f"The {ORDINALS[i]} one is {els[i][0]}."),
+        ),
         Turn("And what's its atomic number?", _x([str(els[i][2])], notes=f"'its' is {els[i][0]}.")),
         Turn(
             f"Now give me both of those for the {ORDINALS[j]} one.",
@@ -913,7 +923,7 @@ def topic_books(rng: Slots) -> list[Turn]:
     titles = [b[0] for b in books]
     return [
         Turn(f"My book club's list this year is '{titles[0]}', '{titles[1]}' and '{titles[2]}'."),
-        Turn(f"Who wrote the {ORDINALS[i]} one?", _x(books[i][1], notes=f"{titles[i]}.")),
+        Turn(f"Who wrote the {ORDINALS[i]} one?", _x(books[i][1], notes=f"The {ORDINALS[i]} one is '{titles[i]}'.")),
         Turn("What language was it originally written in?", _x(books[i][2], notes=f"'it' is {titles[i]}.")),
         Turn(
             f"Same two questions for the {ORDINALS[j]} one.",
@@ -941,15 +951,18 @@ def topic_dishes(rng: Slots) -> list[Turn]:
     names = [d[0] for d in dishes]
     return [
         Turn(f"For my dinner party I'm making three dishes: {names[0]}, {names[1]} and {names[2]}."),
-        Turn(f"Can I prepare the {ORDINALS[i]} one a day ahead?", _x(notes=f"About the {names[i]}.")),
+        Turn(
+            f"Can I prepare the {ORDINALS[i]} one a day ahead?",
+            _x(notes=f"The {ORDINALS[i]} one is the {names[i]}; the answer must be about making it ahead."),
+        ),
         Turn("What's its main ingredient?", _x(dishes[i][1], notes=f"'its' is the {names[i]}.")),
         Turn(f"And the {ORDINALS[j]} one?", _x(dishes[j][1], notes=f"Main ingredient of the {names[j]}.")),
     ]
 
 
 def topic_rectangle(rng: Slots) -> list[Turn]:
-    w, h = rng.sample(range(4, 21), 2)
-    thing = rng.choice(["garden", "patio", "vegetable bed", "room"])
+    w, h = sorted(rng.sample(range(4, 21), 2), reverse=True)  # the length is the longer side
+    thing = rng.choice(["garden", "patio", "vegetable bed", "lawn"])  # things one could fence (final turn)
     turns = [
         Turn(f"Let's work with a rectangular {thing} that is {w} m long and {h} m wide."),
         Turn("What's its area?", _x([str(w * h)], notes=f"{w} x {h} = {w * h} square metres.")),
@@ -1047,7 +1060,7 @@ def topic_recipe_scaling(rng: Slots) -> list[Turn]:
             f"{_amount(*parts[2])}."
         ),
         Turn(
-            f"How much {n0} would I need for {serves * factor} people?",
+            f"How {'much' if u0 else 'many'} {n0} would I need for {serves * factor} people?",
             _x(_qty_variants(q0 * factor, u0), notes=f"{q0} x {factor} = {q0 * factor}."),
         ),
     ]
@@ -1077,7 +1090,7 @@ def topic_recipe_scaling(rng: Slots) -> list[Turn]:
 def cu_word_limit_lifted(rng: Slots) -> list[Turn]:
     n = rng.choice([30, 40, 50])
     qs = rng.deal(EXPLAIN_QS, 4)
-    c = Constraint("max_words", n, f"under {n} words")
+    c = Constraint("max_words", n - 1, f"under {n} words")  # "under 30" allows 29
     turns = [
         Turn(
             f"From now on, keep every answer under {n} words. {qs[0][0]}",
@@ -1215,7 +1228,7 @@ def cu_meeting_moved(rng: Slots) -> list[Turn]:
     if rng.random() < 0.5:
         turns += _fillers(rng, 1)
     turns += [
-        Turn(f"Change of plan: it's been moved to {d2} at {t2}."),
+        Turn(f"Change of plan: the {event} has been moved to {d2} at {t2}."),
         Turn(
             "Please write a one-line reminder I can send everyone.",
             _x(
@@ -1282,11 +1295,14 @@ def cu_word_limit_tightened(rng: Slots) -> list[Turn]:
     n1, n2 = rng.choice([60, 80]), rng.choice([15, 20, 25])
     qs = rng.deal(EXPLAIN_QS, 3)
     c1, c2 = (
-        Constraint("max_words", n1, f"under {n1} words"),
-        Constraint("max_words", n2, f"under {n2} words"),
+        Constraint("max_words", n1 - 1, f"under {n1} words"),  # "under 60" allows 59
+        Constraint("max_words", n2 - 1, f"under {n2} words"),
     )
     return [
-        Turn(f"Please keep your answers under {n1} words. {qs[0][0]}", _x(qs[0][1], constraints=[c1])),
+        Turn(
+            f"Please keep your answers under {n1} words. {qs[0][0]}",
+            _x(qs[0][1], constraints=[c1], notes=f"Limit of {n1} words is in force."),
+        ),
         Turn(
             f"Shorter, please: from now on, under {n2} words. {qs[1][0]}",
             _x(qs[1][1], constraints=[c2], notes=f"Limit tightened to {n2}."),
