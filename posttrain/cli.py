@@ -17,11 +17,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from posttrain.config import ConfigError, register_configs, validate
+from posttrain.paths import CONF_SEARCH_PATH, conf_dir
 
 log = logging.getLogger("posttrain")
-
-# conf/ sits beside the package at the top of the repository (installed editable by `make setup`).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _sweep_info() -> dict[str, Any]:
@@ -140,7 +138,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, PosttrainError, BudgetExceeded, RunFolderLocked, JudgeConfigError)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+# The shipped configs are found as a package (pkg://posttrain.conf) in an editable install and a wheel
+# alike; a user's own config folder joins them with --config-dir (README: "Your own configs").
+@hydra.main(config_path=CONF_SEARCH_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     import errno
 
@@ -212,6 +212,13 @@ def _refuse_sweep_values_with_cfg(words: list[str]) -> None:
 
 
 def main() -> None:
+    from posttrain.errors import PosttrainError
+
+    try:
+        conf_dir()  # an install without the config package gets a fix, not Hydra's "module not found"
+    except PosttrainError as exc:
+        print(f"posttrain: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     register_configs()
     sys.argv[1:] = show_multirun_argv(sys.argv[1:])
     _hydra_main()

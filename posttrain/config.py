@@ -377,11 +377,11 @@ def validate(cfg: Any) -> None:
 
 def load_group_option(group: str, name: str) -> Any:
     """Load one option of a group (e.g. the spot-check judge) onto its schema, outside composition."""
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
-    path = Path(__file__).resolve().parent.parent / "conf" / group / f"{name}.yaml"
+    from posttrain.paths import conf_dir
+
+    path = conf_dir() / group / f"{name}.yaml"
     if not path.exists():
         options = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"{group}={name!r} does not exist; choose one of {options}")

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from posttrain.paths import conf_dir
+
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
+CONF_DIR = conf_dir()  # the configs the entrypoint composes (conf/ of this checkout when editable)
 CANARY_ANTHROPIC = "sk-ant-CANARY-5f1e9c0b7d2a4e68"
 CANARY_OPENAI = "sk-CANARY-openai-93b1c2d4e5f6"
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, REPO
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in {"experiment", "hydra"})
 
@@ -115,3 +116,35 @@ def test_real_model_configs(compose) -> None:
         cfg = compose(f"model={name}")
         assert (cfg.model.path, cfg.model.kind, cfg.model.quantization) == (path, kind, "nf4")
         assert cfg.model.requires_gpu and cfg.model.gpu_price_per_hour > 0
+
+
+def test_configs_are_found_as_the_package_the_entrypoint_uses() -> None:
+    """One lookup (pkg://posttrain.conf) for wheel and editable installs; here it is this checkout's conf/."""
+    from posttrain.paths import CONF_SEARCH_PATH, conf_dir
+
+    assert CONF_SEARCH_PATH == "pkg://posttrain.conf"
+    assert conf_dir() == REPO / "conf" and (conf_dir() / "config.yaml").is_file()
+
+
+def _readme_model_example() -> str:
+    """The README's example of a model config of one's own (so the documented YAML is the tested one)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    (example,) = [b for b in blocks if b.startswith("# my-conf/model/my_model.yaml")]
+    return example
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_own_model_config_from_a_folder_outside_the_package(tmp_path: Path, how: str) -> None:
+    (tmp_path / "my-conf" / "model").mkdir(parents=True)
+    (tmp_path / "my-conf" / "model" / "my_model.yaml").write_text(_readme_model_example())
+    where = (["--config-dir", "my-conf"] if how == "--config-dir"
+             else [f"hydra.searchpath=[file://{tmp_path / 'my-conf'}]"])
+    cmd = [sys.executable, "-m", "posttrain", "--cfg", "job", "model=my_model", "stage=eval"]
+    out = subprocess.run([*cmd, *where], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    model = OmegaConf.create(out.stdout).model
+    assert (model.name, model.path, model.kind) == ("my_model", "/data/models/my-llama-sft", "instruct")
+    assert model.dtype == "bfloat16" and model.quantization is None  # the schema's fields, filled from the YAML
+    without = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert without.returncode != 0 and "my_model" in without.stderr  # only that folder provides it

@@ -38,9 +38,9 @@ from posttrain.judges import (  # noqa: E402
     spot_check,
     validate_verdict,
 )
+from posttrain.paths import conf_dir  # noqa: E402
 
 FAST = 0.001  # backoff base for tests (seconds)
-REPO = Path(__file__).resolve().parents[1]
 ALL_FAULTS = ("429", "529", "500", "slow", "drop", "malformed", "refusal", "missing_verdict", "bad_json")
 PARSE_FAULTS = ("refusal", "missing_verdict", "bad_json")
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Nairobi", "Lima", "Perth", "Tunis", "Riga", "Accra"]
@@ -418,7 +418,7 @@ def test_spot_check_stratifies_and_handles_degenerate_tables(tmp_path: Path) -> 
 
 
 def _claude_cfg(server: FakeLLMServer) -> Any:
-    yaml = OmegaConf.load(REPO / "conf" / "judge" / "claude.yaml")
+    yaml = OmegaConf.load(conf_dir() / "judge" / "claude.yaml")
     values = {k: v for k, v in OmegaConf.to_container(yaml).items() if k != "defaults"}
     cfg = OmegaConf.merge(OmegaConf.structured(JudgeConfig), values)
     cfg.base_url, cfg.timeout_s = server.anthropic_url, 0.4

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from posttrain.paths import conf_dir
 from tests.helpers import REPO
 
-CONF_DIR = REPO / "conf"
+CONF_DIR = conf_dir()
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 GROUP = "2026-01-31_12-00-00"  # the sweep folders below are .../multirun/2026-01-31/12-00-00
 
