@@ -184,6 +184,9 @@ def plan(cfg: Any) -> Plan:
                      "comparison; gate_override=true is written into every record of this run")
     else:
         notes.append(f"gate PASS in {gate['comparison']}")
+    if st.name != "sft" and st.allow_leaky_negatives:
+        notes.append("LEAKY NEGATIVES ALLOWED (stage.allow_leaky_negatives=true): DPO trains even if a surface "
+                     "classifier separates chosen from rejected; allow_leaky_negatives=true is written into every record")
     return Plan(estimate_usd=usd, estimate_gpu_hours=gpu_hours, notes=notes,
                 state={"gate": gate, "format": fmt, "data_source": source, "resolved": resolved,
                        "model_cfg": model_cfg})

@@ -1,0 +1,299 @@
+"""Training data that teaches the task (issue 14): complete replies only, stated constraints,
+negatives that differ in content and not in form, the leakage check that stops DPO, and the
+critic's log-probs at reply positions only.
+
+The fast tests run the real pipeline functions (prepare_data, sft_examples, dpo_sources,
+build_pairs, leakage_report) with the tiny model or a scripted generation backend (the network
+edge of generation); the CLI test (``slow``) runs stage=dpo_only in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from posttrain.records import read_json, read_jsonl
+from posttrain.training.data import dpo_sources, incomplete_reason, prepare_data, sft_examples
+from posttrain.training.negatives import CONTENT_TYPES, FORM_TYPES, build_pairs, leakage_report, uses_word
+
+REPO = Path(__file__).resolve().parent.parent
+CUT = "This answer keeps going and going and going, with more and"  # stopped by max_new_tokens
+HALF = "The reply was stopped by a stop string in the middle of its"  # stopped by a stop string mid-sentence
+GOOD = "Plants need daily watering; careful watering keeps roots healthy."
+REWORDED = "Plants need water daily; a careful schedule keeps roots healthy."  # honours "no 'watering'"
+
+
+# ---------------------------------------------------------------- complete replies only
+
+@pytest.mark.parametrize(("text", "finish", "why"), [
+    ("A complete sentence.", "length", "length"),  # cut at max_new_tokens, whatever it looks like
+    ("A complete sentence.", "stop", None),
+    ("It ends in the middle of a", "stop", "mid_sentence"),
+    ("Here are three things to pack:", "eos", "mid_sentence"),
+    ("Tips:\n1. Practise daily\n2. Learn chords", "eos", None),  # a list ends without a full stop
+    ("Hello!", None, None),
+    ("Autumn Leaves", None, None),  # a short line (a title) is not a cut sentence
+    ("", "stop", "empty"),
+])
+def test_incomplete_reason(text: str, finish: str | None, why: str | None) -> None:
+    assert incomplete_reason(text, finish) == why
+
+
+class ScriptedBackend:
+    """Generation at the network edge: scripted proposals for self-instruct prompts; replies by
+    instruction (a "CUT" instruction is answered up to max_new_tokens, a "HALF" one is stopped
+    mid-sentence, a stated banned word is honoured)."""
+
+    def __init__(self, proposals: list[str]):
+        self.proposals = list(proposals)
+
+    def generate(self, prompts, params):
+        from posttrain.generation import Generation
+
+        out = []
+        for p in prompts:
+            if p.rstrip().endswith(":") and "\nTask " in p:
+                text, reason = (self.proposals.pop(0) if self.proposals else "Describe a quiet village."), "stop"
+            elif "CUT" in p:
+                text, reason = CUT, "length"
+            elif "HALF" in p:
+                text, reason = HALF, "stop"
+            elif "Do not use the word '" in p:
+                text, reason = REWORDED, "eos"
+            else:
+                text, reason = GOOD, "eos"
+            out.append(Generation(text=text, n_prompt_tokens=1, n_new_tokens=9, finish_reason=reason))
+        return out
+
+
+PROPOSALS = [
+    "Explain how a rainbow forms after a storm CUT.",
+    "List three reasons why people enjoy gardening.",
+    "Suggest a fun weekend activity for a family HALF.",
+    "Compare trains and buses for a long trip CUT.",
+    "Write a limerick about a forgetful penguin.",
+    "Give advice to a student who is nervous before an exam.",
+    "Describe the taste of a ripe mango to someone.",
+    "Recommend a board game for four players.",
+]
+
+
+def _constant_critic(inputs):
+    return [{"critic_score": 0.0} for _ in inputs.responses]
+
+
+def _generated_cfg(compose, *extra: str):
+    return compose("stage=sft", "model=tiny_base", "stage.override_gate=true", "stage.data_source=generated",
+                   "stage.num_examples=6", "stage.critic_keep_fraction=1.0", "generation.batch_size=4",
+                   "stage.max_rounds=6", "stage.multiturn_fraction=0", *extra)
+
+
+def test_truncated_reply_never_reaches_sft_or_dpo_chosen(compose, tmp_path: Path) -> None:
+    cfg = _generated_cfg(compose, "stage.constraint_fraction=0")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows, report = prepare_data(cfg, run, model=None, tokenizer=None, revision="sha256:x", source="generated",
+                                gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
+                                backend=ScriptedBackend(PROPOSALS))
+    # the report says what was dropped and why
+    assert report["dropped_incomplete"]["length"] == 2 and report["dropped_incomplete"]["mid_sentence"] == 1
+    assert report["n_dropped_incomplete"] == 3
+    statuses = [r["status"] for r in read_jsonl(run / "data" / "responses.jsonl")]
+    assert statuses.count("dropped_incomplete_length") == 2 and statuses.count("dropped_incomplete_mid_sentence") == 1
+    assert rows and all(t["finish_reason"] == "eos" for r in rows for t in r["turns"])
+    # no truncated reply is an SFT target or a DPO chosen reply, in either prompt style
+    completions = [e["completion"] for e in sft_examples(rows, "instruction_cue", cfg.prompt, kind="base")]
+    chosen = [s["chosen"] for s in dpo_sources(rows, "instruction_cue", cfg.prompt, kind="base")]
+    assert completions and chosen
+    for text in completions + chosen + [p["chosen"] for p in build_pairs(
+            dpo_sources(rows, "instruction_cue", cfg.prompt, kind="base"), types=list(CONTENT_TYPES))]:
+        assert CUT not in text and HALF not in text
+
+    # rows from a file carry finish_reason too (e.g. an SFT run's train_data.jsonl): same rule
+    data = tmp_path / "in.jsonl"
+    file_rows = [
+        {"turns": [{"user": "Say something kind.", "assistant": CUT, "finish_reason": "length"}]},
+        {"turns": [{"user": "Say something calm.", "assistant": HALF}]},
+        {"turns": [{"user": "Say something true.", "assistant": GOOD, "finish_reason": "eos"}]},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in file_rows))
+    cfg = _generated_cfg(compose, f"stage.data={data}")
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    rows, report = prepare_data(cfg, run2, model=None, tokenizer=None, revision="sha256:x", source="generated",
+                                gate_override=True, device="cpu", progress=False, score_fn=_constant_critic)
+    assert [r["turns"][0]["assistant"] for r in rows] == [GOOD]
+    assert report["dropped_incomplete"] == {"length": 1, "mid_sentence": 1, "empty": 0}
+
+
+# ---------------------------------------------------------------- stated constraints
+
+def test_generated_constraints_are_stated_and_the_violation_breaks_them(compose, tmp_path: Path) -> None:
+    cfg = _generated_cfg(compose, "stage.constraint_fraction=0.9")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows, report = prepare_data(cfg, run, model=None, tokenizer=None, revision="sha256:x", source="generated",
+                                gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
+                                backend=ScriptedBackend(PROPOSALS))
+    constrained = [r["turns"][-1] for r in rows if "constraint" in r["turns"][-1]]
+    assert constrained and report["n_constraint_rows"] == len(constrained)
+    assert report["counts"]["responses"]["constraint_kept"] == len(constrained)
+    for t in constrained:
+        assert t["constraint"] == {"kind": "banned_word", "value": "watering"}  # the first reply's most frequent word
+        word = t["constraint"]["value"]
+        assert t["user"].endswith(f"Do not use the word '{word}'.")
+        assert not uses_word(t["assistant"], word) and uses_word(t["violation"], word)  # chosen keeps it, violation breaks it
+    sources = dpo_sources(rows, "instruction_cue", cfg.prompt, kind="base")
+    pairs = build_pairs(sources, types=["constraint_violation"])
+    assert {p["rejected"] for p in pairs} == {GOOD} and all(p["chosen"] == REWORDED for p in pairs)
+
+
+def test_synthetic_constraints_each_form_banned_equally_often() -> None:
+    from posttrain.training.synthetic import synthetic_rows
+
+    plain = synthetic_rows(300, seed=0)
+    rows = synthetic_rows(300, seed=0, constraint_fraction=0.3)
+    assert [r["combination"] for r in rows] == [r["combination"] for r in plain]  # the constraint draw is separate
+    last = [r["turns"][-1] for r in rows]
+    constrained = [t for t in last if "constraint" in t]
+    assert 0.2 < len(constrained) / len(rows) < 0.4
+    for t in constrained:
+        word = t["constraint"]["value"]
+        assert not uses_word(t["assistant"], word) and uses_word(t["violation"], word)
+        assert len(t["assistant"].split()) == len(t["violation"].split())  # same form, other content
+    # every paraphrase is chosen about as often as it is rejected (no form marks the rejected side)
+    chosen_forms = sorted(" ".join(t["assistant"].split()[:-1]) for t in constrained)
+    rejected_forms = sorted(" ".join(t["violation"].split()[:-1]) for t in constrained)
+    for form in set(chosen_forms):
+        assert abs(chosen_forms.count(form) - rejected_forms.count(form)) <= 0.5 * chosen_forms.count(form) + 3
+
+
+# ---------------------------------------------------------------- leakage on the default data
+
+@pytest.fixture(scope="module")
+def tiny_base(shared_cache: Path):
+    from posttrain.config import ModelConfig
+    from posttrain.models.loader import load_model
+
+    mc = SimpleNamespace(**(ModelConfig().__dict__ | {
+        "name": "tiny_base", "path": "tiny_base", "tiny": "base", "kind": "base", "dtype": "float32",
+        "revision": None, "adapter": None}))
+    return load_model(mc, cache_dir=shared_cache, device="cpu")
+
+
+def test_default_data_has_no_separable_negative_type(compose, tiny_base, tmp_path: Path) -> None:
+    """The default stage=dpo_only data of a tiny model (synthetic, 200 conversations, 30% with a
+    stated constraint, the real critic) through the default negative mix: no type is separable by
+    surface features. The same data with the form types added is flagged, so the check can fail."""
+    cfg = compose("stage=dpo_only", "model=tiny_base", "stage.override_gate=true")
+    st = cfg.stage
+    assert st.num_examples == 200 and list(st.negative_types) == list(CONTENT_TYPES)
+    rows, _ = prepare_data(cfg, tmp_path, model=tiny_base.model, tokenizer=tiny_base.tokenizer,
+                           revision=tiny_base.provenance["revision"], source="synthetic", gate_override=True,
+                           device="cpu", progress=False)
+    assert len(rows) == 200
+    sources = dpo_sources(rows, "transcript", cfg.prompt, kind="base")
+    pairs = build_pairs(sources, types=list(st.negative_types), seed=cfg.seed)
+    rep = leakage_report(pairs, threshold=st.leakage_threshold, seed=cfg.seed)
+    print("\nleakage on the default data:", json.dumps(
+        {t: [b["n"], b["score"], b["strongest_feature"]["name"]] for t, b in rep["per_type"].items()}))
+    assert rep["leaky"] is False and rep["unchecked_types"] == [], rep["message"]
+    assert set(rep["per_type"]) == set(CONTENT_TYPES)
+    for t, b in rep["per_type"].items():
+        assert b["n"] >= 40 and b["score"] <= st.leakage_threshold, (t, b["score"])
+    assert rep["overall"]["score"] <= st.leakage_threshold
+
+    leaky = leakage_report(build_pairs(sources, types=list(CONTENT_TYPES) + list(FORM_TYPES), seed=cfg.seed),
+                           threshold=st.leakage_threshold, seed=cfg.seed)
+    assert leaky["leaky"] is True and set(leaky["flagged_types"]) == set(FORM_TYPES)
+    assert leaky["per_type"]["truncated"]["strongest_feature"]["accuracy"] == 1.0
+
+
+# ---------------------------------------------------------------- critic: reply positions only
+
+def test_critic_logprobs_only_at_reply_positions(tiny_base) -> None:
+    """token_logprobs asks the model for the logits of the reply positions only (logits_to_keep =
+    longest continuation + 1) and matches a full-sequence log_softmax computed one at a time."""
+    import torch
+
+    from posttrain.training.critic import token_logprobs
+
+    model, tok = tiny_base.model, tiny_base.tokenizer
+    prompts = ["User: My name is Alice. I live in a small house near the river.\nAssistant:", "User: Hi\nAssistant:"]
+    conts = [" Nice to meet you, Alice!", " Hello there, how can I help you today?"]
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kw):
+        out = forward(*args, **kw)
+        seen.append((kw.get("logits_to_keep"), kw["input_ids"].shape[1], out.logits.shape[1]))
+        return out
+
+    model.forward = spy
+    try:
+        got = token_logprobs(model, tok, prompts, conts, batch_size=2)
+    finally:
+        del model.forward
+    n_cont = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
+    keep, width, n_logits = seen[0]
+    assert keep == max(n_cont) + 1 == n_logits < width  # never the whole sequence
+    for p, c, lp in zip(prompts, conts, got, strict=True):
+        ids = [tok.bos_token_id] * (tok.bos_token_id is not None) + tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([ids + c_ids])
+        with torch.no_grad():
+            ref = torch.log_softmax(model(input_ids=full).logits[0].float(), dim=-1)
+        want = [float(ref[len(ids) - 1 + j, t]) for j, t in enumerate(c_ids)]
+        assert len(lp) == len(want) and max(abs(a - b) for a, b in zip(lp, want, strict=True)) < 1e-4
+
+
+# ---------------------------------------------------------------- the CLI: DPO refuses leaky negatives
+
+def _cli(*overrides: str, home: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "POSTTRAIN_HOME": str(home),
+                        "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "posttrain", f"cache_dir={cache}", *overrides],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_dpo_refuses_leaky_negatives_and_runs_after_the_override(tmp_path: Path, shared_cache: Path) -> None:
+    args = ["stage=dpo_only", "model=tiny_base", "stage.override_gate=true", "tracking=offline",
+            "stage.num_examples=40", "stage.max_steps=3", "stage.save_steps=3", "stage.learning_rate=1e-2",
+            "stage.negative_types=[truncated,corrupted_facts]"]
+    refused = tmp_path / "refused"
+    proc = _cli(*args, f"hydra.run.dir={refused}", home=tmp_path / "home", cache=shared_cache)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "separable by surface features" in proc.stderr and "truncated" in proc.stderr
+    assert "stage.allow_leaky_negatives=true" in proc.stderr and "nothing was trained" in proc.stderr
+    report = read_json(refused / "negatives_report.json")
+    assert report["leaky"] is True and "truncated" in report["flagged_types"]
+    assert report["per_type"]["truncated"]["strongest_feature"]["name"] in report["features"]
+    assert not (refused / "checkpoints").exists() and not (refused / "adapter").exists()
+
+    run = tmp_path / "run"
+    proc = _cli(*args, "stage.allow_leaky_negatives=true", f"hydra.run.dir={run}", home=tmp_path / "home",
+                cache=shared_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = read_json(run / "summary.json")
+    assert s["status"] == "finished" and s["weights_changed"] is True and s["lora_b_max_abs"] > 0
+    assert s["allow_leaky_negatives"] is True and s["negatives_leaky"] is True
+    # recorded in every record of the run
+    for name in ("negatives_report.json", "dpo_step0.json", "config_diff.json", "provenance.json",
+                 "adapter/provenance.json"):
+        assert read_json(run / name)["allow_leaky_negatives"] is True, name
+    assert all(p["allow_leaky_negatives"] is True for p in read_jsonl(run / "pairs.jsonl"))
+    trainer_rows = [r for r in read_jsonl(run / "metrics.jsonl") if any(k.startswith("train/") for k in r)]
+    assert trainer_rows and all(r.get("allow_leaky_negatives") is True for r in trainer_rows)
+    # held-out pairs per type, evaluated through TRL's eval_dataset dict
+    pairs = read_jsonl(run / "pairs.jsonl")
+    held = {p["negative_type"] for p in pairs if p["split"] == "eval"}
+    assert held == {"truncated", "corrupted_facts"} and set(s["margins_per_type"]) == held
+    assert all(s["margins_per_type"][t]["n"] == sum(p["split"] == "eval" and p["negative_type"] == t for p in pairs)
+               for t in held)
