@@ -20,7 +20,6 @@ every panel and the metrics or tables it names) and prints the command that push
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -103,7 +103,10 @@ class Tracker:
         append_jsonl(self.metrics_path, [row])
         if self._run is not None:
             try:
-                self._run.log(metrics, step=step)
+                # W&B's own step stays a row counter: it silently drops a row whose step is below the
+                # counter (DPO's step-0 check comes after the negatives rows). The trainer rows carry
+                # train/global_step, their x axis (METRIC_AXES); metrics.jsonl keeps ``_step``.
+                self._run.log(metrics)
             except Exception as exc:
                 log.warning("W&B log failed (%s); the record in metrics.jsonl is complete", exc)
 
@@ -123,7 +126,8 @@ class Tracker:
         try:
             import wandb
 
-            self._wandb_log({key: wandb.Table(columns=columns, data=rows)})
+            cols: list[str | int] = list(columns)  # wandb's annotation
+            self._wandb_log({key: wandb.Table(columns=cols, data=rows)})
         except Exception as exc:
             log.warning("W&B table %s failed (%s)", key, exc)
 
@@ -341,7 +345,7 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             raws.append(buf + chunk)
     out: dict[str, Any] = {"history": [], "summary": {}, "metrics": {}, "artifacts": [], "tables": {}}
     for raw in raws:
-        rec = pb.Record()
+        rec = pb.Record()  # type: ignore[attr-defined]  # generated protobuf code
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "history":

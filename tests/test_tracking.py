@@ -92,6 +92,8 @@ def test_offline_tracker_logs_table_budget_and_step_axes(tmp_path: Path) -> None
     tracker = Tracker(run, mode="offline", project="posttrain-test", entity=None, name="t", group="g",
                       job_type="eval", tags=[], config={})
     with tracker:
+        tracker.log({"negatives/n_pairs": 3})
+        tracker.log({"step0/loss": 0.69}, step=0)  # a step below W&B's counter: W&B alone would drop it
         log_eval_records(tracker, run)
         values = tracker.log_budget(ledger, run)
     assert values["budget/cum_usd"] == pytest.approx(2.0) and values["budget/remaining_usd"] == pytest.approx(8.0)
@@ -99,6 +101,7 @@ def test_offline_tracker_logs_table_budget_and_step_axes(tmp_path: Path) -> None
 
     rec = read_offline_run(next((run / "wandb").glob("offline-run-*")))
     assert rec["metrics"]["budget/*"] == "budget/entry" and rec["metrics"]["train/*"] == "train/global_step"
+    assert {"negatives/n_pairs", "step0/loss"} <= {k for h in rec["history"] for k in h}
     table = rec["tables"][TRANSCRIPTS_KEY]
     assert [r[1] for r in table["data"]] == ["memory-001", "prefs-002"] and "spot_check_verdict" in table["columns"]
     series = [h for h in rec["history"] if "budget/entry" in h]
