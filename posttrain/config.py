@@ -167,8 +167,17 @@ class JudgeConfig:
     model: str = MISSING
     base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL / OPENAI_BASE_URL
     api_key_env: str = MISSING  # the environment variable holding the key (never the key itself)
-    temperature: float = 0.0
-    max_tokens: int = 512
+    temperature: float | None = 0.0  # None: not sent (reasoning models and current Claude models refuse it)
+    max_tokens: int = 512  # output cap, thinking included: size it for the thinking the model does
+    # Thinking and effort, sent as the provider names them (docs/judging.md, "Request shapes"):
+    # anthropic thinking={"type": <thinking>} and output_config.effort=<effort>; openai reasoning_effort=<effort>.
+    thinking: str | None = None  # "adaptive" | "disabled" | "between_tools"; None: the model's default
+    effort: str | None = None  # "low" | "medium" | "high" | "xhigh" | "max"; None: the model's default
+    # "json_schema": structured output (anthropic output_config.format, openai response_format).
+    # "forced_tool": the old anthropic forced tool call, only for models that still accept it.
+    structured_output: str = "json_schema"
+    preflight: bool = True  # ask the provider for the model's lifecycle before anything is spent
+    max_same_client_errors: int = 3  # stop the run after this many identical 4xx answers (bad model, key, request)
     price_input_per_mtok: float = MISSING  # USD per million input tokens
     price_output_per_mtok: float = MISSING
     # The judge model the two prices above are for: a judge.model override without new prices (and
@@ -282,6 +291,9 @@ VALID = {
     "generation.backend": ("hf", "vllm"),
     "judge.provider": ("anthropic", "openai"),
     "judge.mode": ("sync", "batch", "pairwise"),
+    "judge.thinking": (None, "adaptive", "disabled", "between_tools"),
+    "judge.effort": (None, "low", "medium", "high", "xhigh", "max"),
+    "judge.structured_output": ("json_schema", "forced_tool"),
     "scorer.name": ("llm", "heuristic_triage"),
     "tracking.mode": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
@@ -332,6 +344,7 @@ def validate(cfg: Any) -> None:
     positive("judge.max_tokens")
     positive("judge.timeout_s")
     positive("gate.min_calibration_items")
+    positive("judge.max_same_client_errors")
     if cfg.judge.max_retries < 0:
         problems.append(f"judge.max_retries={cfg.judge.max_retries} must be >= 0")
     if cfg.judge.price_input_per_mtok < 0 or cfg.judge.price_output_per_mtok < 0:

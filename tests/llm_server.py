@@ -22,6 +22,16 @@ list is consumed first, one entry per call (``None`` = answer normally); then ``
 from ``fault_kinds`` with a seeded generator. Kinds: see ``FAULT_KINDS``.
 
 Every request is counted per endpoint (ids replaced by ``{id}``): ``server.count("POST /v1/messages")``.
+
+The server checks the request contract the way the real APIs do, against the installed SDKs' own request
+types (:func:`contract_problems` walks their TypedDicts): ``messages.create`` and the Message Batches
+``Request``; chat completions, responses and the Batch API (including every line of an uploaded batch
+file). An unknown or mistyped field is answered with the 400 each API gives. A small model table
+(:data:`ANTHROPIC_MODELS`, :data:`OPENAI_MODELS`) adds what depends on the model: a retired model gets the
+real not-found error, Claude Sonnet 5.5-class models refuse forced tool use and manual thinking modes,
+OpenAI reasoning models refuse ``max_tokens`` and ``temperature``; ``GET /v1/models/{id}`` answers with
+the model's lifecycle (Anthropic ``ModelInfo``) or shutdown date (OpenAI ``Model``). Models not in the
+table are served as active and permissive, unless ``strict_models=True`` (then they are unknown: 404).
 """
 
 from __future__ import annotations
@@ -34,8 +44,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 FAULT_KINDS = (
     "429",  # rate limited, with a retry-after header (seconds)
@@ -51,8 +62,189 @@ FAULT_KINDS = (
 
 _REPLY_RE = re.compile(r"<<<REPLY-([0-9a-f]+)>>>\n(.*?)\n<<<END-REPLY-\1>>>", re.S)
 _PAIR_RE = re.compile(r"<<<REPLY-(FIRST|SECOND)-([0-9a-f]+)>>>\n(.*?)\n<<<END-REPLY-\1-\2>>>", re.S)
-_SAMPLING = {"temperature", "top_p", "top_k"}  # refused by anthropic-version 2026-10-21
 _JSON_STR = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+# ---------------------------------------------------------------------------------------------
+# The model table. Dates and replacements from the providers' deprecation pages (docs/judging.md).
+
+ANTHROPIC_MODELS: dict[str, dict[str, Any]] = {
+    # retired 2026-11-30 (anthropic SDK 2.14's deprecated_models table); requests fail with not_found_error
+    "claude-sonnet-4-5": {"lifecycle": "retired", "retires_at": "2026-11-30T00:00:00Z"},
+    # deprecated, retiring 2027-01-22 (anthropic SDK 2.15's deprecated_models table)
+    "claude-opus-4-5": {"lifecycle": "deprecated", "retires_at": "2027-01-22T00:00:00Z"},
+    # "What's new in Claude Sonnet 5.5": forced tool use returns an error; adaptive thinking on by default,
+    # thinking.type adaptive or between_tools only
+    "claude-sonnet-5-5": {"lifecycle": "active", "forced_tool": False, "thinking_types": ("adaptive", "between_tools")},
+    "claude-opus-5-5": {"lifecycle": "active", "forced_tool": False, "thinking_types": ("adaptive", "between_tools")},
+    "claude-sonnet-5": {"lifecycle": "active", "forced_tool": True, "thinking_types": ("adaptive", "disabled")},
+}
+OPENAI_MODELS: dict[str, dict[str, Any]] = {
+    "gpt-4": {"shutdown_date": "2026-10-23"},  # shut down: requests fail with model_not_found
+    "gpt-4.1": {"shutdown_date": "2027-01-14"},  # deprecated (OpenAI deprecations page, notice 2026-10-14)
+    "gpt-6.2-sol": {"reasoning": True},
+    "gpt-6.1-sol": {"reasoning": True},
+}
+TODAY = "2026-12-01"  # the date the table was written for; shutdown dates before it are past
+
+# The 400 texts. OpenAI's are the API's wording; the forced-tool and thinking texts follow Anthropic's
+# "What's new in Claude Sonnet 5.5" page (the page does not quote the message, so ours is reconstructed).
+FORCED_TOOL_TEXT = ("tool_choice: forced tool use (type \"tool\" or \"any\") is not supported with model {model}; "
+                    "use tool_choice \"auto\" or \"none\", or structured outputs (output_config.format)")
+THINKING_TEXT = "thinking.type: \"{kind}\" is not supported with model {model}; use one of {allowed}"
+OPENAI_UNSUPPORTED = {
+    "max_tokens": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                  "Use 'max_completion_tokens' instead.",
+    "temperature": "Unsupported parameter: 'temperature' is not supported with this model.",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The request contract: walk the installed SDK's request TypedDicts
+
+
+@cache
+def _hints(td: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(td, include_extras=True)
+    except Exception:  # noqa: BLE001 - an unresolvable forward reference: accept that field's value
+        return {k: Any for k in getattr(td, "__annotations__", {})}
+
+
+def _wire_name(name: str, hint: Any) -> str:
+    """The JSON key the SDK sends for a field (its PropertyInfo alias, if any)."""
+    for meta in getattr(hint, "__metadata__", ()):
+        alias = getattr(meta, "alias", None)
+        if alias:
+            return str(alias)
+    return name
+
+
+def _unwrap(hint: Any) -> Any:
+    import typing
+
+    import typing_extensions as te
+
+    while True:
+        origin = get_origin(hint)
+        if origin in (typing.Annotated, te.Annotated) or hasattr(hint, "__metadata__"):
+            hint = hint.__origin__
+        elif origin in (te.Required, te.NotRequired, getattr(typing, "Required", None),
+                        getattr(typing, "NotRequired", None)) and origin is not None:
+            hint = get_args(hint)[0]
+        elif hasattr(hint, "__value__"):  # a PEP 695 type alias
+            hint = hint.__value__
+        else:
+            return hint
+
+
+def _is_typeddict(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, dict) and hasattr(hint, "__required_keys__")
+
+
+def contract_problems(hint: Any, value: Any, path: str = "") -> list[str]:
+    """Why ``value`` does not fit ``hint`` (a TypedDict from the SDK, or any type inside one); [] if it fits.
+
+    Unknown keys, missing required keys, wrong JSON types and values outside a Literal are problems;
+    types this walker does not know (SDK classes for files, say) accept anything.
+    """
+    import collections.abc as abc
+    import types
+
+    hint = _unwrap(hint)
+    where = path or "body"
+    if hint is Any or hint is object:
+        return []
+    if _is_typeddict(hint):
+        if not isinstance(value, dict):
+            return [f"{where}: Input should be an object"]
+        fields = {_wire_name(k, h): h for k, h in _hints(hint).items()}
+        required = {_wire_name(k, _hints(hint).get(k)) for k in hint.__required_keys__}
+        out = [f"{path + '.' if path else ''}{k}: Field required" for k in sorted(required - value.keys())]
+        out += [f"{path + '.' if path else ''}{k}: Extra inputs are not permitted"
+                for k in value if k not in fields]
+        for k, v in value.items():
+            if k in fields:
+                out += contract_problems(fields[k], v, f"{path + '.' if path else ''}{k}")
+        return out
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return []
+        branches = [contract_problems(a, value, path) for a in args if a is not type(None)]
+        if any(not b for b in branches):
+            return []
+        # a tagged union: report the branch whose "type" matched, else the shortest complaint
+        return min(branches, key=len) if branches else [f"{where}: Input should not be null"]
+    if origin is Literal:
+        return [] if value in args else [f"{where}: Input should be {' or '.join(repr(a) for a in args)}"]
+    if value is None:
+        return [f"{where}: Input should not be null"]
+    if origin in (list, abc.Iterable, abc.Sequence, tuple) or (origin is not None and getattr(origin, "__name__", "")
+                                                               in ("SequenceNotStr", "Iterable", "Sequence")):
+        if not isinstance(value, list):
+            return [f"{where}: Input should be a valid list"]
+        item = args[0] if args else Any
+        return [p for i, v in enumerate(value) for p in contract_problems(item, v, f"{where}.{i}")]
+    if origin in (dict, abc.Mapping):
+        if not isinstance(value, dict):
+            return [f"{where}: Input should be an object"]
+        return [p for k, v in value.items() for p in contract_problems(args[1] if len(args) == 2 else Any, v,
+                                                                          f"{where}.{k}")]
+    if hint is str:
+        return [] if isinstance(value, str) else [f"{where}: Input should be a valid string"]
+    if hint is bool:
+        return [] if isinstance(value, bool) else [f"{where}: Input should be a valid boolean"]
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{where}: Input should be a valid integer"]
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return [] if ok else [f"{where}: Input should be a valid number"]
+    if getattr(hint, "__name__", "") == "SequenceNotStr":
+        return [] if isinstance(value, list) else [f"{where}: Input should be a valid list"]
+    return []
+
+
+@cache
+def request_types() -> dict[str, Any]:
+    """Endpoint -> the installed SDK's TypedDict for its JSON body."""
+    from anthropic.types import message_create_params
+    from anthropic.types.messages import batch_create_params as a_batch
+    from openai.types import batch_create_params as o_batch
+    from openai.types.chat import completion_create_params
+    from openai.types.responses import response_create_params
+
+    return {
+        "POST /v1/messages": message_create_params.MessageCreateParamsNonStreaming,
+        "POST /v1/messages/batches": a_batch.BatchCreateParams,
+        "POST /v1/chat/completions": completion_create_params.CompletionCreateParamsNonStreaming,
+        "POST /v1/responses": response_create_params.ResponseCreateParamsNonStreaming,
+        "POST /v1/batches": o_batch.BatchCreateParams,
+    }
+
+
+@cache
+def _warm_contract() -> None:
+    """Walk a typical body of each endpoint once, so the type hints are resolved before any request."""
+    msg = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+           "tools": [{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
+           "tool_choice": {"type": "tool", "name": "t"}, "thinking": {"type": "adaptive"},
+           "output_config": {"format": {"type": "json_schema", "schema": {}}, "effort": "low"}}
+    chat = {"model": "m", "max_completion_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": {}, "strict": True}}}
+    types = request_types()
+    for endpoint, body in (("POST /v1/messages", msg), ("POST /v1/chat/completions", chat),
+                           ("POST /v1/messages/batches", {"requests": [{"custom_id": "a", "params": msg}]}),
+                           ("POST /v1/responses", {"model": "m", "input": "x"}),
+                           ("POST /v1/batches", {"input_file_id": "f", "endpoint": "/v1/chat/completions",
+                                                 "completion_window": "24h"})):
+        contract_problems(types[endpoint], body)
+
+
+def _past(date: str | None) -> bool:
+    return bool(date) and str(date)[:10] < TODAY
 
 
 def _section(prompt: str, title: str) -> list[list[str]]:
@@ -118,6 +310,10 @@ class FakeLLMServer:
         seed: seeds the fault draws.
         slow_s: how long a "slow" call waits before answering.
         latency_s: a delay added to every model call, as a real API has (benchmarks of concurrency).
+        strict_models: models missing from the model table are unknown (404) instead of active.
+        fail_with: answer model calls with this error instead: "not_found", "invalid_request",
+            "authentication" or "spend_limit" (the provider's own status and body).
+        fail_after: answer this many model calls per endpoint normally before ``fail_with`` starts.
         retry_after: the retry-after header value sent with a 429.
         batch_polls: how many retrieves a batch reports as in progress before it ends.
         batch_faults: per batch request, in submission order: None, "errored" (the request failed),
@@ -138,6 +334,9 @@ class FakeLLMServer:
         batch_polls: int = 1,
         batch_faults: Sequence[str | None] = (),
         latency_s: float = 0.0,
+        strict_models: bool = False,
+        fail_with: str | None = None,
+        fail_after: int = 0,
     ) -> None:
         unknown = set(filter(None, faults)) | set(fault_kinds)
         unknown -= set(FAULT_KINDS) | {"errored"}
@@ -154,6 +353,13 @@ class FakeLLMServer:
         self.batch_polls = batch_polls
         self.batch_faults = list(batch_faults)
         self.hold_batches = False  # while True, batches never end (a test flips it to resume)
+        self.strict_models = strict_models
+        self.fail_with = fail_with
+        self.fail_after = fail_after
+        self.anthropic_models = {k: dict(v) for k, v in ANTHROPIC_MODELS.items()}
+        self.openai_models = {k: dict(v) for k, v in OPENAI_MODELS.items()}
+        self.bodies: list[tuple[str, dict[str, Any]]] = []  # (endpoint, JSON body) of every accepted POST
+        self.refusals: list[tuple[str, int, str]] = []  # (endpoint, status, message) of every contract refusal
         self.counts: Counter[str] = Counter()
         self.keys_seen: set[str] = set()  # API keys the clients sent (x-api-key / Authorization: Bearer)
         self.faults_served: Counter[str] = Counter()
@@ -169,6 +375,7 @@ class FakeLLMServer:
     # ---- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> FakeLLMServer:
         server = self
+        _warm_contract()  # import and resolve the SDK types now, not inside a client's first timeout
 
         class Handler(_Handler):
             owner = server
@@ -227,6 +434,62 @@ class FakeLLMServer:
                 self.faults_served[fault] += 1
             return fault
 
+    # ---- the model table -------------------------------------------------------------------
+    def model_entry(self, provider: str, model: str) -> dict[str, Any] | None:
+        """The table row for ``model``; None when the model is unknown (or shut down) to this server."""
+        table = self.anthropic_models if provider == "anthropic" else self.openai_models
+        row = table.get(model)
+        if row is None:
+            return None if self.strict_models else {"lifecycle": "active"}
+        if row.get("lifecycle") == "retired" or _past(row.get("shutdown_date")):
+            return None
+        return row
+
+    def model_info(self, provider: str, model: str) -> dict[str, Any] | None:
+        """``GET /v1/models/{id}``: Anthropic ModelInfo (retired models stay listed) or OpenAI Model."""
+        if provider == "anthropic":
+            row = self.anthropic_models.get(model)
+            if row is None and self.strict_models:
+                return None
+            row = row or {"lifecycle": "active"}
+            return {"type": "model", "id": model, "display_name": model, "created_at": "2026-01-01T00:00:00Z",
+                    "lifecycle": row.get("lifecycle", "active"), "retires_at": row.get("retires_at"),
+                    "deprecated_at": "2026-06-01T00:00:00Z" if row.get("lifecycle") != "active" else None}
+        if self.model_entry("openai", model) is None:
+            return None
+        return {"id": model, "object": "model", "created": 1_760_000_000, "owned_by": "openai",
+                "shutdown_date": self.openai_models.get(model, {}).get("shutdown_date")}
+
+    def anthropic_refusal(self, body: dict[str, Any]) -> tuple[int, str, str] | None:
+        """(status, error type, message) when the model table refuses this messages.create body."""
+        model = body.get("model", "")
+        row = self.model_entry("anthropic", model)
+        if row is None:
+            return 404, "not_found_error", f"model: {model}"
+        tool_choice = body.get("tool_choice") or {}
+        if tool_choice.get("type") in ("tool", "any") and row.get("forced_tool") is False:
+            return 400, "invalid_request_error", FORCED_TOOL_TEXT.format(model=model)
+        kind = (body.get("thinking") or {}).get("type")
+        allowed = row.get("thinking_types")
+        if kind and allowed and kind not in allowed:
+            return 400, "invalid_request_error", THINKING_TEXT.format(kind=kind, model=model, allowed=list(allowed))
+        return None
+
+    def openai_refusal(self, body: dict[str, Any]) -> tuple[int, str, str, str | None] | None:
+        """(status, code, message, param) when the model table refuses this chat completions body."""
+        model = body.get("model", "")
+        row = self.model_entry("openai", model)
+        if row is None:
+            return 404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.", None
+        if row.get("reasoning"):
+            for key in ("max_tokens", "temperature"):
+                if body.get(key) is not None:
+                    return 400, "unsupported_parameter", OPENAI_UNSUPPORTED[key], key
+            if body.get("reasoning_effort") == "none":
+                return 400, "unsupported_value", ("Unsupported value: 'reasoning_effort' does not support 'none' "
+                                                  "with this model."), "reasoning_effort"
+        return None
+
     # ---- model answers ---------------------------------------------------------------------
     def _answer(self, prompt: str, schema_props: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -236,23 +499,36 @@ class FakeLLMServer:
     def anthropic_message(self, body: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
         prompt = "".join(m["content"] if isinstance(m["content"], str) else
                          "".join(b.get("text", "") for b in m["content"]) for m in body["messages"])
-        tool = body["tools"][0]
-        data = self._answer(prompt, tool["input_schema"]["properties"])
+        fmt = (body.get("output_config") or {}).get("format")
+        tool = (body.get("tools") or [None])[0]
+        schema = fmt["schema"] if fmt else (tool or {}).get("input_schema") or {"properties": {}}
+        data = self._answer(prompt, schema.get("properties") or {})
         if fault == "missing_verdict":
             data.pop("verdict", None)
             data.pop("better", None)
+        # adaptive thinking (on by default for Sonnet 5.5-class models) puts a thinking block first
+        kind = (body.get("thinking") or {}).get("type")
+        row = self.anthropic_models.get(body["model"], {})
+        thinks = kind in ("adaptive", "enabled") or (kind is None and row.get("forced_tool") is False)
+        content: list[dict[str, Any]] = ([{"type": "thinking", "thinking": "Checking each listed line in turn.",
+                                           "signature": "sig-fake"}] if thinks else [])
         if fault == "refusal":
-            content = [{"type": "text", "text": "I can't help with grading this."}]
+            content.append({"type": "text", "text": "I can't help with grading this."})
             stop = "refusal"
         elif fault == "bad_json":
-            content = [{"type": "text", "text": json.dumps(data)[:25]}]
+            content.append({"type": "text", "text": json.dumps(data)[:25]})
+            stop = "end_turn"
+        elif fmt or tool is None:
+            content.append({"type": "text", "text": json.dumps(data)})
             stop = "end_turn"
         else:
-            content = [{"type": "tool_use", "id": self._new_id("toolu_"), "name": tool["name"], "input": data}]
+            content.append({"type": "tool_use", "id": self._new_id("toolu_"), "name": tool["name"], "input": data})
             stop = "tool_use"
+        thinking_tokens = 40 if thinks else 0
         return {"id": self._new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
                 "content": content, "stop_reason": stop, "stop_sequence": None,
-                "usage": {"input_tokens": _tokens(prompt), "output_tokens": _tokens(json.dumps(data))}}
+                "usage": {"input_tokens": _tokens(prompt),
+                          "output_tokens": _tokens(json.dumps(data)) + thinking_tokens}}
 
     def openai_completion(self, body: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
         prompt = "".join(m["content"] for m in body["messages"])
@@ -303,9 +579,14 @@ class FakeLLMServer:
         lines = []
         for r in self._batches[batch_id]["requests"]:
             fault = self._next_batch_fault()
-            result = ({"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "x"}}}
-                      if fault == "errored" else
-                      {"type": "succeeded", "message": self.anthropic_message(r["params"], fault)})
+            refused = self.anthropic_refusal(r["params"])
+            if refused:
+                result = {"type": "errored", "error": {"type": "error", "error": {"type": refused[1],
+                                                                                 "message": refused[2]}}}
+            elif fault == "errored":
+                result = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "x"}}}
+            else:
+                result = {"type": "succeeded", "message": self.anthropic_message(r["params"], fault)}
             lines.append(json.dumps({"custom_id": r["custom_id"], "result": result}))
         return ("\n".join(lines) + "\n").encode()
 
@@ -316,10 +597,16 @@ class FakeLLMServer:
             for line in self._files[b["input_file_id"]].decode().splitlines():
                 req = json.loads(line)
                 fault = self._next_batch_fault()
-                response = ({"status_code": 500, "request_id": self._new_id("req_"), "body": {"error": "x"}}
-                            if fault == "errored" else
-                            {"status_code": 200, "request_id": self._new_id("req_"),
-                             "body": self.openai_completion(req["body"], fault)})
+                refused = self.openai_refusal(req["body"])
+                if refused:
+                    response = {"status_code": refused[0], "request_id": self._new_id("req_"),
+                                "body": {"error": {"message": refused[2], "type": "invalid_request_error",
+                                                   "param": refused[3], "code": refused[1]}}}
+                elif fault == "errored":
+                    response = {"status_code": 500, "request_id": self._new_id("req_"), "body": {"error": "x"}}
+                else:
+                    response = {"status_code": 200, "request_id": self._new_id("req_"),
+                                "body": self.openai_completion(req["body"], fault)}
                 lines.append(json.dumps({"id": self._new_id("batch_req_"), "custom_id": req["custom_id"],
                                          "response": response, "error": None}))
             file_id = self._new_id("file-")
@@ -398,6 +685,82 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def _anthropic_error(self, status: int, kind: str, message: str, *, details: dict[str, Any] | None = None
+                         ) -> None:
+        error: dict[str, Any] = {"type": kind, "message": message}
+        if details:
+            error["details"] = details
+        self._send(status, {"type": "error", "error": error, "request_id": self.owner._new_id("req_")})
+
+    def _openai_error(self, status: int, message: str, *, kind: str = "invalid_request_error",
+                      param: str | None = None, code: str | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+    def _refuse(self, endpoint: str, status: int, message: str) -> None:
+        with self.owner._lock:
+            self.owner.refusals.append((endpoint, status, message))
+
+    def _contract(self, endpoint: str, body: Any) -> bool:
+        """Check ``body`` against the SDK's request type; answer the API's 400 and return False if it fails."""
+        problems = contract_problems(request_types()[endpoint], body)
+        if endpoint == "POST /v1/batches" and not problems:
+            problems = self._batch_file_problems(body)
+        if not problems:
+            return True
+        self._refuse(endpoint, 400, problems[0])
+        if "/messages" in endpoint:
+            self._anthropic_error(400, "invalid_request_error", problems[0])
+        else:
+            key = problems[0].split(":", 1)[0]
+            text = (f"Unrecognized request argument supplied: {key}" if "Extra inputs" in problems[0]
+                    else f"Invalid value for '{key}': {problems[0].split(': ', 1)[-1]}")
+            self._openai_error(400, text, param=key, code=None if "Extra inputs" in problems[0] else "invalid_value")
+        return False
+
+    def _batch_file_problems(self, body: dict[str, Any]) -> list[str]:
+        """Every line of an OpenAI batch input file is a request to ``body["endpoint"]``: check each."""
+        raw = self.owner._files.get(body["input_file_id"])
+        if raw is None:
+            return [f"input_file_id: No such File object: {body['input_file_id']}"]
+        td = request_types().get(f"POST {body['endpoint']}")
+        out = []
+        for n, line in enumerate(raw.decode().splitlines(), 1):
+            if line.strip() and td is not None:
+                out += [f"line {n}: body.{p}" for p in contract_problems(td, json.loads(line).get("body"))]
+        return out
+
+    def _client_error(self, endpoint: str) -> bool:
+        """Serve ``fail_with`` (every model call refused the same way); False when not set."""
+        kind = self.owner.fail_with
+        if not kind or self.owner.count(endpoint) <= self.owner.fail_after:
+            return False
+        anthropic = endpoint == "POST /v1/messages"
+        self._refuse(endpoint, 0, kind)
+        if kind == "spend_limit":
+            if anthropic:
+                self._anthropic_error(429, "rate_limit_error", "You have reached your specified API usage limits.",
+                                      details={"error_code": "enforced_spend_limit_reached"})
+            else:
+                self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
+                                        "details.", kind="insufficient_quota", code="insufficient_quota")
+        elif kind == "authentication":
+            if anthropic:
+                self._anthropic_error(401, "authentication_error", "invalid x-api-key")
+            else:
+                self._openai_error(401, "Incorrect API key provided.", code="invalid_api_key")
+        elif kind == "not_found":
+            if anthropic:
+                self._anthropic_error(404, "not_found_error", "model: no-such-model")
+            else:
+                self._openai_error(404, "The model `no-such-model` does not exist or you do not have access to it.",
+                                   code="model_not_found")
+        else:
+            if anthropic:
+                self._anthropic_error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+            else:
+                self._openai_error(400, "Invalid 'messages[0].content': string too long.", code="string_above_max_length")
+        return True
+
     # ---- routes ----------------------------------------------------------------------------
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         endpoint, ids = self._endpoint()
@@ -408,27 +771,47 @@ class _Handler(BaseHTTPRequestHandler):
                 self.owner.keys_seen.add(key)
         raw = self._body()
         o = self.owner
-        if endpoint in ("POST /v1/messages", "POST /v1/chat/completions"):
+        if endpoint in request_types() and endpoint != "POST /v1/batches":
+            body = json.loads(raw)
+            if not self._contract(endpoint, body):
+                return
+            with o._lock:
+                o.bodies.append((endpoint, body))
+        if endpoint == "POST /v1/messages":
             if o.latency_s:
                 time.sleep(o.latency_s)
-            body = json.loads(raw)
-            if endpoint == "POST /v1/messages" and _SAMPLING & body.keys():
-                # like the API version the SDK pins (2026-10-21): sampling parameters are refused
-                self._error(400, "invalid_request_error")
+            if self._client_error(endpoint):
                 return
-            make = o.anthropic_message if endpoint == "POST /v1/messages" else o.openai_completion
+            refused = o.anthropic_refusal(body)
+            if refused:
+                self._refuse(endpoint, refused[0], refused[2])
+                self._anthropic_error(*refused)
+                return
             fault = o._next_fault()
-            if fault and self._fault(fault, lambda: make(body)):
+            if fault and self._fault(fault, lambda: o.anthropic_message(body)):
                 return
-            self._send(200, make(body, fault))
+            self._send(200, o.anthropic_message(body, fault))
+        elif endpoint == "POST /v1/chat/completions":
+            if o.latency_s:
+                time.sleep(o.latency_s)
+            if self._client_error(endpoint):
+                return
+            refused_o = o.openai_refusal(body)
+            if refused_o:
+                status, code, message, param = refused_o
+                self._refuse(endpoint, status, message)
+                self._openai_error(status, message, param=param, code=code)
+                return
+            fault = o._next_fault()
+            if fault and self._fault(fault, lambda: o.openai_completion(body)):
+                return
+            self._send(200, o.openai_completion(body, fault))
+        elif endpoint == "POST /v1/responses":
+            self._openai_error(400, "this fake serves chat completions only; the request itself is valid")
         elif endpoint == "POST /v1/messages/batches":
-            requests = json.loads(raw)["requests"]
-            if any(_SAMPLING & r["params"].keys() for r in requests):
-                self._error(400, "invalid_request_error")
-                return
             batch_id = o._new_id("msgbatch_")
             with o._lock:
-                o._batches[batch_id] = {"requests": requests, "polls": 0}
+                o._batches[batch_id] = {"requests": body["requests"], "polls": 0}
             self._send(200, o.anthropic_batch(batch_id, poll=False))
         elif endpoint == "POST /v1/files":
             file_id = o._new_id("file-")
@@ -439,6 +822,10 @@ class _Handler(BaseHTTPRequestHandler):
                              "filename": "batch.jsonl", "purpose": "batch", "status": "processed"})
         elif endpoint == "POST /v1/batches":
             body = json.loads(raw)
+            if not self._contract(endpoint, body):
+                return
+            with o._lock:
+                o.bodies.append((endpoint, body))
             batch_id = o._new_id("batch_")
             with o._lock:
                 o._batches[batch_id] = {"input_file_id": body["input_file_id"], "endpoint": body["endpoint"],
@@ -449,10 +836,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         endpoint, ids = self._endpoint()
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        # Both SDKs ask GET /v1/models/{id}; the Anthropic client sends anthropic-version.
+        provider = "anthropic" if self.headers.get("anthropic-version") else "openai"
+        if len(parts) == 3 and parts[:2] == ["v1", "models"]:
+            endpoint = f"GET /v1/models/{{id}} {provider}"
         with self.owner._lock:
             self.owner.counts[endpoint] += 1
         o = self.owner
-        if endpoint == "GET /v1/messages/batches/{id}" and ids[0] in o._batches:
+        if len(parts) == 3 and parts[:2] == ["v1", "models"]:
+            info = o.model_info(provider, parts[2])
+            if info is not None:
+                self._send(200, info)
+            elif provider == "anthropic":
+                self._anthropic_error(404, "not_found_error", f"model: {parts[2]}")
+            else:
+                self._openai_error(404, f"The model `{parts[2]}` does not exist or you do not have access to it.",
+                                   code="model_not_found")
+        elif endpoint == "GET /v1/messages/batches/{id}" and ids[0] in o._batches:
             self._send(200, o.anthropic_batch(ids[0], poll=True))
         elif endpoint == "GET /v1/messages/batches/{id}/results" and ids[0] in o._batches:
             self._send(200, o.anthropic_results(ids[0]), content_type="application/binary")

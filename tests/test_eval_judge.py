@@ -35,7 +35,7 @@ def test_faulty_judge_records_every_item_once_and_rerun_is_free(tmp_path: Path, 
                                                                  shared_cache: Path) -> None:
     run = tmp_path / "run"
     args = (*FAST, "scorer=llm", "judge=claude", "judge.max_retries=1", "judge.max_reasks=1", "benchmark.limit=50",
-            f"hydra.run.dir={run}")
+            "judge.spot_check=0", f"hydra.run.dir={run}")  # the spot check has its own test below
     with FakeLLMServer(fault_rate=0.33, fault_kinds=FAULTS, seed=3) as srv:
         posttrain(*args, f"judge.base_url={srv.url}", home=posttrain_home, cache=shared_cache)
         first_calls = srv.model_calls
@@ -114,7 +114,8 @@ def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path,
 
     run = tmp_path / "run"
     cache_dir = posttrain_home / "judge_cache"
-    args = [*FAST, "scorer=llm", "judge=claude", "judge.concurrency=2", "benchmark.limit=12", f"hydra.run.dir={run}"]
+    args = [*FAST, "scorer=llm", "judge=claude", "judge.concurrency=2", "judge.spot_check=0", "benchmark.limit=12",
+            f"hydra.run.dir={run}"]
     with FakeLLMServer(latency_s=0.3) as srv:
         env = os.environ | {"POSTTRAIN_HOME": str(posttrain_home), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
         proc = subprocess.Popen([sys.executable, "-m", "posttrain", f"cache_dir={shared_cache}", *args,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posttrain.judges.clients import RawVerdict, read_answer
-from posttrain.judges.retry import JudgeCallError, call_with_retries
+from posttrain.judges.retry import JudgeCallError, SpendLimitError, call_with_retries
 from posttrain.records import write_json
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ async def _submit(ctx: AskContext, prompts: dict[str, str]) -> str:
         batch = await _retrying(ctx, lambda: client.batches.create(
             input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"), transient=False)
         return str(batch.id)
+    except SpendLimitError:
+        raise  # the runner stops the run with the provider's message
     except failures as exc:
         raise BatchSubmitError(f"could not submit the judge batch ({exc}); if it timed out, check the provider "
                                "console for a batch before rerunning, since it may have been accepted") from exc

@@ -1,9 +1,11 @@
 """A content-addressed cache of judge answers, one JSON file per prompt.
 
-The key is the sha256 of (provider, model, template version, full prompt text): a rerun with the
-same judge over the same replies finds every answered turn and calls no API; any change to the
-judge, the template or a reply (and so the prompt) is a miss. Only valid answers are stored; an
-error is never cached, so a rerun asks again.
+The key is the sha256 of the whole request: provider, base URL, template version, every setting
+that shapes the answer (temperature, max tokens, thinking, effort, structured-output mode) and the
+request body actually sent (model, prompt, output schema). A rerun with the same judge over the same
+replies finds every answered turn and calls no API; any change to the judge, a setting, the schema,
+the endpoint, the template or a reply is a miss. Only valid answers are stored; an error is never
+cached, so a rerun asks again.
 
 Writes go to a temporary file in the same folder and are then renamed over the target
 (``os.replace`` is atomic on POSIX), so a killed run never leaves a half-written entry and
@@ -16,15 +18,19 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from posttrain.records import write_json
 
 
-def cache_key(provider: str, model: str, template_version: str, prompt: str) -> str:
-    """sha256 hex of the judge identity and the full prompt."""
-    payload = json.dumps([provider, model, template_version, prompt], ensure_ascii=False)
+def cache_key(request: Mapping[str, Any]) -> str:
+    """sha256 hex of a whole request: ``{provider, base_url, template_version, settings, body}``.
+
+    Keys are sorted, so the same request always hashes the same whatever order it was built in.
+    """
+    payload = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

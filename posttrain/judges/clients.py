@@ -5,9 +5,13 @@ it returns a :class:`RawVerdict` holding the validated object, or an error text 
 re-asks are spent. The SDKs' own retries are off (``max_retries=0``) so that every attempt is counted
 here and the backoff is ours: exponential with jitter, honouring ``retry-after``.
 
-Structured output: Anthropic through a forced tool call whose ``input_schema`` is the schema; OpenAI
-through ``response_format={"type": "json_schema", ..., "strict": True}``. The SDKs are imported
-inside the functions that need them, so importing this module costs nothing.
+Structured output (docs/judging.md, "Request shapes"): Anthropic through ``output_config.format`` (a
+JSON schema; the answer is the text block, thinking blocks are skipped), because forced tool use
+returns an error on Claude Sonnet 5.5-class models; ``judge.structured_output=forced_tool`` keeps the
+old forced tool call for models that still accept it. OpenAI through ``response_format={"type":
+"json_schema", ..., "strict": True}`` with ``max_completion_tokens`` (reasoning models refuse
+``max_tokens``). Thinking and effort settings come from the config and are sent as each API names them.
+The SDKs are imported inside the functions that need them, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -19,18 +23,41 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from posttrain.errors import PosttrainError
 from posttrain.judges.prompt import TEMPLATES, VERDICT_SPEC, OutputSpec, VerdictError, reask_suffix
-from posttrain.judges.retry import DEFAULT_BACKOFF_BASE_S, JudgeCallError, call_with_retries
+from posttrain.judges.retry import DEFAULT_BACKOFF_BASE_S, JudgeCallError, SpendLimitError, call_with_retries
 
-__all__ = ["DEFAULT_BACKOFF_BASE_S", "JudgeCallError", "JudgeConfigError", "RawVerdict", "check_judge_ready",
-           "make_judge", "make_provider", "read_answer"]
+__all__ = ["DEFAULT_BACKOFF_BASE_S", "JudgeCallError", "JudgeConfigError", "JudgeStopped", "RawVerdict",
+           "SpendLimitError", "check_judge_ready", "make_judge", "make_provider", "read_answer", "resolved_base_url"]
 
 _PROVIDERS = ("anthropic", "openai")
 _DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+_BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
+_DEFAULT_BASE_URL = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
 
 
 class JudgeConfigError(ValueError):
     """The judge cannot run as configured. Raised before any API call: nothing was spent."""
+
+
+class JudgeStopped(PosttrainError):
+    """The judge run stopped part-way (a spend limit, or the same client error again and again).
+
+    Finished verdicts are in the cache and scores.partial.jsonl; the generations are kept, so the
+    same command reruns only what is missing.
+    """
+
+
+def resolved_base_url(cfg: Any) -> str:
+    """The base URL the SDK will use: judge.base_url, else the provider's environment variable, else its default."""
+    return str(cfg.base_url or os.environ.get(_BASE_URL_ENV.get(cfg.provider, ""), "")
+               or _DEFAULT_BASE_URL.get(cfg.provider, "")).rstrip("/")
+
+
+def request_settings(cfg: Any) -> dict[str, Any]:
+    """Every setting that shapes a request or its answer: recorded in score rows and part of the cache key."""
+    return {"temperature": cfg.temperature, "max_tokens": int(cfg.max_tokens), "thinking": cfg.thinking,
+            "effort": cfg.effort, "structured_output": cfg.structured_output}
 
 
 @dataclass
@@ -47,6 +74,7 @@ class RawVerdict:
     n_parse_failures: int = 0
     n_api_errors: int = 0
     error: str | None = None
+    client_error: str | None = None  # the final 4xx ("STATUS: message") when the call ended on one
 
 
 @dataclass
@@ -105,7 +133,7 @@ def _client_kwargs(cfg: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AnthropicProvider:
-    """Messages API with a forced tool call."""
+    """Messages API: JSON-schema structured output (or, for models that accept it, a forced tool call)."""
 
     cfg: Any
     spec: OutputSpec
@@ -122,16 +150,24 @@ class AnthropicProvider:
         return (anthropic.APIConnectionError,)
 
     def params(self, prompt: str) -> dict[str, Any]:
-        # No temperature: the API version this SDK pins (anthropic-version 2026-10-21) refuses sampling
-        # parameters with a 400, and the SDK no longer accepts them. cfg.temperature applies to OpenAI.
-        return {
-            "model": self.cfg.model,
-            "max_tokens": int(self.cfg.max_tokens),
-            "messages": [{"role": "user", "content": prompt}],
-            "tools": [{"name": self.spec.tool_name, "description": self.spec.description,
-                       "input_schema": self.spec.schema}],
-            "tool_choice": {"type": "tool", "name": self.spec.tool_name},
-        }
+        # No temperature: the API version this SDK pins refuses sampling parameters with a 400, and
+        # MessageCreateParams has no such field. max_tokens caps thinking and answer together.
+        body: dict[str, Any] = {"model": self.cfg.model, "max_tokens": int(self.cfg.max_tokens),
+                                "messages": [{"role": "user", "content": prompt}]}
+        output_config: dict[str, Any] = {}
+        if self.cfg.structured_output == "forced_tool":
+            body["tools"] = [{"name": self.spec.tool_name, "description": self.spec.description,
+                              "input_schema": self.spec.schema}]
+            body["tool_choice"] = {"type": "tool", "name": self.spec.tool_name}
+        else:
+            output_config["format"] = {"type": "json_schema", "schema": self.spec.schema}
+        if self.cfg.effort:
+            output_config["effort"] = self.cfg.effort
+        if output_config:
+            body["output_config"] = output_config
+        if self.cfg.thinking:
+            body["thinking"] = {"type": self.cfg.thinking}
+        return body
 
     async def send(self, client: Any, params: dict[str, Any]) -> dict[str, Any]:
         return (await client.messages.create(**params)).model_dump()
@@ -140,14 +176,27 @@ class AnthropicProvider:
         usage = message.get("usage") or {}
         tin = sum(int(usage.get(k) or 0) for k in
                   ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-        tout = int(usage.get("output_tokens") or 0)
-        if message.get("stop_reason") == "refusal":
+        tout = int(usage.get("output_tokens") or 0)  # thinking tokens included: they are billed as output
+        stop = message.get("stop_reason")
+        if stop == "refusal":
             return Parsed(None, "the judge refused (stop_reason=refusal)", tin, tout)
-        for block in message.get("content") or []:
-            if block.get("type") == "tool_use" and block.get("name") == self.spec.tool_name:
-                return Parsed(block.get("input"), None, tin, tout)
-        return Parsed(None, f"no {self.spec.tool_name} tool call in the answer "
-                            f"(stop_reason={message.get('stop_reason')})", tin, tout)
+        blocks = message.get("content") or []
+        if self.cfg.structured_output == "forced_tool":
+            for block in blocks:
+                if block.get("type") == "tool_use" and block.get("name") == self.spec.tool_name:
+                    return Parsed(block.get("input"), None, tin, tout)
+            return Parsed(None, f"no {self.spec.tool_name} tool call in the answer (stop_reason={stop})", tin, tout)
+        # thinking and redacted_thinking blocks come first and are not the answer
+        text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text").strip()
+        if stop == "max_tokens":
+            return Parsed(None, f"the answer was cut at judge.max_tokens={self.cfg.max_tokens} (thinking "
+                                "counts toward it); raise judge.max_tokens or lower judge.effort", tin, tout)
+        if not text:
+            return Parsed(None, f"no text block in the answer (stop_reason={stop})", tin, tout)
+        try:
+            return Parsed(json.loads(text), None, tin, tout)
+        except json.JSONDecodeError as exc:
+            return Parsed(None, f"answer is not JSON ({exc.msg})", tin, tout)
 
 
 @dataclass(frozen=True)
@@ -169,15 +218,20 @@ class OpenAIProvider:
         return (openai.APIConnectionError,)
 
     def params(self, prompt: str) -> dict[str, Any]:
-        # max_tokens rather than max_completion_tokens: OpenAI-compatible servers all accept it
-        return {
+        # max_completion_tokens: max_tokens is deprecated and refused by reasoning models (openai SDK 3.57
+        # CompletionCreateParams); vLLM's OpenAI-compatible server accepts it too. Reasoning tokens count.
+        body: dict[str, Any] = {
             "model": self.cfg.model,
-            "max_tokens": int(self.cfg.max_tokens),
-            "temperature": float(self.cfg.temperature),
+            "max_completion_tokens": int(self.cfg.max_tokens),
             "messages": [{"role": "user", "content": prompt}],
             "response_format": {"type": "json_schema", "json_schema": {
                 "name": self.spec.schema_name, "schema": self.spec.schema, "strict": True}},
         }
+        if self.cfg.temperature is not None:  # reasoning models refuse it: their configs set null
+            body["temperature"] = float(self.cfg.temperature)
+        if self.cfg.effort:
+            body["reasoning_effort"] = self.cfg.effort
+        return body
 
     async def send(self, client: Any, params: dict[str, Any]) -> dict[str, Any]:
         return (await client.chat.completions.create(**params)).model_dump()
@@ -211,6 +265,12 @@ def make_provider(cfg: Any, spec: OutputSpec = VERDICT_SPEC) -> Provider:
         return OpenAIProvider(cfg, spec)
     raise JudgeConfigError(f"judge.provider={cfg.provider!r} is not supported; choose one of {list(_PROVIDERS)} "
                            "(nothing was spent)")
+
+
+def judge_request(cfg: Any, provider: Provider, template_version: str, prompt: str) -> dict[str, Any]:
+    """The whole request for one prompt, as the cache key sees it: where it goes, how, and the body sent."""
+    return {"provider": cfg.provider, "base_url": resolved_base_url(cfg), "template_version": template_version,
+            "settings": request_settings(cfg), "body": provider.params(prompt)}
 
 
 def read_answer(provider: Provider, response: dict[str, Any], into: RawVerdict, prompt: str | None = None) -> str | None:
@@ -263,9 +323,12 @@ class SdkJudge:
         for _ in range(reasks + 1):
             try:
                 response, n_failed = await self.call(self.provider.params(text))
+            except SpendLimitError:
+                raise  # the runner stops the whole run: more calls cannot succeed
             except JudgeCallError as exc:
                 out.n_api_errors += exc.n_errors
                 out.error = str(exc)
+                out.client_error = exc.client_error
                 return out
             out.n_api_errors += n_failed
             unusable = read_answer(self.provider, response, out, prompt)

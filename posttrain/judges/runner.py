@@ -4,6 +4,11 @@ Decision rule (docs/judging.md): every turn with an expectation is judged in its
 conversation up to and including that turn; the conversation passes iff every judged turn passes;
 it fails if any judged turn fails; otherwise, if any judged turn ended as "error" (retries and
 re-asks spent), it is "error", which is never counted as pass or fail.
+
+Two failures stop the run instead of turning every turn into "error": a spend limit (more calls
+cannot succeed) and the same client error (4xx: model not found, invalid request, bad key) coming
+back ``judge.max_same_client_errors`` times. Either raises :class:`JudgeStopped` with the API's
+message; finished verdicts stay cached and the generations stay on disk for the rerun.
 """
 
 from __future__ import annotations
@@ -17,12 +22,22 @@ from typing import Any
 
 from posttrain.items import Item
 from posttrain.judges.cache import JudgeCache, cache_key
-from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, SdkJudge, check_judge_ready, make_judge
+from posttrain.judges.clients import (
+    DEFAULT_BACKOFF_BASE_S,
+    JudgeStopped,
+    SdkJudge,
+    SpendLimitError,
+    check_judge_ready,
+    judge_request,
+    make_judge,
+    make_provider,
+    request_settings,
+)
 from posttrain.judges.prompt import VerdictError, render_turn_prompt, template_sha256
 from posttrain.scorers.checks import wordless_verdict
 
 SCORE_KEYS = ("item_id", "category", "model", "verdict", "scorer", "judge", "judge_provider", "judge_model",
-              "template_version", "template_sha256",
+              "template_version", "template_sha256", "judge_settings",
               "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
               "n_parse_failures", "n_api_errors", "reply_chars", "error")
 _RATIONALE_CHARS = 600
@@ -84,9 +99,36 @@ class AskContext:
     sem: asyncio.Semaphore
     spend: JudgeSpend = field(default_factory=JudgeSpend)
     inflight: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
+    client_errors: dict[str, int] = field(default_factory=dict)  # "STATUS: message" -> calls that ended on it
+    stopped: JudgeStopped | None = None  # set once: every later ask raises it without calling
 
     def key(self, prompt: str) -> str:
-        return cache_key(self.cfg.provider, self.cfg.model, self.template_version, prompt)
+        return cache_key(judge_request(self.cfg, self.judge.provider, self.template_version, prompt))
+
+    def note_client_error(self, text: str) -> None:
+        """Count a final 4xx; the ``max_same_client_errors``-th identical one stops the run."""
+        self.client_errors[text] = n = self.client_errors.get(text, 0) + 1
+        limit = int(getattr(self.cfg, "max_same_client_errors", 3))
+        if n >= limit and self.stopped is None:
+            self.stopped = JudgeStopped(
+                f"judge {self.cfg.name!r} ({self.cfg.provider} model {self.cfg.model!r}) got the same client error "
+                f"{n} times, so the run stopped instead of sending more calls that cannot succeed: {text}. Check "
+                "judge.model (retired or misspelled?), the key in judge.api_key_env and judge.base_url. The "
+                "generations are kept and finished verdicts are cached: rerun the same command after the fix "
+                "and only the missing turns are judged.")
+        if self.stopped is not None:
+            raise self.stopped
+
+    def stop_for_spend_limit(self, exc: SpendLimitError) -> JudgeStopped:
+        """The JudgeStopped for a spend limit, set so that queued calls are never sent."""
+        if self.stopped is None:
+            self.stopped = JudgeStopped(
+                f"judge {self.cfg.name!r} ({self.cfg.provider}) hit a spend limit and the run stopped at once (not "
+                f"retried): {exc.client_error or exc}. {self.spend.calls} answers were paid for in this run and "
+                f"{self.spend.cache_hits} came from the cache; every finished verdict is cached. Raise the limit "
+                "or add credit in the provider console, then rerun the same command: finished turns are not "
+                "paid again and the generations are reused.")
+        return self.stopped
 
 
 async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -> Answer:
@@ -113,7 +155,14 @@ async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -
 
     async def call() -> Answer:
         async with ctx.sem:
-            raw = await ctx.judge.judge(prompt, reasks_left=reasks_left)
+            if ctx.stopped is not None:  # queued behind the calls that stopped the run: do not send
+                raise ctx.stopped
+            try:
+                raw = await ctx.judge.judge(prompt, reasks_left=reasks_left)
+            except SpendLimitError as exc:
+                raise ctx.stop_for_spend_limit(exc) from exc
+        if raw.client_error is not None:
+            ctx.note_client_error(raw.client_error)
         ans = Answer(raw.data, raw.input_tokens, raw.output_tokens,
                      cost_usd(ctx.cfg, raw.input_tokens, raw.output_tokens), raw.n_parse_failures,
                      raw.n_api_errors, raw.error)
@@ -160,6 +209,7 @@ def row_replies(row: dict[str, Any]) -> tuple[list[str], list[int]]:
 def plan_turns(item: Item, row: dict[str, Any], cfg: Any) -> list[TurnJob]:
     """A job per judged turn; a turn with no generated reply becomes an error job (no call)."""
     replies, labels = row_replies(row)
+    provider = make_provider(cfg)
     jobs = []
     for i in item.judged_turns:
         if i >= len(replies):
@@ -169,7 +219,7 @@ def plan_turns(item: Item, row: dict[str, Any], cfg: Any) -> list[TurnJob]:
             jobs.append(TurnJob(i, labels[i], None, None, len(replies[i]), verdict=empty))
             continue
         prompt = render_turn_prompt(item, replies, i, cfg.template_version)
-        jobs.append(TurnJob(i, labels[i], prompt, cache_key(cfg.provider, cfg.model, cfg.template_version, prompt),
+        jobs.append(TurnJob(i, labels[i], prompt, cache_key(judge_request(cfg, provider, cfg.template_version, prompt)),
                             len(replies[i])))
     return jobs
 
@@ -226,6 +276,7 @@ def score_row(item: Item, row: dict[str, Any], jobs: Sequence[TurnJob], answers:
         "item_id": item.id, "category": item.category, "model": row.get("model"), "verdict": verdict,
         "scorer": "llm", "judge": cfg.name, "judge_provider": cfg.provider, "judge_model": cfg.model,
         "template_version": cfg.template_version, "template_sha256": template_sha256(cfg.template_version),
+        "judge_settings": request_settings(cfg),
         "turn_verdicts": turn_verdicts, "checks": checks,
         "rationale": rationale if len(rationale) <= _RATIONALE_CHARS else rationale[: _RATIONALE_CHARS - 3] + "...",
         "input_tokens": sum(a.input_tokens for a in answers), "output_tokens": sum(a.output_tokens for a in answers),
@@ -288,6 +339,8 @@ def judge_generations(
 
     Raises:
         JudgeConfigError: no API key, unknown provider or template (nothing was spent).
+        JudgeStopped: a spend limit, or the same client error ``judge.max_same_client_errors`` times;
+            the verdicts finished before it are cached (and were passed to ``on_row``).
         ValueError: rows and items do not match, or pairwise mode (use judge_pairwise).
     """
     if cfg.mode == "pairwise":
@@ -349,6 +402,8 @@ async def judge_plans(plans: Sequence[tuple[Item, dict[str, Any], list[TurnJob]]
             return out
 
         return list(await asyncio.gather(*(one_item(*p) for p in plans)))
+    except SpendLimitError as exc:  # from a batch submission or poll
+        raise ctx.stop_for_spend_limit(exc) from exc
     finally:
         bar.close()
         await judge.aclose()

@@ -57,6 +57,7 @@ def plan(cfg: Any) -> Plan:
     # GPU estimate: every turn may run to max_new_tokens, decoded at budget.est_decode_tokens_per_s.
     gpu_hours = n_turns * cfg.generation.max_new_tokens / cfg.budget.est_decode_tokens_per_s / 3600 * cfg.model.num_gpus
     api_usd = 0.0
+    judge_preflight = None
     if cfg.scorer.name == "llm":
         from posttrain.judges import check_judge_ready, estimate_cost
 
@@ -66,6 +67,9 @@ def plan(cfg: Any) -> Plan:
                 "batch), then run `posttrain-pairwise RUN_A RUN_B --judge <name>`. Nothing was loaded or spent."
             )
         check_judge_ready(cfg.judge)
+        from posttrain.judges.lifecycle import preflight_for_eval
+
+        judge_preflight = preflight_for_eval(cfg.judge)  # retired/unknown judge model: refused here, nothing spent
         api_usd = estimate_cost(bench.items, cfg.judge) * (1 + cfg.judge.spot_check)
     gpu_usd = gpu_hours * cfg.model.gpu_price_per_hour
     from posttrain.comparison import power_note
@@ -74,7 +78,8 @@ def plan(cfg: Any) -> Plan:
     notes = [f"power: {power_note(len(bench.items), cfg.gate, n_categories=max(n_categories, 1))}",f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
              f"format={fmt}; estimate {gpu_hours:.3f} GPU-h (${gpu_usd:.2f}) + judge ${api_usd:.2f}"]
     return Plan(estimate_usd=gpu_usd + api_usd, estimate_gpu_hours=gpu_hours, estimate_api_usd=api_usd,
-                notes=notes, state={"bench": bench, "format": fmt, "resolved": resolved})
+                notes=notes, state={"bench": bench, "format": fmt, "resolved": resolved,
+                       "judge_preflight": judge_preflight})
 
 
 def _fingerprint(cfg: Any, fmt: str, provenance: dict[str, Any], bench: Any) -> str:
@@ -170,6 +175,7 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
                                    on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir, spend=spend)
         ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
         extra["judge_spend"] = spend.as_dict()
+        extra["judge_preflight"] = ctx.plan.state.get("judge_preflight")
         instrument = judge_instrument(cfg.judge)
         extra["judge_instrument"] = instrument
         extra["calibration"] = calibration_status(calibration_dir(), instrument, min_kappa=cfg.gate.min_kappa,
