@@ -1,11 +1,14 @@
 """The comparison of a sweep's models, built from their records alone.
 
-A sweep evaluates several models on the same items; each job folder holds ``summary.json`` and
-``scores.jsonl`` (one verdict per item). :func:`build_comparison` turns those records into one
-JSON-ready dict (``comparison.json``): per-model success rates with Wilson intervals, every pair of
-models paired by ``item_id`` (exact McNemar, Holm across pairs, Cohen's h), the same per category
-with a power flag, and the gate between the first base-kind and the first instruct-kind model.
-Nothing here loads a model or calls an API; human tables and plots are rendered FROM that dict
+A sweep evaluates several models on the same items; each job folder holds ``summary.json``,
+``scores.jsonl`` (one verdict per item) and ``items.jsonl`` (the items, with their cluster).
+:func:`build_comparison` turns those records into one JSON-ready dict (``comparison.json``):
+per-model success rates with Wilson intervals, every pair of models paired by ``item_id`` (exact
+McNemar at the item level, a cluster sign-flip test at the cluster level, cluster-robust intervals,
+Cohen's h, what was dropped), the same per category, and the gate on the pre-registered primary
+pair (``primary.json``, written into the sweep folder before any job runs). Secondary pairs and
+per-category tests are Holm-adjusted within their family and labelled exploratory. Nothing here
+loads a model or calls an API; human tables and plots are rendered FROM that dict
 (:mod:`posttrain.report`, :mod:`posttrain.plots`). ``docs/comparisons.md`` explains every field.
 
 Sign convention: in a pair (a, b), a comes first in sweep order, ``a_only`` counts items only a
@@ -15,31 +18,47 @@ model swept first this matches the gate's "instruct − base".
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from posttrain.gates import GateThresholds, ModelScores, evaluate_gate
-from posttrain.stats import cohens_h, design_power, holm, mcnemar_exact, paired_table, wilson_ci
+import numpy as np
 
-VERSION = "comparison-v1"
-UNDERPOWERED_BELOW = 0.8  # design power for the gate's effect under which a test is flagged
+from posttrain.gates import GateThresholds, ModelScores, evaluate_gate, item_cluster, scores_from_records
+from posttrain.stats import (
+    cluster_mean,
+    cluster_permutation_test,
+    cohens_h,
+    design_power,
+    holm,
+    icc_anova,
+    mcnemar_exact,
+    paired_power,
+    paired_table,
+    wilson_ci,
+)
+
+VERSION = "comparison-v2"
+UNDERPOWERED_BELOW = 0.8  # power for the observed effect under which a test is flagged
 N_CATEGORIES = 4  # the conversation benchmark's categories, for the per-category power note
+PRIMARY_FILE = "primary.json"  # the pre-registered primary pair(s), written by the sweep callback
 
-# (judge, template_version, min_kappa) -> (calibrated, reason, kappa or None)
-CalibrationLookup = Callable[[str, str, float], tuple[bool, str, float | None]]
+# (judge, template_version, min_kappa, *, instrument=summary.judge_instrument) -> (calibrated, reason, kappa or None)
+CalibrationLookup = Callable[..., tuple[bool, str, float | None]]
 
 
 @dataclass(frozen=True)
 class JobRecords:
-    """One finished eval job of a sweep: its folder name, summary and score rows."""
+    """One finished eval job of a sweep: its folder name, summary, score rows and items (if kept)."""
 
     name: str
     summary: dict[str, Any]
     scores: list[dict[str, Any]]
     sentinel: dict[str, Any] | None = None
+    items: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,13 +69,23 @@ class SweepRecords:
     jobs: list[JobRecords]
     missing: list[dict[str, Any]] = field(default_factory=list)
     thresholds: GateThresholds = field(default_factory=GateThresholds)
+    primary: list[dict[str, str]] | None = None
 
 
 def thresholds_from(gate: Any) -> GateThresholds:
-    """GateThresholds from a config node or dict with the gate's keys (missing keys: defaults)."""
-    names = GateThresholds.__dataclass_fields__
+    """GateThresholds from a config node or dict with the gate's keys (missing or null keys: defaults)."""
     get = gate.get if hasattr(gate, "get") else (lambda k, d=None: getattr(gate, k, d))
-    return GateThresholds(**{k: float(v) for k in names if (v := get(k, None)) is not None})
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(GateThresholds):
+        if (v := get(f.name, None)) is not None:
+            values[f.name] = int(v) if f.name == "min_paired" else float(v)
+    return GateThresholds(**values)
+
+
+def primary_pairs(gate: Any) -> list[dict[str, str]]:
+    """The pre-registered primary pairs of a ``gate`` config node: ``[{"treatment", "control"}]``."""
+    get = gate.get if hasattr(gate, "get") else (lambda k, d=None: getattr(gate, k, d))
+    return [{"treatment": str(p["treatment"]), "control": str(p["control"])} for p in (get("primary", None) or [])]
 
 
 def default_calibration(judge: str, template_version: str, min_kappa: float, *,
@@ -90,9 +119,10 @@ def default_calibration(judge: str, template_version: str, min_kappa: float, *,
 def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_fail = sum(r["verdict"] == "fail" for r in rows)
+    n_error = sum(r["verdict"] == "error" for r in rows)
     n = n_pass + n_fail
-    return {"n": n, "n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail,
-            "n_error": sum(r["verdict"] == "error" for r in rows),
+    return {"n": n, "n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail, "n_error": n_error,
+            "error_rate": n_error / len(rows) if rows else None,
             "success_rate": n_pass / n if n else None, "ci95": list(wilson_ci(n_pass, n))}
 
 
@@ -103,6 +133,7 @@ def _judging(job: JobRecords, min_kappa: float, lookup: CalibrationLookup) -> di
     templates = sorted({str(r["template_version"]) for r in job.scores if r.get("template_version")})
     out: dict[str, Any] = {"scorer": scorer, "judge": judges[0] if len(judges) == 1 else (judges or None),
                            "template_version": templates[0] if len(templates) == 1 else (templates or None),
+                           "judge_instrument": job.summary.get("judge_instrument"),
                            "calibration_kappa": None, "calibration": None, "gate_eligible": False,
                            "gate_ineligible_reason": None}
     if scorer == "heuristic_triage":
@@ -113,7 +144,7 @@ def _judging(job: JobRecords, min_kappa: float, lookup: CalibrationLookup) -> di
         out["gate_ineligible_reason"] = (f"scores mix judges {judges} / templates {templates}; "
                                          "rescore the run with one judge and one template")
     else:
-        ok, reason, kappa = lookup(judges[0], templates[0], min_kappa)
+        ok, reason, kappa = lookup(judges[0], templates[0], min_kappa, instrument=job.summary.get("judge_instrument"))
         out.update(calibration_kappa=kappa, gate_eligible=ok, gate_ineligible_reason=None if ok else reason,
                    calibration=reason)
     return out
@@ -132,56 +163,124 @@ def _unpaired(va: Mapping[str, str], vb: Mapping[str, str], a: str, b: str) -> l
     return out
 
 
-def _paired_stats(va: Mapping[str, str], vb: Mapping[str, str], t: GateThresholds) -> dict[str, Any]:
-    """2x2 counts over ids scored (without error) for both, McNemar, h (b − a) and design power."""
-    usable = [i for i in va.keys() & vb.keys() if va[i] != "error" and vb[i] != "error"]
+def _paired_stats(va: Mapping[str, str], vb: Mapping[str, str], clusters: Mapping[str, str],
+                  t: GateThresholds) -> dict[str, Any]:
+    """Item- and cluster-level statistics of b vs a over ids scored (without error) for both.
+
+    ``power_observed``: Connor power of the exact McNemar test at this n for the OBSERVED discordance
+    (p10 = a_only/n, p01 = b_only/n), divided by the design effect of the paired differences.
+    """
+    usable = sorted(i for i in va.keys() & vb.keys() if va[i] != "error" and vb[i] != "error")
     table = paired_table({i: va[i] == "pass" for i in usable}, {i: vb[i] == "pass" for i in usable})
     mc = mcnemar_exact(table.a_only, table.b_only)
-    power = design_power(t.base_max_success, t.instruct_min_success, table.n_paired, t.mcnemar_alpha).power
-    return {"n_paired": table.n_paired, "a_only": table.a_only, "b_only": table.b_only, "both": table.both,
-            "neither": table.neither, "n_discordant": mc.n_discordant,
-            "success_a": table.success_a if table.n_paired else None,
-            "success_b": table.success_b if table.n_paired else None,
-            "mcnemar_p": mc.p_value, "mcnemar_mid_p": mc.mid_p_value,
-            "cohens_h": cohens_h(table.success_b, table.success_a) if table.n_paired else None,
-            "design_power": power, "underpowered": power < UNDERPOWERED_BELOW}
+    n = table.n_paired
+    out: dict[str, Any] = {
+        "n_paired": n, "a_only": table.a_only, "b_only": table.b_only, "both": table.both, "neither": table.neither,
+        "n_discordant": mc.n_discordant, "success_a": table.success_a if n else None,
+        "success_b": table.success_b if n else None, "mcnemar_p": mc.p_value, "mcnemar_mid_p": mc.mid_p_value,
+        "cohens_h": cohens_h(table.success_b, table.success_a) if n else None,
+        "n_clusters": 0, "cluster_p": 1.0, "cluster_method": None, "p": mc.p_value, "diff": None,
+        "diff_ci95": None, "diff_ci95_iid": None, "icc": None, "design_effect": 1.0,
+        "power_observed": 0.0, "underpowered": True}
+    if not n:
+        return out
+    xa = np.array([va[i] == "pass" for i in usable])
+    xb = np.array([vb[i] == "pass" for i in usable])
+    cl = [clusters.get(i, i) for i in usable]
+    perm = cluster_permutation_test(xb, xa, cl)
+    d = xb.astype(float) - xa.astype(float)
+    ci = cluster_mean(d, cl)
+    z = 1.959963984540054
+    deff = icc_anova(d, cl)
+    power = paired_power(table.b_only / n, table.a_only / n, max(1, math.floor(n / deff.design_effect)),
+                         t.mcnemar_alpha)
+    out.update(n_clusters=len(set(cl)), cluster_p=perm.p_value, cluster_method=perm.method,
+               p=max(mc.p_value, perm.p_value), diff=ci.estimate, diff_ci95=[ci.low, ci.high],
+               diff_ci95_iid=[max(-1.0, ci.estimate - z * ci.se_iid), min(1.0, ci.estimate + z * ci.se_iid)]
+               if math.isfinite(ci.se_iid) else None,
+               icc=deff.icc, design_effect=deff.design_effect, power_observed=power,
+               underpowered=power < UNDERPOWERED_BELOW)
+    return out
 
 
-def _gate(models: list[dict[str, Any]], verdicts: Mapping[str, Mapping[str, str]],
-          t: GateThresholds) -> dict[str, Any]:
+def _dropped(va: Mapping[str, str], vb: Mapping[str, str]) -> dict[str, int]:
+    """How many items a pair lost, and why (each item counted once)."""
+    shared = va.keys() & vb.keys()
+    return {"error": sum(1 for i in shared if "error" in (va[i], vb[i])),
+            "unpaired": len(va.keys() ^ vb.keys())}
+
+
+def _find_primaries(primary: Sequence[Mapping[str, str]] | None, models: list[dict[str, Any]],
+                    warnings: list[str]) -> tuple[list[tuple[str, str]], str, str | None]:
+    """(control, treatment) labels of the primary pairs, where they came from, and why none (if so)."""
+    labels = [m["model"] for m in models]
+    if primary:
+        absent = [p for p in primary if p["control"] not in labels or p["treatment"] not in labels]
+        if absent:
+            named = "; ".join(f"{p['treatment']} vs {p['control']}" for p in absent)
+            return [], "pre-registered", (f"the pre-registered primary pair(s) {named} are not in this sweep "
+                                          f"(models: {', '.join(labels) or 'none'}); the gate needs exactly those runs")
+        return [(p["control"], p["treatment"]) for p in primary], "pre-registered", None
     base = next((m for m in models if m["kind"] == "base"), None)
     instruct = next((m for m in models if m["kind"] == "instruct"), None)
     if base is None or instruct is None:
         kinds = ", ".join(f"{m['model']}={m['kind']}" for m in models) or "no models"
-        reason = f"the gate needs one base-kind and one instruct-kind model; this sweep has {kinds}"
-        return {"verdict": "NOT_APPLICABLE", "reason": reason, "reasons": [reason]}
+        return [], "none", f"the gate needs one base-kind and one instruct-kind model; this sweep has {kinds}"
+    warnings.append(f"no pre-registered primary pair ({PRIMARY_FILE}): the gate uses the first base-kind and the "
+                    "first instruct-kind model; declare gate.primary in the experiment config")
+    return [(base["model"], instruct["model"])], "first base-kind vs first instruct-kind (not pre-registered)", None
 
-    def scores(m: dict[str, Any]) -> ModelScores:
-        return ModelScores(m["model"], dict(verdicts[m["model"]]), m["scorer"] or "unknown", m["calibration_kappa"])
 
-    out = evaluate_gate(scores(base), scores(instruct), t).to_dict()
-    extra = [f"{role} ({m['model']}): {m['gate_ineligible_reason']}" for role, m in (("base", base), ("instruct", instruct))
-             if m["scorer"] == "llm" and not m["gate_eligible"] and m["gate_ineligible_reason"]]
-    if extra:  # the calibration store's own words say what to run next
-        out["verdict"] = "NOT_ELIGIBLE"
-        out["reasons"] = out["reasons"] + [r for r in extra if r not in out["reasons"]]
-    out["calibration"] = {m["model"]: {k: m.get(k) for k in ("judge", "template_version", "calibration_kappa",
-                                                             "gate_eligible", "gate_ineligible_reason")}
-                          for m in (base, instruct)}
-    return out
+def _gate(models: list[dict[str, Any]], scores: Mapping[str, ModelScores], primaries: list[tuple[str, str]],
+          source: str, none_reason: str | None, t: GateThresholds) -> dict[str, Any]:
+    """The gate on the primary pair(s); with k primaries each is tested at alpha / k (Bonferroni)."""
+    if none_reason is not None:
+        return {"verdict": "NOT_APPLICABLE", "reason": none_reason, "reasons": [none_reason],
+                "primary_source": source}
+    k = len(primaries)
+    tk = dataclasses.replace(t, mcnemar_alpha=t.mcnemar_alpha / k) if k > 1 else t
+    by_model = {m["model"]: m for m in models}
+    results = []
+    for control, treatment in primaries:
+        s_base, s_ins = scores[control], scores[treatment]
+        extra = [f"{role} ({m['model']}): {m['gate_ineligible_reason']}"
+                 for role, m in (("base", by_model[control]), ("instruct", by_model[treatment]))
+                 if m["scorer"] == "llm" and not m["gate_eligible"] and m["gate_ineligible_reason"]]
+        out = evaluate_gate(s_base, s_ins, tk).to_dict()
+        if extra:  # the calibration store's own words say what to run next
+            kept = out["reasons"] if out["verdict"] == "NOT_ELIGIBLE" else []  # PASS/FAIL reasons are the checks
+            out["verdict"] = "NOT_ELIGIBLE"
+            out["reasons"] = kept + [r for r in extra if r not in kept]
+        out["calibration"] = {m["model"]: {k2: m.get(k2) for k2 in ("judge", "template_version", "calibration_kappa",
+                                                                   "gate_eligible", "gate_ineligible_reason")}
+                              for m in (by_model[control], by_model[treatment])}
+        out["primary_source"] = source
+        out["n_primaries"] = k
+        results.append(out)
+    gate = dict(results[0])
+    if k > 1:
+        gate["primaries"] = results
+        if any(r["verdict"] != "PASS" for r in results) and gate["verdict"] == "PASS":
+            gate["verdict"] = "FAIL"
+            gate["reasons"] = [f"primary {r['instruct_model']} vs {r['base_model']}: {r['verdict']}" for r in results
+                               if r["verdict"] != "PASS"]
+    return gate
 
 
 def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | None = None, *,
                      missing: Sequence[dict[str, Any]] = (), calibration: CalibrationLookup | None = None,
-                     sweep_dir: str | None = None) -> dict[str, Any]:
+                     sweep_dir: str | None = None,
+                     primary: Sequence[Mapping[str, str]] | None = None) -> dict[str, Any]:
     """Compare the models of finished eval jobs, paired by item id.
 
     Args:
-        jobs: the jobs in sweep order (the order fixes pair orientation and which model gates).
-        thresholds: the gate's numbers (also the effect whose power flags underpowered tests).
+        jobs: the jobs in sweep order (the order fixes pair orientation).
+        thresholds: the gate's numbers.
         missing: jobs of the sweep that could not be compared, each ``{"job", "reason"}``.
         calibration: judge calibration lookup; default the store under ``POSTTRAIN_HOME``.
         sweep_dir: recorded as is.
+        primary: the pre-registered primary pairs ``[{"treatment", "control"}]`` (model names);
+            None: the first base-kind vs the first instruct-kind model, flagged as not pre-registered.
 
     Returns:
         The comparison record (see ``docs/comparisons.md``); plain JSON types only.
@@ -190,52 +289,76 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
     lookup = calibration or default_calibration
     warnings: list[str] = []
     labels = [j.summary.get("model") or j.name for j in jobs]
-    labels = [lab if labels.count(lab) == 1 else f"{lab}@{j.name}" for lab, j in zip(labels, jobs, strict=True)]
+    # One model under several prompt formats (a sweep over prompt=): the format names each run
+    fmts = [(lab, j.summary.get("prompt_format")) for lab, j in zip(labels, jobs, strict=True)]
+    labels = [lab if labels.count(lab) == 1 else f"{lab}@{f}" if f and fmts.count((lab, f)) == 1 else f"{lab}@{j.name}"
+              for (lab, f), j in zip(fmts, jobs, strict=True)]
     rows: dict[str, list[dict[str, Any]]] = {}  # label -> one score row per item id (the last one)
     verdicts: dict[str, dict[str, str]] = {}
     category: dict[str, str] = {}
+    clusters: dict[str, str] = {}
     models: list[dict[str, Any]] = []
+    scores: dict[str, ModelScores] = {}
     for label, job in zip(labels, jobs, strict=True):
         rows[label] = list({r["item_id"]: r for r in job.scores}.values())
-        if len(rows[label]) != len(job.scores):
-            warnings.append(f"{label}: scores.jsonl repeats item ids; the last row of each id is used")
+        n_dup = len(job.scores) - len(rows[label])
+        if n_dup:
+            warnings.append(f"{label}: scores.jsonl repeats item ids ({n_dup} extra row(s)); such a run cannot gate")
         verdicts[label] = {r["item_id"]: r["verdict"] for r in rows[label]}
         category |= {r["item_id"]: r.get("category") or "uncategorised" for r in rows[label]}
+        clusters |= {str(it["id"]): c for it in (job.items or []) if (c := item_cluster(it))}
         info = job.summary.get("benchmark_info") or {}
+        judging = _judging(job, t.min_kappa, lookup)
         models.append({"model": label, "job": job.name, "kind": job.summary.get("model_kind"),
-                       **_counts(rows[label]),
-                       **_judging(job, t.min_kappa, lookup),
-                       "benchmark": {k: info.get(k) for k in ("name", "split", "n", "sha256")}})
+                       **_counts(rows[label]), "n_duplicate_rows": n_dup, **judging,
+                       "benchmark": {k: info.get(k) for k in ("name", "split", "limit", "n", "sha256")}})
+        scores[label] = scores_from_records(label, job.summary, job.scores, job.items,
+                                            calibration_kappa=judging["calibration_kappa"])
     if len({(m["benchmark"]["sha256"], m["benchmark"]["split"], m["benchmark"]["n"]) for m in models}) > 1:
         warnings.append("the jobs did not evaluate the same items (benchmark sha256/split/n differ); "
-                        "only ids scored for both models of a pair are compared")
+                        "only ids scored for both models of a pair are compared, and no such pair can gate")
+    if models and not clusters:
+        warnings.append("no item clusters recorded (items.jsonl with meta.template / meta.task): each item is "
+                        "treated as its own cluster, so cluster-level results equal item-level ones")
     cats = sorted(set(category.values()))
+    primaries, source, none_reason = _find_primaries(primary, models, warnings)
+    primary_keys = {frozenset(p) for p in primaries}
 
     pairs, cat_pairs = [], []
     for a, b in itertools.combinations(labels, 2):
         va, vb = verdicts[a], verdicts[b]
-        pairs.append({"a": a, "b": b, **_paired_stats(va, vb, t), "unpaired": _unpaired(va, vb, a, b)})
+        is_primary = frozenset((a, b)) in primary_keys
+        pairs.append({"a": a, "b": b, "family": "primary" if is_primary else "secondary",
+                      "exploratory": not is_primary, **_paired_stats(va, vb, clusters, t),
+                      "dropped": _dropped(va, vb), "unpaired": _unpaired(va, vb, a, b)})
         for c in cats:
             ca = {i: v for i, v in va.items() if category[i] == c}
             cb = {i: v for i, v in vb.items() if category[i] == c}
-            cat_pairs.append({"a": a, "b": b, "category": c, **_paired_stats(ca, cb, t)})
-    for p, adj in zip(pairs, holm([p["mcnemar_p"] for p in pairs]), strict=True):
+            cat_pairs.append({"a": a, "b": b, "category": c, "family": "per_category", "exploratory": True,
+                              **_paired_stats(ca, cb, clusters, t)})
+    for fam in ("primary", "secondary"):  # Holm on the conservative p, within each family
+        members = [p for p in pairs if p["family"] == fam]
+        for p, adj in zip(members, holm([p["p"] for p in members]), strict=True):
+            p["p_holm"] = adj
+    for p, adj in zip(cat_pairs, holm([p["p"] for p in cat_pairs]), strict=True):
         p["p_holm"] = adj
     per_model_cat = {m: {c: _counts([r for r in rows[m] if category[r["item_id"]] == c]) for c in cats}
                      for m in labels}
-    gate = _gate(models, verdicts, t)
+    gate = _gate(models, scores, primaries, source, none_reason, t)
     n_items = gate.get("n_paired") or max((m["n"] for m in models), default=0)
+    deff = ((gate.get("observed") or {}).get("design_effect") or 1.0)
     return {
         "version": VERSION,
         "sweep_dir": sweep_dir,
-        "thresholds": asdict(t),
+        "thresholds": asdict(t) | {"min_paired_required": t.required_paired},
+        "primary": {"pairs": [{"control": c, "treatment": tr} for c, tr in primaries], "source": source},
         "models": models,
         "pairs": pairs,
         "per_category": {"categories": cats, "models": per_model_cat, "pairs": cat_pairs},
         "gate": gate,
-        "power": ({"n_items": n_items, **asdict(design_power(t.base_max_success, t.instruct_min_success, n_items,
-                                                             t.mcnemar_alpha)),
-                   "note": power_note(n_items, t)} if n_items else None),
+        "power": ({"n_items": n_items, "design_effect": deff,
+                   **asdict(design_power(t.base_max_success, t.instruct_min_success, n_items, t.mcnemar_alpha)),
+                   "note": power_note(n_items, t, design_effect=deff)} if n_items else None),
         "sentinel": {m: j.sentinel for m, j in zip(labels, jobs, strict=True) if j.sentinel},
         "length_bias": {m: j.summary["length_bias"] for m, j in zip(labels, jobs, strict=True)
                         if j.summary.get("length_bias")},
@@ -250,18 +373,22 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
 # Power before spending
 
 
-def power_note(n_items: int, gate: Any, n_categories: int = N_CATEGORIES) -> str:
+def power_note(n_items: int, gate: Any, n_categories: int = N_CATEGORIES, design_effect: float = 1.0) -> str:
     """One paragraph: the power of the paired design for the gate's effect, overall and per category.
 
     The effect is base at ``gate.base_max_success`` vs instruct at ``gate.instruct_min_success``,
     tested by the exact McNemar test at ``gate.mcnemar_alpha`` (``stats.design_power``, which
     assumes independent outcomes within an item: conservative when they correlate positively).
+    Clustered items are worth fewer independent ones: with a design effect D (from the observed
+    intra-cluster correlation, ``stats.icc_anova``) the power is that of n / D items and the
+    conversations needed are D times as many.
 
     Args:
         n_items: conversations every model answers (the pairs of the design).
         gate: anything with ``base_max_success``, ``instruct_min_success`` and ``mcnemar_alpha``
             (``GateThresholds``, the ``gate`` config node).
         n_categories: categories the items split into evenly (4 for the conversation benchmark).
+        design_effect: 1 + (m0 − 1)·ICC of the paired differences; 1.0 before any data.
     """
     if n_items < 1:
         raise ValueError(f"n_items={n_items} must be >= 1 (the number of paired conversations)")
@@ -278,6 +405,12 @@ def power_note(n_items: int, gate: Any, n_categories: int = N_CATEGORIES) -> str
             f"to detect the gate's effect (base {pb:.0%} vs instruct {pi:.0%}, Cohen's h = {h:.2f}; outcomes assumed "
             f"independent within an item, which is conservative). 80% power needs {n80} conversations and "
             f"90% needs {n90}. ")
+    if design_effect > 1.0:
+        n_eff = max(1, math.floor(n_items / design_effect))
+        de = design_power(pb, pi, n_eff, alpha)
+        text += (f"Items come in clusters: the observed design effect {design_effect:.2f} makes them worth "
+                 f"{n_items} / {design_effect:.2f} = {n_eff} independent ones ({de.power:.0%} power); 80% power needs "
+                 f"{math.ceil(n80 * design_effect)} conversations. ")
     if dc is None:
         return text + f"Split into {n_categories} categories, fewer than one conversation per category is left."
     text += (f"Per category ({n_items} / {n_categories} = {per} conversations each) the power is {dc.power:.0%}; "

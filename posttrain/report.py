@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.comparison import (
+    PRIMARY_FILE,
     CalibrationLookup,
     JobRecords,
     SweepRecords,
@@ -91,7 +92,8 @@ def load_sweep(sweep_dir: str | Path) -> SweepRecords:
                             "reason": f"no scores.jsonl (stage={summary.get('stage')}): not an eval job"})
         else:
             sentinel = read_json(d / "sentinel.json") if (d / "sentinel.json").is_file() else None
-            jobs.append(JobRecords(d.name, summary, read_jsonl(d / "scores.jsonl"), sentinel))
+            items = read_jsonl(d / "items.jsonl") if (d / "items.jsonl").is_file() else None
+            jobs.append(JobRecords(d.name, summary, read_jsonl(d / "scores.jsonl"), sentinel, items))
     expected = expected_jobs(sweep / "multirun.yaml") if (sweep / "multirun.yaml").is_file() else None
     for num, overrides in enumerate(expected or []):
         if not any(d.name == str(num) or d.name.startswith(f"{num}_") for d in folders):
@@ -104,7 +106,8 @@ def load_sweep(sweep_dir: str | Path) -> SweepRecords:
 
         gate = OmegaConf.select(OmegaConf.load(config), "gate")
         thresholds = thresholds_from(gate) if gate is not None else thresholds
-    return SweepRecords(str(sweep), jobs, missing, thresholds)
+    primary = read_json(sweep / PRIMARY_FILE).get("primary") if (sweep / PRIMARY_FILE).is_file() else None
+    return SweepRecords(str(sweep), jobs, missing, thresholds, primary)
 
 
 def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plots: bool = True,
@@ -124,7 +127,7 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
         raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
                           "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
     comparison = build_comparison(records.jobs, thresholds or records.thresholds, missing=records.missing,
-                                  calibration=calibration, sweep_dir=records.sweep_dir)
+                                  calibration=calibration, sweep_dir=records.sweep_dir, primary=records.primary)
     out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
@@ -167,43 +170,102 @@ def unpaired_lines(comparison: dict[str, Any], limit: int | None = MAX_UNPAIRED_
     return lines
 
 
+def _rate_ci(rate: float | None, ci: list[float] | None) -> str:
+    if rate is None:
+        return "—"
+    return f"{rate:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{rate:.3f}"
+
+
+def _side_by_side(g: dict[str, Any]) -> list[str]:
+    """The gate's numbers on the observed pairs and with every error item imputed against the claim."""
+    obs, worst = g.get("observed"), g.get("worst_case")
+    if not obs or not obs.get("n_paired"):
+        return []
+    cols = [obs, worst or obs]
+
+    def row(label: str, f: Any) -> list[Any]:
+        return [label, *(f(a) for a in cols)]
+
+    rows = [row("paired items", lambda a: a["n_paired"]),
+            row("clusters", lambda a: a["n_clusters"] if g.get("clusters_recorded") else f"{a['n_clusters']} (none recorded)"),
+            row("base success [cluster 95% CI]", lambda a: _rate_ci(a["base_success"], a["base_ci95"])),
+            row("instruct success [cluster 95% CI]", lambda a: _rate_ci(a["instruct_success"], a["instruct_ci95"])),
+            row("instruct − base [cluster 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95"])),
+            row("instruct − base [item-level 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95_iid"])),
+            row("instruct only / base only", lambda a: f"{a['instruct_only']} / {a['base_only']}"),
+            row("item-level exact McNemar p", lambda a: a["mcnemar_p"]),
+            row("cluster-level p (" + str(obs.get("cluster_method")) + ")", lambda a: a["cluster_p"]),
+            row("cluster-adjusted McNemar p (Obuchowski, reported only)", lambda a: a["obuchowski_p"]),
+            row("p the gate uses (the larger)", lambda a: a["gate_p"]),
+            row("Cohen's h", lambda a: a["cohens_h"]),
+            row("ICC of the paired difference / design effect",
+                lambda a: f"{format_number(a['icc'])} / {format_number(a['design_effect'])}"),
+            row("all checks hold", lambda a: "yes" if a["checks"] and all(k["passed"] for k in a["checks"]) else "no")]
+    head = ["", "observed (errors dropped)", f"worst case ({g.get('n_error_items', 0)} error items against the claim)"]
+    return _table(head, rows)
+
+
 def render_markdown(c: dict[str, Any]) -> str:
-    """The human tables of a comparison record: models, pairs, per category, gate, power, sentinel."""
+    """The human tables of a comparison record: models, primary test, dropped items, pairs, categories, power."""
     out = [f"# Comparison: {c.get('sweep_dir') or 'sweep'}", ""]
     for w in c["warnings"]:
         out.append(f"> warning: {w}")
     for m in c["missing_jobs"]:
         out.append(f"> missing job {m['job']}: {m['reason']}" + (f" ({' '.join(m['overrides'])})" if m.get("overrides") else ""))
     out += ["", "## Models", ""]
-    out += _table(["model", "kind", "scorer", "n", "pass", "error", "success [95% CI]", "gate-eligible"],
-                  [[m["model"], m["kind"], m["scorer"], m["n"], m["n_pass"], m["n_error"], _ci(m),
+    out += _table(["model", "kind", "scorer", "items", "pass", "fail", "error", "error rate", "success [Wilson 95% CI]",
+                   "gate-eligible"],
+                  [[m["model"], m["kind"], m["scorer"], m["n_items"], m["n_pass"], m["n_fail"], m["n_error"],
+                    m.get("error_rate"), _ci(m),
                     "yes" if m["gate_eligible"] else f"no: {m['gate_ineligible_reason']}"] for m in c["models"]])
-    out += ["## Pairs", "", "`a_only`: items only a passed. Cohen's h = h(b) − h(a): positive when b does better. "
-            "Holm adjusts McNemar p across all pairs.", ""]
-    out += _table(["a", "b", "n paired", "a only", "b only", "both", "neither", "McNemar p", "mid-p", "Holm p",
-                   "Cohen's h", "unpaired"],
-                  [[p["a"], p["b"], p["n_paired"], p["a_only"], p["b_only"], p["both"], p["neither"], p["mcnemar_p"],
-                    p["mcnemar_mid_p"], p["p_holm"], p["cohens_h"], len(p["unpaired"])] for p in c["pairs"]])
-    pc = c["per_category"]
-    out += ["## Per category", ""]
-    order = [m["model"] for m in c["models"]]  # JSON objects come back key-sorted: keep the sweep's order
-    out += _table(["model", *pc["categories"]],
-                  [[m, *(f"{_ci(b)} n={b['n']}" for b in (pc["models"][m][k] for k in pc["categories"]))]
-                   for m in order if m in pc["models"]])
-    out += _table(["a", "b", "category", "n paired", "a only", "b only", "McNemar p", "Cohen's h", "design power",
-                   "underpowered"],
-                  [[p["a"], p["b"], p["category"], p["n_paired"], p["a_only"], p["b_only"], p["mcnemar_p"],
-                    p["cohens_h"], p["design_power"], "UNDERPOWERED" if p["underpowered"] else "no"] for p in pc["pairs"]])
     g = c["gate"]
-    out += ["## Gate", ""]
+    prim = c.get("primary") or {}
+    out += ["## Gate: the primary test", ""]
+    named = ", ".join(f"`{p['treatment']}` vs `{p['control']}`" for p in prim.get("pairs", [])) or "none"
+    out += [f"Primary pair(s): {named} ({prim.get('source', 'unknown')}). Only this test decides the gate; every other "
+            "pair and every per-category test is exploratory.", ""]
     if g["verdict"] == "NOT_APPLICABLE":
         out += [f"**NOT_APPLICABLE**: {g['reason']}", ""]
     else:
         out += [f"**{g['verdict']}**: base `{g['base_model']}` vs instruct `{g['instruct_model']}` "
-                f"on {g['n_paired']} paired items", ""]
+                f"on {g['n_paired']} paired items (min_paired {g.get('min_paired')})", ""]
         out += [f"- {r}" for r in g["reasons"]] + [""]
-        out += _table(["check", "value", "must be", "threshold", "holds"],
-                      [[k["name"], k["value"], k["op"], k["threshold"], "yes" if k["passed"] else "no"] for k in g["checks"]])
+        out += _side_by_side(g)
+        worst_checks = {k["name"]: k for k in ((g.get("worst_case") or {}).get("checks") or [])}
+        out += _table(["check", "observed", "worst case", "must be", "threshold", "holds (observed / worst)"],
+                      [[k["name"], k["value"], worst_checks.get(k["name"], {}).get("value"), k["op"], k["threshold"],
+                        ("yes" if k["passed"] else "no") + " / "
+                        + ("yes" if worst_checks.get(k["name"], k)["passed"] else "no")] for k in g["checks"]])
+    out += ["## What each pair dropped", "",
+            "Success rates here are on the paired set each test used (both models scored, no error), not on each "
+            "model's own non-error items.", ""]
+    err = {m["model"]: m.get("error_rate") for m in c["models"]}
+    out += _table(["a", "b", "dropped: error", "dropped: unpaired", "n paired", "error rate a", "error rate b",
+                   "success a (paired)", "success b (paired)"],
+                  [[p["a"], p["b"], p["dropped"]["error"], p["dropped"]["unpaired"], p["n_paired"], err.get(p["a"]),
+                    err.get(p["b"]), p["success_a"], p["success_b"]] for p in c["pairs"]])
+    out += ["## Pairs: item level and cluster level", "",
+            "`a_only`: items only a passed. Cohen's h = h(b) − h(a) and diff = b − a: positive when b does better. "
+            "`p` is the larger of the item-level exact McNemar p and the cluster sign-flip p; Holm adjusts it within "
+            "its family (primary / secondary). Secondary pairs are exploratory.", ""]
+    out += _table(["a", "b", "family", "n paired", "clusters", "a only", "b only", "McNemar p (item)",
+                   "cluster p", "p", "Holm p", "diff b − a [cluster CI]", "Cohen's h", "unpaired"],
+                  [[p["a"], p["b"], p["family"] + (" (exploratory)" if p["exploratory"] else ""), p["n_paired"],
+                    p["n_clusters"], p["a_only"], p["b_only"], p["mcnemar_p"], p["cluster_p"], p["p"], p["p_holm"],
+                    _rate_ci(p["diff"], p["diff_ci95"]), p["cohens_h"], len(p["unpaired"])] for p in c["pairs"]])
+    pc = c["per_category"]
+    out += ["## Per category (exploratory)", "",
+            "Holm adjusts across all per-category tests. Power is for the OBSERVED effect at this n, divided by the "
+            "design effect; below 0.8 the row is UNDERPOWERED: descriptive, not evidence.", ""]
+    order = [m["model"] for m in c["models"]]  # JSON objects come back key-sorted: keep the sweep's order
+    out += _table(["model", *pc["categories"]],
+                  [[m, *(f"{_ci(b)} n={b['n']}" for b in (pc["models"][m][k] for k in pc["categories"]))]
+                   for m in order if m in pc["models"]])
+    out += _table(["a", "b", "category", "n paired", "a only", "b only", "McNemar p", "cluster p", "Holm p",
+                   "Cohen's h", "power (observed effect)", "underpowered"],
+                  [[p["a"], p["b"], p["category"], p["n_paired"], p["a_only"], p["b_only"], p["mcnemar_p"],
+                    p["cluster_p"], p["p_holm"], p["cohens_h"], p["power_observed"],
+                    "UNDERPOWERED" if p["underpowered"] else "no"] for p in pc["pairs"]])
     if c.get("power"):
         out += ["## Power of the design", "", c["power"]["note"], ""]
     if c["sentinel"]:

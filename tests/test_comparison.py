@@ -21,7 +21,7 @@ from posttrain.gates import HEURISTIC_REASON, GateThresholds
 from posttrain.records import append_jsonl, write_json
 from posttrain.report import main as report_main
 from posttrain.report import render_markdown
-from posttrain.stats import design_power
+from posttrain.stats import design_power, paired_power
 
 CATS = ("constraint_updates", "memory", "preferences", "topic_continuity")
 IDS = [f"conv-{k:03d}" for k in range(40)]
@@ -112,8 +112,16 @@ def test_pairs_match_scipy_and_statsmodels(sweep: Path, tmp_path: Path, capsys: 
     first = comp["pairs"][0]
     assert (first["both"], first["a_only"], first["b_only"], first["neither"]) == (2, 4, 28, 4)  # k<6 vs 4<=k<34, k=38,39 errors
     assert first["cohens_h"] > 0
-    holm = multipletests([p["mcnemar_p"] for p in comp["pairs"]], method="holm")[1]
-    assert [p["p_holm"] for p in comp["pairs"]] == pytest.approx(list(holm), rel=1e-9)
+    # No items.jsonl here: each item is its own cluster, so the cluster sign-flip p is the exact McNemar p
+    # and the conservative p equals it. No primary.json either: base vs instruct is the (flagged) primary;
+    # Holm runs within each family: the primary alone (unchanged), the two secondary pairs together.
+    assert all(p["cluster_p"] == pytest.approx(p["mcnemar_p"], rel=1e-9) and p["p"] == p["cluster_p"]
+               or p["p"] == p["mcnemar_p"] for p in comp["pairs"])
+    assert [p["family"] for p in comp["pairs"]] == ["primary", "secondary", "secondary"]
+    assert comp["pairs"][0]["p_holm"] == comp["pairs"][0]["p"]
+    holm = multipletests([p["p"] for p in comp["pairs"][1:]], method="holm")[1]
+    assert [p["p_holm"] for p in comp["pairs"][1:]] == pytest.approx(list(holm), rel=1e-9)
+    assert any("no pre-registered primary pair" in w for w in comp["warnings"])
 
 
 def test_models_and_categories_match_wilson(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,9 +146,13 @@ def test_models_and_categories_match_wilson(sweep: Path, tmp_path: Path, capsys:
                                                {i: x for i, x in vb.items() if _category(i) == p["category"]})
         assert (p["a_only"], p["b_only"], p["n_paired"]) == (a_only, b_only, both + a_only + b_only + neither)
         assert p["mcnemar_p"] == pytest.approx(sm_mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue)
-        power = design_power(t.base_max_success, t.instruct_min_success, p["n_paired"], t.mcnemar_alpha).power
-        assert p["design_power"] == pytest.approx(power) and p["underpowered"] is (power < 0.8)
-        assert p["underpowered"] is True  # about 10 items per category cannot test the gate's effect
+        # power for the OBSERVED discordance at this n (singleton clusters: design effect 1)
+        n = p["n_paired"]
+        power = paired_power(b_only / n, a_only / n, n, t.mcnemar_alpha)
+        assert p["power_observed"] == pytest.approx(power) and p["underpowered"] is (power < 0.8)
+        assert p["exploratory"] is True
+    holm = multipletests([p["p"] for p in comp["per_category"]["pairs"]], method="holm")[1]
+    assert [p["p_holm"] for p in comp["per_category"]["pairs"]] == pytest.approx(list(holm), rel=1e-9)
     assert comp["sentinel"]["tiny_base"]["formats"]["raw"]["answer_rate"] == 0.25
     assert comp["length_bias"]["tiny_alt_base"]["reason"] == "hand-made"
 
@@ -168,22 +180,32 @@ def test_gate_over_heuristic_runs_is_not_eligible(sweep: Path, tmp_path: Path,
     assert (g["base_model"], g["instruct_model"]) == ("tiny_base", "tiny_instruct")
     assert HEURISTIC_REASON in g["reasons"]
     assert any("unpaired items" in r for r in g["reasons"])  # extra-001 was scored for instruct only
-    assert [c["name"] for c in g["checks"]] == ["base_success_rate", "instruct_success_rate", "mcnemar_p", "cohens_h"]
+    assert [c["name"] for c in g["checks"]] == ["base_success_rate", "instruct_success_rate", "mcnemar_p", "cluster_p",
+                                                "cohens_h"]
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "**NOT_ELIGIBLE**" in md and "heuristic_triage is triage only" in md
 
 
+INSTRUMENT = {"provider": "anthropic", "model": "claude-judge-1", "template_version": "conv-judge-v1",
+              "template_sha256": "ab" * 32}
+
+
 def _llm_jobs() -> list[JobRecords]:
-    """Base 25% vs instruct 85% on 200 clean items, judged by an LLM."""
+    """Base 25% vs instruct 85% on 200 clean items in 40 templates, judged by one LLM judge (records as eval writes them)."""
     ids = [f"conv-{k:03d}" for k in range(200)]
-    base = {i: "pass" if k < 50 else "fail" for k, i in enumerate(ids)}
-    instruct = {i: "pass" if k < 170 else "fail" for k, i in enumerate(ids)}
+    base = {i: "pass" if k % 4 == 0 else "fail" for k, i in enumerate(ids)}
+    instruct = {i: "fail" if k % 20 in (1, 2, 3) else "pass" for k, i in enumerate(ids)}
+    items = [{"id": i, "category": _category(i), "meta": {"template": f"t{k // 5}"}} for k, i in enumerate(ids)]
+    bench = {"name": "conversations", "split": "main", "limit": None, "n": 200, "sha256": "cd" * 32}
     jobs = []
     for name, v in (("qwen32b", base), ("qwen32b_instruct", instruct)):
         rows = [{"item_id": i, "category": _category(i), "verdict": x, "scorer": "llm", "judge": "claude",
-                 "template_version": "conv-judge-v1"} for i, x in v.items()]
-        jobs.append(JobRecords(f"{len(jobs)}_{name}", {"model": name, "model_kind": "base" if name == "qwen32b"
-                                                       else "instruct", "scorer": "llm", "judge": "claude"}, rows))
+                 "judge_provider": "anthropic", "judge_model": "claude-judge-1", "template_version": "conv-judge-v1",
+                 "template_sha256": "ab" * 32} for i, x in v.items()]
+        summary = {"model": name, "model_kind": "base" if name == "qwen32b" else "instruct", "scorer": "llm",
+                   "judge": "claude", "judge_instrument": INSTRUMENT, "benchmark_info": bench,
+                   "calibration": {"key": "cal-1", "kappa": 0.85, "n": 30, "applies": True, "reason": None}}
+        jobs.append(JobRecords(f"{len(jobs)}_{name}", summary, rows, None, items))
     return jobs
 
 
@@ -191,8 +213,8 @@ def test_gate_with_an_uncalibrated_judge_says_what_to_run(posttrain_home: Path) 
     comp = build_comparison(_llm_jobs())  # the real calibration store under POSTTRAIN_HOME: empty
     g = comp["gate"]
     assert g["verdict"] == "NOT_ELIGIBLE"
-    assert any("uncalibrated" in r for r in g["reasons"])
-    assert any("posttrain-calibrate export" in r for r in g["reasons"])
+    assert any("uncalibrated" in r or "calibrat" in r for r in g["reasons"])
+    assert any("qwen32b" in r and "posttrain-calibrate" in r for r in g["reasons"]), g["reasons"]
     assert g["calibration"]["qwen32b"]["judge"] == "claude"
     assert g["calibration"]["qwen32b"]["template_version"] == "conv-judge-v1"
 
@@ -200,16 +222,24 @@ def test_gate_with_an_uncalibrated_judge_says_what_to_run(posttrain_home: Path) 
 def test_gate_passes_with_a_calibrated_judge() -> None:
     seen: list[tuple[str, str, float]] = []
 
-    def lookup(judge: str, template: str, min_kappa: float) -> tuple[bool, str, float | None]:
+    def lookup(judge: str, template: str, min_kappa: float, *, instrument: Any = None) -> tuple[bool, str, float | None]:
         seen.append((judge, template, min_kappa))
+        assert instrument == INSTRUMENT  # the calibration is looked up for the instrument that judged
         return True, "kappa 0.85 >= 0.70", 0.85
 
-    comp = build_comparison(_llm_jobs(), calibration=lookup)
+    comp = build_comparison(_llm_jobs(), calibration=lookup,
+                            primary=[{"treatment": "qwen32b_instruct", "control": "qwen32b"}])
     assert seen and seen[0] == ("claude", "conv-judge-v1", 0.7)
-    assert comp["gate"]["verdict"] == "PASS" and comp["gate"]["n_paired"] == 200
+    g = comp["gate"]
+    assert g["verdict"] == "PASS" and g["n_paired"] == 200, g["reasons"]
+    assert g["primary_source"] == "pre-registered" and g["clusters_recorded"] is True
+    assert g["observed"]["n_clusters"] == 40 and g["observed"]["cluster_p"] == pytest.approx(2 / 2**30)  # 30 templates differ
     assert all(m["gate_eligible"] for m in comp["models"])
-    assert comp["per_category"]["pairs"][0]["design_power"] > 0.8  # 50 per category: enough for the gate's effect
-    assert comp["per_category"]["pairs"][0]["underpowered"] is False
+    # Power is for the OBSERVED effect: constraint_updates (k % 4 == 0) has no discordant item, so no
+    # power at all; the other categories (a gap of .8 on 50 items) have plenty.
+    power = {p["category"]: (p["power_observed"], p["underpowered"]) for p in comp["per_category"]["pairs"]}
+    assert power["constraint_updates"] == (0.0, True)
+    assert all(pw > 0.8 and not under for c, (pw, under) in power.items() if c != "constraint_updates")
 
 
 def test_gate_not_applicable_without_an_instruct_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -341,3 +371,54 @@ def test_warnings_for_repeated_ids_and_different_item_sets(tmp_path: Path, capsy
     instruct = comp["models"][1]
     assert instruct["n_items"] == 41 and instruct["n_pass"] == 32  # 30 + extra-001 + conv-000 (rescored), counted once
     assert "> warning: tiny_instruct: scores.jsonl repeats item ids" in out
+
+
+@pytest.mark.parametrize("experiment", ["three_way", "three_way_tiny", "four_model", "four_model_tiny"])
+def test_every_experiment_pre_registers_a_primary_pair(compose: Any, experiment: str, tmp_path: Path) -> None:
+    """Each experiment names its primary pair in gate.primary; the sweep callback writes it to
+    <sweep>/primary.json when the multirun starts, before any job runs, and keeps an existing file."""
+    from posttrain.callbacks import write_primary
+
+    cfg = compose(f"+experiment={experiment}")
+    expected = {"three_way": ("qwen32b_instruct", "qwen32b"), "three_way_tiny": ("tiny_instruct", "tiny_base"),
+                "four_model": ("qwen32b+dpo", "qwen32b"), "four_model_tiny": ("tiny_base+dpo", "tiny_base")}[experiment]
+    assert [(p.treatment, p.control) for p in cfg.gate.primary] == [expected]
+    path = write_primary(cfg, tmp_path / "sweep")
+    record = json.loads(path.read_text())
+    assert record["primary"] == [{"treatment": expected[0], "control": expected[1]}]
+    assert record["gate"]["mcnemar_alpha"] == 0.01 and record["registered_at"]
+    path.write_text(json.dumps({"primary": [{"treatment": "x", "control": "y"}]}))
+    assert json.loads(write_primary(cfg, tmp_path / "sweep").read_text())["primary"][0]["treatment"] == "x"
+
+
+def test_report_on_the_tiny_three_way_sweep(sweep: Path, tmp_path: Path, compose: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """posttrain-report on the three-way tiny sweep (records as the eval stage writes them, items.jsonl
+    with their templates, primary.json from the experiment's config) prints the item-level and
+    cluster-level results, the primary test, the dropped items and the worst-case numbers."""
+    from posttrain.callbacks import write_primary
+
+    for job in sorted(d for d in sweep.iterdir() if d.is_dir()):
+        append_jsonl(job / "items.jsonl", [{"id": i, "category": _category(i), "meta": {"template": f"tpl_{k // 4}"}}
+                                           for k, i in enumerate(IDS)])
+    write_primary(compose("+experiment=three_way_tiny"), sweep)
+    comp, out = _report(sweep, tmp_path / "out", capsys)
+    g = comp["gate"]
+    assert comp["primary"] == {"pairs": [{"control": "tiny_base", "treatment": "tiny_instruct"}],
+                               "source": "pre-registered"}
+    assert (g["base_model"], g["instruct_model"], g["verdict"]) == ("tiny_base", "tiny_instruct", "NOT_ELIGIBLE")
+    assert g["clusters_recorded"] is True and g["observed"]["n_clusters"] == 10
+    assert g["n_error_items"] == 2 and g["worst_case"]["n_paired"] == 40
+    # Worst case on conv-038 (instruct error -> fail) and conv-039 (base error -> pass):
+    # base (6 + 1)/40, instruct 30/40 (conv-038 was outside 4 <= k < 34 anyway).
+    assert g["worst_case"]["base_success"] == pytest.approx(7 / 40)
+    assert g["worst_case"]["instruct_success"] == pytest.approx(30 / 40)
+    for text in ("## Gate: the primary test", "Primary pair(s): `tiny_instruct` vs `tiny_base` (pre-registered)",
+                 "| observed (errors dropped) | worst case (2 error items against the claim) |",
+                 "item-level exact McNemar p", "cluster-level p (cluster sign-flip (exact))",
+                 "base success [cluster 95% CI]", "## What each pair dropped", "## Pairs: item level and cluster level",
+                 "secondary (exploratory)", "## Per category (exploratory)", "power (observed effect)",
+                 "too little evidence: 38 paired items < gate.min_paired 100"):
+        assert text in out, text
+    dropped = next(line for line in out.splitlines() if line.startswith("| tiny_base | tiny_instruct | 2 | 1 | 38 |"))
+    assert "0.025" in dropped and "0.0244" in dropped  # error rates 1/40 and 1/41

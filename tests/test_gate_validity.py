@@ -55,7 +55,7 @@ def _job(num: int, model: str, kind: str, verdicts: dict[str, str], *, clusters:
     return JobRecords(f"{num}_{model}", summary, rows, None, items)
 
 
-def _calibrated(judge: str, template: str, min_kappa: float) -> tuple[bool, str, float | None]:
+def _calibrated(judge: str, template: str, min_kappa: float, **_: Any) -> tuple[bool, str, float | None]:
     return True, "kappa 0.85 >= 0.70 on 30 items", 0.85
 
 
