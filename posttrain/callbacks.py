@@ -75,6 +75,31 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
     return tracker.run_id
 
 
+def write_primary(config: Any, sweep: Path) -> Path:
+    """Pre-register the sweep's primary pair(s) (``gate.primary``) in ``<sweep>/primary.json``.
+
+    Called when the multirun starts, before any job runs, so the test that decides the gate is fixed
+    before any result exists; the report reads it back (docs/comparisons.md). An existing file is kept
+    (a resumed sweep must not re-register after seeing results).
+    """
+    from datetime import UTC, datetime
+
+    from omegaconf import OmegaConf
+
+    from posttrain.comparison import PRIMARY_FILE, primary_pairs
+    from posttrain.records import write_json
+
+    path = sweep / PRIMARY_FILE
+    if path.is_file():
+        return path
+    gate = OmegaConf.select(config, "gate")
+    pairs = primary_pairs(gate) if gate is not None else []
+    sweep.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"primary": pairs, "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                      "gate": OmegaConf.to_container(gate, resolve=True) if gate is not None else None})
+    return path
+
+
 class ComparisonCallback(Callback):
     """Writes comparison.json / comparison.md / plots into the sweep folder when a multirun ends.
 
@@ -108,6 +133,7 @@ class ComparisonCallback(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._sweep = _sweep_dir(config)
         self._failed = []
+        write_primary(config, self._sweep)
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

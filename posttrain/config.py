@@ -203,6 +203,12 @@ class ScorerConfig:
 
 
 @dataclass
+class PrimaryPair:
+    treatment: str = MISSING  # the model whose claimed improvement is tested (model.name)
+    control: str = MISSING  # the model it is tested against
+
+
+@dataclass
 class GateConfig:
     base_max_success: float = 0.30
     instruct_min_success: float = 0.80
@@ -210,6 +216,10 @@ class GateConfig:
     min_cohens_h: float = 0.5
     min_kappa: float = 0.7
     max_error_rate: float = 0.05
+    # None: 80% power for the smallest accepted gap, at least 100 (gates.default_min_paired; docs/statistics.md)
+    min_paired: int | None = None
+    # The pre-registered primary pair(s), written to <sweep>/primary.json before any job runs.
+    primary: list[PrimaryPair] = field(default_factory=list)
     # A human calibration counts only with at least this many labelled conversations (the design's 30);
     # with fewer, kappa's interval is too wide to tell a good judge from a lucky one.
     min_calibration_items: int = 30
@@ -360,6 +370,9 @@ def validate(cfg: Any) -> None:
         unit(key)
     if cfg.gate.min_cohens_h < 0:
         problems.append(f"gate.min_cohens_h={cfg.gate.min_cohens_h} must be >= 0")
+    if cfg.gate.min_paired is not None and cfg.gate.min_paired < 100:
+        problems.append(f"gate.min_paired={cfg.gate.min_paired} must be >= 100 (or null for the power-analysis "
+                        "default; docs/statistics.md)")
     if cfg.budget.cap_usd < 0:
         problems.append(f"budget.cap_usd={cfg.budget.cap_usd} must be >= 0 (USD)")
     if cfg.model.gpu_price_per_hour < 0:

@@ -246,6 +246,7 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
 
 
 def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
+    from posttrain.gates import item_ids_sha256
     from posttrain.scorers.diagnostics import length_bias
 
     bench, fmt = ctx.plan.state["bench"], ctx.plan.state["format"]
@@ -303,7 +304,9 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     return {
         **metrics, **scored,
         "benchmark_info": {"name": bench.name, "split": bench.split, "n": len(bench.items), "sha256": bench.sha256,
-                           "version": bench.version, "source_path": str(bench.source_path)},
+                           "version": bench.version, "source_path": str(bench.source_path),
+                           # the gate checks each run holds exactly these items (gates.scores_from_records)
+                           "limit": cfg.benchmark.limit, "item_ids_sha256": item_ids_sha256([it.id for it in bench.items])},
         "prompt_format": fmt,
         "generation": {"reused": len(done), "generated": len(pending), **stats,
                        "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens},
