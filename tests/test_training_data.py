@@ -297,3 +297,30 @@ def test_dpo_refuses_leaky_negatives_and_runs_after_the_override(tmp_path: Path,
     assert held == {"truncated", "corrupted_facts"} and set(s["margins_per_type"]) == held
     assert all(s["margins_per_type"][t]["n"] == sum(p["split"] == "eval" and p["negative_type"] == t for p in pairs)
                for t in held)
+
+
+# ---------------------------------------------------------------- small mends of point 6
+
+def test_dpo_refuses_lora_settings_that_differ_from_the_sft_adapter(compose, tmp_path: Path) -> None:
+    from posttrain.errors import PosttrainError
+    from posttrain.stages.train import _check_lora_matches
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "provenance.json").write_text(json.dumps({"stage": "sft", "stage_config": {
+        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_modules": "all-linear"}}))
+    _check_lora_matches(compose("stage=dpo").stage, adapter)  # the defaults match: no refusal
+    with pytest.raises(PosttrainError, match=r"stage.lora_r=8 but the adapter has 16.*Nothing was loaded"):
+        _check_lora_matches(compose("stage=dpo", "stage.lora_r=8").stage, adapter)
+
+
+@pytest.mark.parametrize(("dtype", "quant", "bf16", "fp16"), [
+    ("float16", "nf4", False, True), ("bfloat16", "nf4", True, False), ("auto", None, True, False),
+    ("float32", "nf4", False, False)])
+def test_cuda_precision_never_sets_both_flags(compose, dtype: str, quant: str | None, bf16: bool, fp16: bool) -> None:
+    from posttrain.training.common import device_args
+
+    cfg = compose("stage=sft", f"model.dtype={dtype}", f"model.quantization={quant or 'null'}")
+    args = device_args(cfg, "cuda")
+    assert (args["bf16"], args["fp16"]) == (bf16, fp16)
+    assert args["activation_checkpointing"] is True and "gradient_checkpointing" not in args  # the deprecated alias

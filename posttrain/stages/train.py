@@ -170,8 +170,10 @@ def plan(cfg: Any) -> Plan:
     if not st.data and source == "generated":
         target = math.ceil(st.num_examples / st.critic_keep_fraction * 1.1)
         proposals = target * 3  # about a third of the proposals survive the filters
+        # replies: one per turn, plus the second reply of the prompts that state a constraint
         tokens = (proposals * st.instruction_max_new_tokens
-                  + target * cfg.generation.max_new_tokens * (1 + st.multiturn_fraction * st.followup_turns))
+                  + target * cfg.generation.max_new_tokens
+                  * (1 + st.multiturn_fraction * st.followup_turns + st.constraint_fraction))
         data_s = tokens / cfg.budget.est_decode_tokens_per_s
     gpu_hours = (train_s + data_s) / 3600 * cfg.model.num_gpus
     usd = gpu_hours * cfg.model.gpu_price_per_hour

@@ -287,7 +287,9 @@ def label_audit(dataset: Any, tokenizer: Any, examples: list[dict[str, Any]], n_
     """
     if len(dataset) != len(examples):
         raise PosttrainError(f"label audit: {len(dataset)} tokenised sequences for {len(examples)} examples")
-    blocks, failures, per = [], [], []
+    blocks: list[str] = []
+    failures: list[dict[str, Any]] = []
+    per: list[dict[str, Any]] = []
     for i in range(len(dataset)):
         ids, labels = list(dataset[i]["input_ids"]), list(dataset[i]["labels"])
         runs: list[list[int]] = []

@@ -193,7 +193,9 @@ def incomplete_reason(text: str, finish_reason: str | None = None) -> str | None
 
 def drop_incomplete(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
     """Rows whose every reply is complete; counts of the others by reason; a few examples for the report."""
-    kept, counts, examples = [], {"length": 0, "mid_sentence": 0, "empty": 0}, []
+    kept: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
+    counts = {"length": 0, "mid_sentence": 0, "empty": 0}
     for r in rows:
         why = next((w for t in r["turns"] if (w := incomplete_reason(t["assistant"], t.get("finish_reason")))), None)
         if why is None:
@@ -443,10 +445,11 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                     finish[i].append(g.finish_reason)
                     if not reply or incomplete_reason(reply, g.finish_reason):
                         alive[i] = False  # no follow-up after an empty or cut-off reply
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, (instr, _fus, _c) in enumerate(chunk):
-            turns = [{"user": u, "assistant": a or "", "finish_reason": f}
-                     for (u, a), f in zip(histories[i], finish[i] + [None] * len(histories[i]), strict=False)]
+            turns: list[dict[str, Any]] = [
+                {"user": u, "assistant": a or "", "finish_reason": f}
+                for (u, a), f in zip(histories[i], [*finish[i], *[None] * len(histories[i])], strict=False)]
             status = "ok"
             why = next((w for t in turns if (w := incomplete_reason(t["assistant"], t["finish_reason"]))), None)
             if any(not t["assistant"] for t in turns):
