@@ -78,10 +78,10 @@ def default_min_paired(t: GateThresholds) -> int:
 
     The smallest accepted gap starts at the base ceiling: base at ``base_max_success`` and instruct at
     the rate that is ``min_cohens_h`` above it on the arcsine scale, sin²(asin√p_b + h/2). With the
-    defaults: base .30, instruct sin²(0.5796 + 0.25) = .5429; independence within an item gives
-    p10 = .5429·.70 = .3800 and p01 = .30·.4571 = .1371; Connor's n at α = .01 and 80% power is
-    (2.5758·√.5171 + 0.8416·√(.5171 − .2429²))² / .2429² = 99.4 -> 100. Fewer pairs than that cannot
-    tell a gap the gate accepts from one it should refuse.
+    defaults: base .30, instruct sin²(0.5796 + 0.25) = .5442; independence within an item gives
+    p10 = .5442·.70 = .3809 and p01 = .30·.4558 = .1367; Connor's n at α = .01 and 80% power is
+    (2.5758·√.5177 + 0.8416·√(.5177 − .2442²))² / .2442² = 98.5 -> 99, raised to the floor of 100.
+    Fewer pairs cannot tell a gap the gate accepts from one it should refuse.
     """
     pb = t.base_max_success
     pi = min(1.0, math.sin(math.asin(math.sqrt(pb)) + t.min_cohens_h / 2.0) ** 2)

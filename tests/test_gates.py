@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,3 +299,32 @@ def test_true_gap_passes_reliably() -> None:
         instruct = {k: "pass" if x else "fail" for k, x in zip(ids, i, strict=True)}
         passes += evaluate_gate(_scores(base), _scores(instruct), GateThresholds()).verdict == "PASS"
     assert passes >= 99
+
+
+# ---------------------------------------------------------------- min_paired from the power analysis
+
+
+def test_default_min_paired_is_the_power_analysis_with_a_floor_of_100() -> None:
+    """Smallest accepted gap: base .30 and instruct sin²(asin√.3 + .5/2) = sin²(0.8296) = .5442;
+    independence gives p10 = .5442·.7 = .3809, p01 = .3·.4558 = .1367, ψ = .5177, δ = .2442; Connor at
+    α = .01, 80%: (2.5758·√.5177 + 0.8416·√(.5177 − .2442²))² / .2442² = (1.8533 + 0.5696)² / .0596
+    = 98.5 -> 99 pairs, which the floor raises to 100."""
+    from posttrain.gates import default_min_paired
+    from posttrain.stats import paired_sample_size
+
+    pi = math.sin(math.asin(math.sqrt(0.3)) + 0.25) ** 2
+    assert pi == pytest.approx(0.5442, abs=1e-4)
+    assert paired_sample_size(pi * 0.7, 0.3 * (1 - pi), 0.8, 0.01) == 99
+    assert GateThresholds().required_paired == 100
+    assert default_min_paired(GateThresholds(mcnemar_alpha=0.001)) == paired_sample_size(
+        pi * 0.7, 0.3 * (1 - pi), 0.8, 0.001) > 100  # a stricter alpha needs more pairs
+    assert default_min_paired(GateThresholds(min_cohens_h=1.0)) == 100  # a large gap: the floor holds
+    assert GateThresholds(min_paired=150).required_paired == 150
+
+
+def test_config_refuses_min_paired_below_100(compose: Any) -> None:
+    from posttrain.config import ConfigError, validate
+
+    validate(compose("gate.min_paired=120"))
+    with pytest.raises(ConfigError, match=r"gate.min_paired=50 must be >= 100"):
+        validate(compose("gate.min_paired=50"))

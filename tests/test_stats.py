@@ -286,3 +286,92 @@ def test_paired_bootstrap_diff_ci() -> None:
     assert ci.high == pytest.approx(0.264, abs=0.015)
     with pytest.raises(ValueError):
         paired_bootstrap_diff_ci([True], [True, False], rng=np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- clustered items
+
+
+def _clustered(seed: int, n_clusters: int = 12, size: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    u = np.repeat(rng.normal(0.0, 1.0, n_clusters), size)
+    x = rng.random(u.size) < sps.norm.cdf(0.5 + u)
+    y = rng.random(u.size) < sps.norm.cdf(-0.2 + u)
+    return x, y, np.repeat(np.arange(n_clusters), size)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cluster_mean_matches_statsmodels_cluster_robust_ols(seed: int) -> None:
+    """The CR1 SE of a mean equals statsmodels' OLS(y, 1).fit(cov_type="cluster").bse, for a rate and
+    for a paired difference; the interval uses t on G − 1 = 11 df."""
+    import statsmodels.api as sm
+
+    from posttrain.stats import cluster_mean
+
+    x, y, groups = _clustered(seed)
+    for values, bounds in ((x.astype(float), (0.0, 1.0)), (x.astype(float) - y, (-1.0, 1.0))):
+        res = sm.OLS(values, np.ones(values.size)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        cm = cluster_mean(values, groups.astype(str), bounds=bounds)
+        assert cm.estimate == pytest.approx(float(res.params[0]))
+        assert cm.se == pytest.approx(float(res.bse[0]), rel=1e-10)
+        half = sps.t.isf(0.025, 11) * cm.se
+        assert (cm.low, cm.high) == pytest.approx((max(bounds[0], cm.estimate - half), min(bounds[1], cm.estimate + half)))
+        assert cm.se_iid == pytest.approx(values.std(ddof=1) / math.sqrt(values.size))
+        assert cm.n_clusters == 12
+
+
+def test_icc_hand_worked() -> None:
+    """Clusters {1, 1}, {0, 0}: ȳ = .5, MSB = (2·.25 + 2·.25)/1 = 1, MSW = 0, m0 = (4 − 8/4)/1 = 2,
+    ICC = (1 − 0)/(1 + 1·0) = 1, design effect 1 + (2 − 1)·1 = 2. Clusters {1, 0}, {1, 0}: MSB = 0,
+    MSW = (.25·4)/2 = .5, ICC = (0 − .5)/(0 + .5) = −1 and the design effect stays 1."""
+    from posttrain.stats import icc_anova
+
+    r = icc_anova([1, 1, 0, 0], ["a", "a", "b", "b"])
+    assert (r.icc, r.m0, r.design_effect) == pytest.approx((1.0, 2.0, 2.0))
+    r = icc_anova([1, 0, 1, 0], ["a", "a", "b", "b"])
+    assert (r.icc, r.design_effect) == pytest.approx((-1.0, 1.0))
+    assert icc_anova([1, 0, 1], ["a", "b", "c"]).design_effect == 1.0  # one item per cluster: nothing to correlate
+
+
+def test_obuchowski_equals_a_cluster_robust_wald_test() -> None:
+    """Obuchowski's X² is the squared z of the mean difference with the CR1 SE: statsmodels' cluster-robust
+    OLS of x − y on a constant gives the same statistic and p (normal reference, as use_t=False)."""
+    import statsmodels.api as sm
+
+    from posttrain.stats import obuchowski_test
+
+    for seed in range(3):
+        x, y, groups = _clustered(seed)
+        res = sm.OLS(x.astype(float) - y, np.ones(x.size)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        ob = obuchowski_test(x, y, groups)
+        assert ob.statistic == pytest.approx(float(res.tvalues[0]) ** 2, rel=1e-10)
+        assert ob.p_value == pytest.approx(float(res.pvalues[0]), rel=1e-8)
+    assert obuchowski_test([True, False], [True, False], ["a", "b"]).p_value == 1.0
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(1, 9), (0, 5), (12, 30), (40, 17), (3, 4), (100, 70)])
+def test_sign_flip_with_one_item_per_cluster_is_exact_mcnemar(a_only: int, b_only: int) -> None:
+    from posttrain.stats import cluster_permutation_test
+
+    x = [True] * a_only + [False] * b_only + [True] * 7 + [False] * 5
+    y = [False] * a_only + [True] * b_only + [True] * 7 + [False] * 5
+    res = cluster_permutation_test(x, y, [str(k) for k in range(len(x))])
+    assert res.p_value == pytest.approx(sps.binomtest(a_only, a_only + b_only, 0.5).pvalue, rel=1e-9)
+    assert res.n_clusters == a_only + b_only
+
+
+def test_sign_flip_hand_worked_and_by_enumeration() -> None:
+    """Cluster differences 2, 1, 1 (sum 4): of the 2³ = 8 sign patterns only (+,+,+) and (−,−,−)
+    reach |sum| >= 4, so p = 2/8 = .25. And for 10 clustered draws the convolution equals brute-force
+    enumeration of all 2^G patterns."""
+    import itertools
+
+    from posttrain.stats import cluster_permutation_test
+
+    assert cluster_permutation_test([1, 1, 1, 0, 1], [0, 0, 0, 0, 0], list("aabbc")).p_value == pytest.approx(0.25)
+    for seed in range(10):
+        x, y, groups = _clustered(seed, n_clusters=10, size=4)
+        d = np.bincount(groups, weights=x.astype(float) - y)
+        d = d[d != 0]
+        sums = [abs(float(np.dot(s, d))) for s in itertools.product((-1, 1), repeat=d.size)]
+        brute = np.mean([s >= abs(d.sum()) - 1e-9 for s in sums]) if d.size else 1.0
+        assert cluster_permutation_test(x, y, groups).p_value == pytest.approx(brute, rel=1e-12)
