@@ -3,6 +3,7 @@
 Public API (docs/judging.md describes the method):
 
 - :func:`check_judge_ready` — run before any generation; raises :class:`JudgeConfigError` (nothing spent).
+- :func:`preflight_judge` — ask the provider whether the judge model is still served (retired: refused).
 - :func:`estimate_cost` — USD estimate from the config's token estimates.
 - :func:`judge_generations` — one score row per generation row (sync or batch mode), cached.
 - :func:`judge_pairwise` — which of two runs' replies is better, in both orders.
@@ -19,10 +20,12 @@ from posttrain.judges.clients import (
     DEFAULT_BACKOFF_BASE_S,
     Judge,
     JudgeConfigError,
+    JudgeStopped,
     RawVerdict,
     check_judge_ready,
     make_judge,
 )
+from posttrain.judges.lifecycle import preflight_judge
 from posttrain.judges.pairwise import judge_pairwise
 from posttrain.judges.prompt import (
     PAIR_SCHEMA,
@@ -51,6 +54,7 @@ __all__ = [
     "JudgeCache",
     "JudgeConfigError",
     "JudgeSpend",
+    "JudgeStopped",
     "RawVerdict",
     "VerdictError",
     "cache_key",
@@ -60,6 +64,7 @@ __all__ = [
     "judge_generations",
     "judge_pairwise",
     "make_judge",
+    "preflight_judge",
     "render_pair_prompt",
     "render_turn_prompt",
     "spot_check",
