@@ -185,7 +185,8 @@ def scores_from_records(model: str, summary: Mapping[str, Any], rows: Sequence[M
             if off:
                 problems.append(f"{len(off)} of {len(rows)} score rows name another judge than summary.json's "
                                 f"({', '.join(f'{k}={v}' for k, v in expected.items())}): {_shown(off)}")
-    cal = summary.get("calibration") if isinstance(summary.get("calibration"), Mapping) else {}
+    raw_cal = summary.get("calibration")
+    cal: Mapping[str, Any] = raw_cal if isinstance(raw_cal, Mapping) else {}
     kappa = calibration_kappa
     if kappa is None and cal.get("applies") and cal.get("kappa") is not None:
         kappa = float(cal["kappa"])

@@ -304,7 +304,8 @@ def test_clustered_null_through_the_gate() -> None:
         ids = [f"c{k:03d}" for k in range(x.size)]
         clusters = {i: str(c) for i, c in zip(ids, cl, strict=True)}
 
-        def run(v: np.ndarray, name: str, known: bool) -> ModelScores:
+        def run(v: np.ndarray, name: str, known: bool, ids: list[str] = ids,
+                clusters: dict[str, str] = clusters) -> ModelScores:
             return ModelScores(name, {i: "pass" if p else "fail" for i, p in zip(ids, v, strict=True)}, "llm", 0.85,
                                clusters=clusters if known else None, instrument=INSTRUMENT, calibration_key="k",
                                benchmark=bench)
