@@ -66,15 +66,16 @@ def discordant_figure(comparison: dict[str, Any]) -> Any:
     ax.bar([x + 0.2 for x in xs], [p["b_only"] for p in pairs], width=0.4, label="b only passes")
     for x, p in zip(xs, pairs, strict=True):
         top = max(p["a_only"], p["b_only"])
-        ax.annotate(f"p={p['mcnemar_p']:.2g}", (x, top), ha="center", va="bottom", fontsize="small",
-                    xytext=(0, 3), textcoords="offset points")
+        label = f"p={p['mcnemar_p']:.2g}" + (f"\ncluster p={p['cluster_p']:.2g}" if p.get("cluster_p") is not None else "")
+        ax.annotate(label, (x, top), ha="center", va="bottom", fontsize="small", xytext=(0, 3),
+                    textcoords="offset points")
     ax.set_xticks(list(xs), [f"a={p['a']}\nb={p['b']}" for p in pairs], fontsize="small")
     ax.set_ylabel("discordant items")
-    ax.set_ylim(bottom=0, top=max([1] + [max(p["a_only"], p["b_only"]) for p in pairs]) * 1.2)
+    ax.set_ylim(bottom=0, top=max([1] + [max(p["a_only"], p["b_only"]) for p in pairs]) * 1.35)
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Discordant pairs (exact McNemar p)")
+    ax.set_title("Discordant pairs (item-level exact McNemar p, cluster sign-flip p)")
     if pairs:
         ax.legend(fontsize="small")
     return fig
