@@ -11,19 +11,24 @@ from pathlib import Path
 import pytest
 
 from posttrain.calibration import main as calibrate
+from posttrain.judges.prompt import listed_checks
 from posttrain.records import read_jsonl
 from tests.conftest import CANARY_ANTHROPIC
 from tests.helpers import files_with_secrets, posttrain
 from tests.llm_server import FakeLLMServer
 
-FAST = ["model=tiny_instruct", "generation.max_new_tokens=8", "generation.batch_size=6", "stage.sentinel=false"]
+# The tiny model's greedy replies are only newlines, which fail without a judge call (non_empty); at
+# temperature 10 it writes words (seeded, so reruns generate the same text), which the judge then grades.
+FAST = ["model=tiny_instruct", "generation.max_new_tokens=8", "generation.batch_size=6", "stage.sentinel=false",
+        "generation.do_sample=true", "generation.temperature=10.0", "generation.top_p=1.0"]
 FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict", "bad_json")
 
 
 def coin_verdict(prompt: str) -> dict:
     """Tiny models fail everything a sensible judge checks; a coin keyed on the prompt gives both classes."""
     ok = hashlib.sha256(prompt.encode()).digest()[0] % 2 == 0
-    return {"verdict": "pass" if ok else "fail", "checks": [{"name": "coin", "passed": ok, "detail": "-"}],
+    rest = [{"name": f"line {k}", "passed": True, "detail": "-"} for k in range(1, listed_checks(prompt))]
+    return {"verdict": "pass" if ok else "fail", "checks": [{"name": "coin", "passed": ok, "detail": "-"}, *rest],
             "rationale": "scripted"}
 
 
@@ -75,7 +80,7 @@ def test_spot_check_calibration_and_gate_eligibility(tmp_path: Path, posttrain_h
     with FakeLLMServer(verdict_fn=coin_verdict) as srv:
         env = {"OPENAI_BASE_URL": srv.openai_url}
         args = (*FAST, "scorer=llm", "judge=claude", f"judge.base_url={srv.url}", "judge.spot_check=0.5",
-                "benchmark.limit=12", f"hydra.run.dir={run}")
+                "benchmark.limit=12", "gate.min_calibration_items=10", f"hydra.run.dir={run}")
         posttrain(*args, home=posttrain_home, cache=shared_cache, env=env)
         spot = json.loads((run / "spot_check.json").read_text())
         assert spot["second_judge"] == "gpt4" and spot["n"] >= 4 and 0 <= spot["agreement"] <= 1
@@ -99,6 +104,9 @@ def test_spot_check_calibration_and_gate_eligibility(tmp_path: Path, posttrain_h
         assert srv.model_calls == calls  # everything cached
         summary = json.loads((run / "summary.json").read_text())
         assert summary["gate_eligible"] is True, summary["gate_ineligible_reason"]
+        cal, inst = summary["calibration"], summary["judge_instrument"]
+        assert cal["applies"] is True and cal["n"] >= 10 and cal["key"].startswith(f"anthropic__{inst['model']}__")
+        assert summary["spot_check"]["status"] == "ran" and summary["spot_check"]["second_judge"] == "gpt4"
 
 
 @pytest.mark.slow
