@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run demo test test-fast test-real e2e check bench clean
+.PHONY: help setup run run-tiny demo test test-fast test-real e2e check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,25 +28,34 @@ $(STAMP): pyproject.toml setup.py requirements/smollm2.txt
 
 setup: $(STAMP)  ## create .venv with pinned torch and an editable install (idempotent)
 
-run: setup  ## the embedded demo: the three-way comparison on tiny local models (CPU, offline, no API key)
-	$(BIN)/posttrain -m +experiment=three_way_tiny
-	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; cat "$$sweep/comparison.md"; echo; \
+run: setup  ## the embedded demo: one REAL model (SmolLM2-135M-Instruct) under three prompt formats, paired (~3 min on 2 cores)
+	$(BIN)/posttrain -m +experiment=formats_smollm2
+	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; $(BIN)/python bench/show_replies.py "$$sweep"; echo; \
+	  cat "$$sweep/comparison.md"; echo; \
 	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
 
-test: setup  ## the test suite (tiny local models, loopback servers; about 10 minutes on 2 cores)
-	$(BIN)/python -m pytest -q -m "not e2e"
+run-tiny: setup  ## the three-way comparison on the tiny random models (seconds; the plumbing, not a finding)
+	$(BIN)/posttrain -m +experiment=three_way_tiny
+	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; cat "$$sweep/comparison.md"
+
+# The three test commands of the README; .ci/run runs exactly these three.
+test: setup  ## the test suite without the real-model and e2e tiers (tiny local models, loopback servers; about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -m "not e2e and not real"
+
+test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO (about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -m real
 
 e2e: setup  ## the honest end-to-end pipeline on tiny models: base -> data -> SFT -> eval, McNemar (~4 min)
 	$(BIN)/python -m pytest -q -m e2e -s
 
 test-fast: setup  ## the suite without the slow subprocess/multirun tests
-	$(BIN)/python -m pytest -q -m "not slow and not e2e"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e and not real"
 
 check: setup  ## ruff + mypy
 	$(BIN)/ruff check posttrain tests
 	$(BIN)/mypy
 
-bench: setup  ## measure throughput ratios; writes docs/benchmarks.md
+bench: setup  ## measure throughput ratios and SmolLM2 tokens/s vs the memory-bandwidth limit; writes docs/benchmarks.md
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
 clean:  ## remove run outputs (not the venv)

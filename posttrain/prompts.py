@@ -78,7 +78,9 @@ def render_prompt(history: History, fmt: str, cfg: Any, *, kind: str, tokenizer:
             raise ContaminationError("guard template-missing: prompt.format=chat_template but the tokenizer has no "
                                      "chat template (for a base model it was removed by the loader's guard)")
         messages: list[dict[str, str]] = []
-        if cfg.system_prompt:
+        # null: no system turn, so a template's own default applies (SmolLM2 inserts one; the loader
+        # records it as chat_template_default_system_prompt); "" sends an empty one, which suppresses it.
+        if cfg.system_prompt is not None:
             messages.append({"role": "system", "content": cfg.system_prompt})
         for user, reply in history:
             messages.append({"role": "user", "content": user})

@@ -108,3 +108,56 @@ def test_instruct_prompt_uses_the_template(tiny_paths, shared_cache: Path) -> No
     assert text == ("<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
                     "<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n")
     assert lm.provenance["chat_template_sha256"] and lm.tokenizer.padding_side == "left"
+
+
+# The real upstream templates, as TRL ships them: Qwen2.5's (ChatML with a default "You are Qwen"
+# system turn) and Llama-3.1's (header tokens, a dated default system turn).
+TRL_TEMPLATES = {"qwen2_5": ("<|im_start|>", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+                 "llama3_1": ("<|start_header_id|>", None)}
+
+
+def _trl_template(name: str) -> str:
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
+
+
+@pytest.fixture(params=sorted(TRL_TEMPLATES))
+def base_with_real_template(request: pytest.FixtureRequest, tiny_paths, tmp_path: Path) -> tuple[str, Path]:
+    """The tiny base model's folder with a real upstream template in its tokenizer."""
+    folder = tmp_path / f"base-with-{request.param}"
+    shutil.copytree(tiny_paths["base"], folder)
+    (folder / "chat_template.jinja").write_text(_trl_template(request.param))
+    return request.param, folder
+
+
+def test_real_upstream_template_on_a_base_model_is_recorded_and_removed(base_with_real_template, shared_cache) -> None:
+    from posttrain.records import sha256_text
+
+    name, folder = base_with_real_template
+    lm = load_model(mcfg(path=str(folder)), cache_dir=shared_cache, device="cpu")
+    assert lm.provenance["chat_template_sha256"] == sha256_text(_trl_template(name))  # the exact template
+    assert lm.provenance["chat_template_removed"] and lm.tokenizer.chat_template is None
+    with pytest.raises(ValueError):  # transformers refuses: no template left to apply
+        lm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    with pytest.raises(ContaminationError, match="template"):
+        render_prompt([("hi", None)], "chat_template", PromptConfig(), kind="base", tokenizer=lm.tokenizer)
+
+
+def test_text_rendered_with_a_real_template_is_refused_for_a_base_model(base_with_real_template) -> None:
+    from transformers import AutoTokenizer
+
+    name, folder = base_with_real_template
+    marker, default_system = TRL_TEMPLATES[name]
+    tok = AutoTokenizer.from_pretrained(str(folder))  # the template kept, as a careless pipeline would
+    chat = tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert marker in chat
+    if default_system:  # the loader's record of what the template adds when no system turn is given
+        from posttrain.models.smollm2 import default_system_prompt
+
+        assert default_system_prompt(tok) == default_system and default_system in chat
+    with pytest.raises(ContaminationError, match="guard base-chat-tokens"):
+        render_prompt([(chat, None)], "transcript", PromptConfig(), kind="base")
+    with pytest.raises(ContaminationError, match="guard base-chat-tokens"):
+        render_prompt([(chat, None)], "raw", PromptConfig(), kind="base")

@@ -1,0 +1,168 @@
+"""Real-model figures for `make bench`: SmolLM2-135M-Instruct decoding speed on this CPU.
+
+What is measured (greedy, float32, the converted folder of posttrain/models/smollm2.py):
+  - tokens/s of ``generate`` at batch 1, 8, 16 and 32, with 1 and 2 threads;
+  - the batch-1 memory-bandwidth limit: decoding one token at batch 1 reads every weight once
+    (the tied 49152 x 576 embedding is read in full as the LM head), so
+    limit = measured copy bandwidth / bytes of weights; and the share of it reached;
+  - where the time goes at batch 1: the model's forward passes alone (a hand-written KV-cache
+    loop) against ``generate`` for the same tokens; the difference is generate's own overhead
+    (logits processors, stopping criteria, cache bookkeeping).
+
+Run alone: ``python bench/real_model.py`` (prints JSON); `make bench` calls :func:`measure`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT = "Explain in two sentences why the sky is blue."
+BATCHES = (1, 8, 16, 32)
+THREADS = (1, 2)
+
+
+def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of a large tensor copy (read + write counted), median of ``repeats``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # touch the pages once
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def _prompts(tokenizer: Any, n: int) -> list[str]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
+                                         add_generation_prompt=True)
+    return [text] * n
+
+
+def generate_rate(model: Any, tokenizer: Any, batch: int, new_tokens: int, repeats: int) -> float:
+    """Total new tokens per second of greedy ``generate`` at this batch size (exactly ``new_tokens`` each)."""
+    import torch
+
+    enc = tokenizer(_prompts(tokenizer, batch), return_tensors="pt", padding=True, add_special_tokens=False)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.generate(**enc, **kwargs)
+            times.append(time.perf_counter() - t0)
+    return batch * new_tokens / statistics.median(times)
+
+
+def forward_only_rate(model: Any, tokenizer: Any, new_tokens: int, repeats: int) -> float:
+    """Batch-1 tokens/s of the bare forward passes generate makes: prefill, then one token at a time."""
+    import torch
+
+    ids = tokenizer(_prompts(tokenizer, 1), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            for _ in range(new_tokens - 1):  # generate also makes new_tokens - 1 decode passes after prefill
+                nxt = out.logits[:, -1:].argmax(-1)
+                out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
+            times.append(time.perf_counter() - t0)
+    return new_tokens / statistics.median(times)
+
+
+def measure(folder: Path, *, new_tokens: int = 32, repeats: int = 2) -> dict[str, Any]:
+    """Every real-model figure of docs/benchmarks.md; ``folder`` is the converted SmolLM2 folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    n_params = sum(p.numel() for p in model.parameters())  # tied embedding counted once
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (float32)", "n_parameters": n_params,
+                           "weight_bytes": weight_bytes, "new_tokens": new_tokens, "repeats": repeats,
+                           "threads": {}}
+    for threads in THREADS:
+        torch.set_num_threads(threads)
+        bw = copy_bandwidth(threads)
+        generate_rate(model, tok, 1, 4, 1)  # warm-up: allocator, kernels
+        rates = {str(b): generate_rate(model, tok, b, new_tokens, repeats) for b in BATCHES}
+        fwd = forward_only_rate(model, tok, new_tokens, repeats)
+        limit = bw / weight_bytes
+        out["threads"][str(threads)] = {
+            "copy_bandwidth_gb_s": bw / 1e9, "batch1_limit_tok_s": limit,
+            "batch1_share_of_limit": rates["1"] / limit, "tokens_per_s": rates,
+            "batched_over_batch1": {b: r / rates["1"] for b, r in rates.items()},
+            "batch1_forward_only_tok_s": fwd,
+            # share of generate's batch-1 time spent outside the model's forward passes
+            "batch1_generate_overhead": 1 - rates["1"] / fwd,
+        }
+    return out
+
+
+def targets(real: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 13: batch 1 >= 50% of the bandwidth limit; the best batch >= 5x batch 1 (best thread count)."""
+    best = max(real["threads"].values(), key=lambda v: v["tokens_per_s"]["1"])
+    share = best["batch1_share_of_limit"]
+    speedup = max(v for b, v in best["batched_over_batch1"].items() if b != "1")
+    return [("SmolLM2 batch 1 >= 50% of the memory-bandwidth limit", f"{100 * share:.0f}%", share >= 0.5),
+            ("SmolLM2 batched >= 5x batch-1 tokens/s", f"{speedup:.1f}x", speedup >= 5.0)]
+
+
+def render(real: dict[str, Any]) -> list[str]:
+    """The docs/benchmarks.md section, rendered from the recorded numbers."""
+    gb = real["weight_bytes"] / 1e9
+    lines = ["## Real model: SmolLM2-135M-Instruct on this CPU",
+             f"{real['model']}, {real['n_parameters'] / 1e6:.1f}M parameters = {gb:.3f} GB of weights read per "
+             f"decoded token at batch 1. Greedy `generate`, {real['new_tokens']} new tokens per sequence (forced), "
+             f"median of {real['repeats']} runs; one chat prompt repeated to fill the batch.", "",
+             "| threads | copy bandwidth GB/s | batch-1 limit tok/s | " + " | ".join(f"batch {b} tok/s" for b in BATCHES)
+             + " | batch 1 / limit | best batch / batch 1 | forward-only batch 1 tok/s | generate overhead |",
+             "|---" * (6 + len(BATCHES)) + "|"]
+    for t, v in real["threads"].items():
+        rates = " | ".join(f"{v['tokens_per_s'][str(b)]:.1f}" for b in BATCHES)
+        best = max(x for b, x in v["batched_over_batch1"].items() if b != "1")
+        lines.append(f"| {t} | {v['copy_bandwidth_gb_s']:.1f} | {v['batch1_limit_tok_s']:.1f} | {rates} | "
+                     f"{100 * v['batch1_share_of_limit']:.0f}% | {best:.1f}x | {v['batch1_forward_only_tok_s']:.1f} | "
+                     f"{100 * v['batch1_generate_overhead']:.0f}% |")
+    lines += ["", "The limit assumes the weights stream from memory once per token (a 538 MB model does not fit in "
+              "cache) at the measured copy bandwidth; the KV cache of a short prompt adds well under 1% to it.", "",
+              "| target (issue 13) | measured | met |", "|---|---|---|"]
+    lines += [f"| {n} | {m} | {'yes' if ok else 'no (see below)'} |" for n, m, ok in targets(real)]
+    lines += ["", *WHY, ""]
+    return lines
+
+
+# Why a target can be missed and what would fix it, stated once (docs/benchmarks.md renders it).
+WHY = [
+    "**When batch 1 stays under 50% of the bandwidth limit**: at 135M parameters a decode step is 30 layers of "
+    "small matrix-vector products (576 x 1536 at most), about 1 ms of memory traffic each, and PyTorch's eager "
+    "per-op dispatch plus `generate`'s per-step bookkeeping (the `generate overhead` column) are of the same "
+    "order. What would fix it: fewer, bigger kernels per step (`torch.compile` of the decode step with a static "
+    "KV cache, `cache_implementation=\"static\"`), or a runtime built for this (llama.cpp reads the Q4_1 weights, "
+    "a quarter of the bytes, with fused kernels). bf16 weights would halve the bytes but most CPUs without "
+    "AMX/avx512_bf16 compute bf16 matmuls more slowly than float32.",
+    "**When batching gains less than 5x**: a batch shares each weight read, so until compute binds, tokens/s "
+    "should grow almost linearly with the batch; on 2 cores the 135M-parameter step becomes compute-bound "
+    "(about 0.27 GFLOP per token) after a few sequences, and with other processes on the cores the threads "
+    "wait on each other. What would fix it: more cores, or a GPU (the vLLM backend).",
+    "These numbers move with anything else running on the machine; the lead reruns `make bench` on an idle one.",
+]
+
+
+if __name__ == "__main__":
+    from posttrain.models.smollm2 import ensure_smollm2
+    from posttrain.paths import cache_dir
+
+    print(json.dumps(measure(ensure_smollm2(cache_dir())), indent=2))
