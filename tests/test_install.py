@@ -148,7 +148,7 @@ def test_tiny_three_way_sweep_and_an_own_model_run_from_an_empty_folder(installe
 
     # A model of one's own, added without editing the package: a local HF folder (here the tiny base
     # the sweep built) named in model/my_model.yaml of a config folder outside the package.
-    (tiny_base,) = (Path(installed["root"]) / "home" / "cache" / "tiny").glob("base-*")
+    (tiny_base,) = [p for p in (Path(installed["root"]) / "home" / "cache" / "tiny").glob("base-*") if p.is_dir()]
     user_conf = tmp_path / "my-conf"
     (user_conf / "model").mkdir(parents=True)
     (user_conf / "model" / "my_model.yaml").write_text(
