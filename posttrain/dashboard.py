@@ -126,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     offline = args.dry_run or mode in ("offline", "disabled", "dryrun")
     entity = args.entity
     if entity is None and not offline:
-        import wandb
+        try:
+            import wandb
 
-        entity = wandb.Api().default_entity
+            entity = wandb.Api().default_entity
+        except Exception as exc:  # not logged in, or no network
+            print(f"posttrain-dashboard: error: W&B is not reachable ({type(exc).__name__}: {exc}). Run `wandb login` "
+                  "and pass --entity, or write the definition with --dry-run. Nothing was saved.", file=sys.stderr)
+            return 2
     workspace = build_workspace(args.project, entity or "YOUR_ENTITY", args.name)
     if offline:
         from posttrain.records import write_json
@@ -141,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(len(s.panels) for s in workspace.sections)} panels) to {args.out}; nothing was saved to W&B.\n"
               f"Push it later (after `wandb login` and `wandb sync` of the offline runs): {push}")
         return 0
-    saved = workspace.save()
+    try:
+        saved = workspace.save()
+    except Exception as exc:
+        print(f"posttrain-dashboard: error: saving the workspace to {entity}/{args.project} failed "
+              f"({type(exc).__name__}: {exc}). Check `wandb login`, --entity and --project, or use --dry-run. "
+              "Nothing was saved.", file=sys.stderr)
+        return 2
     print(f"posttrain-dashboard: saved workspace {args.name!r} to {entity}/{args.project}: {saved.url}")
     return 0
 

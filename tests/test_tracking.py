@@ -201,3 +201,14 @@ def test_every_dashboard_panel_names_what_the_runs_log(tiny_sweep: tuple[Path, f
     d = _dashboard(tmp_path)
     named = {n for p in d["panels"] for n in p["metrics"] + p["tables"]}
     assert named and named - logged == set(), sorted(named - logged)
+
+
+def test_dashboard_online_without_a_login_says_what_to_do(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "posttrain.dashboard", "--project", "posttrain"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "wandb login" in proc.stderr and "--dry-run" in proc.stderr
+    assert "Nothing was saved" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dashboard.json").exists()
