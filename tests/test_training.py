@@ -22,7 +22,13 @@ import pytest
 
 from posttrain.errors import PosttrainError
 from posttrain.records import read_json, read_jsonl, sha256_file
-from posttrain.training.negatives import CONTENT_TYPES, NEGATIVE_TYPES, build_pairs, find_constraint, leakage_report
+from posttrain.training.negatives import (
+    CONTENT_TYPES,
+    NEGATIVE_TYPES,
+    build_pairs,
+    find_constraint,
+    leakage_report,
+)
 from posttrain.training.rouge import RougePool, lcs_length, rouge_l, rouge_tokens
 
 REPO = Path(__file__).resolve().parent.parent
