@@ -60,10 +60,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[s
 def test_self_instruct_on_real_text_is_filtered_and_counted(chain: dict[str, Any]) -> None:
     report = json.loads((chain["sft"] / "data_report.json").read_text())
     ins = report["counts"]["instructions"]
-    # every proposal is accounted for: kept, or dropped with its reason (length, keyword, format,
-    # held-out ROUGE-L, pool ROUGE-L duplicate)
+    # every proposal is accounted for: kept, surplus (beyond the target), or dropped with its reason
+    # (length, keyword, format, held-out ROUGE-L, pool ROUGE-L duplicate)
+    statuses = {k: v for k, v in ins.items() if k in ("kept", "surplus") or k.startswith("dropped_")}
     assert ins["proposed"] > 0 and ins.get("kept", 0) > 0
-    assert ins["proposed"] == sum(v for k, v in ins.items() if k == "kept" or k.startswith("dropped_"))
+    assert ins["proposed"] == sum(statuses.values()), ins
     assert report["contamination"]["n_heldout_texts"] > 0 and report["contamination"]["rouge_threshold"] == 0.7
     assert "n_dropped_heldout" in report
     critic = report["critic"]

