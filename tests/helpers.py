@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# Session-wide results of expensive fixtures, keyed by name. pytest imports a test file as its own
+# module, and another file importing a fixture from it gets a second fixture; this module is one.
+SESSION_RUNS: dict[str, Any] = {}
 
 
 def posttrain(*overrides: str, home: Path, cache: Path, env: dict[str, str] | None = None,

@@ -141,6 +141,10 @@ def test_four_model_tiny_without_adapters_stops_before_any_job(tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> tuple[Path, float]:
+    from tests.helpers import SESSION_RUNS
+
+    if "three_way_tiny" in SESSION_RUNS:  # one sweep per session: tests/test_tracking.py reads it too
+        return SESSION_RUNS["three_way_tiny"]
     root = tmp_path_factory.mktemp("three_way_tiny")
     sweep = root / "multirun" / "2026-01-31" / "12-00-00"
     t0 = time.perf_counter()
@@ -150,6 +154,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> 
                       home=root / "home", ANTHROPIC_API_KEY=CANARY_ANTHROPIC, OPENAI_API_KEY=CANARY_OPENAI)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    SESSION_RUNS["three_way_tiny"] = (sweep, wall)
     return sweep, wall
 
 
