@@ -2,7 +2,8 @@
 
 Offline by default, so a run never waits for a login; ``tracking.mode=online`` syncs live and
 ``disabled`` turns W&B off. Every metric logged here is also appended to ``metrics.jsonl`` in the
-run folder, so no result depends on W&B: if W&B fails to start, the run warns and goes on.
+run folder (tables and the ledger series as a note of their size / this run's point: their rows are
+records already), so no result depends on W&B: if W&B fails to start, the run warns and goes on.
 
 What reaches W&B besides the metrics is built FROM the records on disk, never recomputed: the
 transcript table of an eval job (items.jsonl + generations.jsonl + scores.jsonl + spot_check.json),
