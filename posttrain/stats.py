@@ -569,7 +569,14 @@ def obuchowski_test(
     if var <= 0.0:  # every cluster moved the same way by the same per-item amount: no spread to test
         return ClusterTest(math.inf, 0.0 if g > 1 else 1.0, n_active, "obuchowski")
     stat = float(dg.sum()) ** 2 / var
-    return ClusterTest(stat, float(sps.chi2.sf(stat, 1)), n_active, "obuchowski")
+    return ClusterTest(stat, math.erfc(math.sqrt(stat / 2.0)), n_active, "obuchowski")  # = chi2(1).sf(stat)
+
+
+def _half_binomial_pmf(c: int) -> np.ndarray:
+    """Binomial(c, 1/2) probabilities: C(c, j) / 2^c by exact integers (floats hold them up to c = 1000)."""
+    if c > 1000:
+        return np.asarray(sps.binom.pmf(np.arange(c + 1), c, 0.5))
+    return np.array([math.comb(c, j) for j in range(c + 1)], dtype=float) / float(2**c)
 
 
 def cluster_permutation_test(
@@ -602,7 +609,7 @@ def cluster_permutation_test(
     dist = np.ones(1)  # the distribution of the signed sum, indexed from its minimum
     for v, c in zip(*np.unique(dg, return_counts=True), strict=True):
         part = np.zeros(2 * int(c) * int(v) + 1)
-        part[:: 2 * int(v)] = sps.binom.pmf(np.arange(int(c) + 1), int(c), 0.5)
+        part[:: 2 * int(v)] = _half_binomial_pmf(int(c))
         dist = np.convolve(dist, part)
     total = int(dg.sum())
     sums = np.abs(np.arange(-total, total + 1))
