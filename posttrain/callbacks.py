@@ -48,7 +48,8 @@ def _scalars(comparison: dict[str, Any]) -> dict[str, Any]:
         out |= {f"success_rate/{m['model']}": m["success_rate"], f"n_error/{m['model']}": m["n_error"]}
     for p in comparison["pairs"]:
         key = f"{p['a']}_vs_{p['b']}"
-        out |= {f"mcnemar_p/{key}": p["mcnemar_p"], f"p_holm/{key}": p["p_holm"], f"cohens_h/{key}": p["cohens_h"]}
+        out |= {f"mcnemar_p/{key}": p["mcnemar_p"], f"p_holm/{key}": p["p_holm"], f"cohens_h/{key}": p["cohens_h"],
+                f"cluster_p/{key}": p.get("cluster_p")}
     return out
 
 

@@ -422,3 +422,13 @@ def test_report_on_the_tiny_three_way_sweep(sweep: Path, tmp_path: Path, compose
         assert text in out, text
     dropped = next(line for line in out.splitlines() if line.startswith("| tiny_base | tiny_instruct | 2 | 1 | 38 |"))
     assert "0.025" in dropped and "0.0244" in dropped  # error rates 1/40 and 1/41
+
+
+def test_power_note_takes_the_design_effect() -> None:
+    """With D = 2, 200 clustered conversations are worth 200 / 2 = 100 independent ones, and the 26
+    conversations for 80% power at 0.30 vs 0.80 become 2 · 26 = 52."""
+    text = power_note(200, GateThresholds(), design_effect=2.0)
+    d = design_power(0.30, 0.80, 100, 0.01)
+    assert "observed design effect 2.00 makes them worth 200 / 2.00 = 100 independent ones" in text
+    assert f"({d.power:.0%} power); 80% power needs 52 conversations" in text
+    assert "design effect" not in power_note(200, GateThresholds())  # independent items: no clustering sentence
