@@ -8,6 +8,8 @@ Public API (docs/judging.md describes the method):
 - :func:`judge_generations` — one score row per generation row (sync or batch mode), cached.
 - :func:`judge_pairwise` — which of two runs' replies is better, in both orders.
 - :func:`spot_check` — re-judge a stratified sample with a second judge; agreement and kappa.
+- :func:`judge_instrument`, :func:`template_sha256` — what made a verdict (provider, model, template
+  and its hash), the key a calibration is bound to.
 - :func:`make_judge`, :func:`render_turn_prompt`, :data:`TEMPLATES`, :data:`VERDICT_SCHEMA`,
   :func:`validate_verdict`, :class:`JudgeCache` — the pieces, for tools and tests.
 
@@ -33,8 +35,10 @@ from posttrain.judges.prompt import (
     TEMPLATES,
     VERDICT_SCHEMA,
     VerdictError,
+    judge_instrument,
     render_pair_prompt,
     render_turn_prompt,
+    template_sha256,
     validate_preference,
     validate_verdict,
 )
@@ -62,12 +66,14 @@ __all__ = [
     "cost_usd",
     "estimate_cost",
     "judge_generations",
+    "judge_instrument",
     "judge_pairwise",
     "make_judge",
     "preflight_judge",
     "render_pair_prompt",
     "render_turn_prompt",
     "spot_check",
+    "template_sha256",
     "validate_preference",
     "validate_verdict",
 ]
