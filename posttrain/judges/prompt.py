@@ -32,7 +32,6 @@ from typing import Any
 from posttrain.items import Expectation, Item
 
 PAIR_TEMPLATE_VERSION = "pair-judge-v2"
-DEFAULT_TEMPLATE_VERSION = "conv-judge-v2"
 
 # ---------------------------------------------------------------------------------------------
 # Output schemas (JSON Schema). additionalProperties=false and every property required, because
@@ -394,9 +393,9 @@ def render_checklist(expect: Expectation) -> tuple[str, int]:
     forb = [f"- [forbidden {k}] {_quoted([x])}" for k, x in enumerate(expect.must_not_include, 1)] or ["(none)"]
     cons = [f"- [constraint {k}] {c.kind} = {json.dumps(c.value, ensure_ascii=False)}"
             + (f": {c.description}" if c.description else "") for k, c in enumerate(expect.constraints, 1)] or ["(none)"]
-    notes = [f"- [note {k}] {line}" for k, line in enumerate(note_lines(expect.notes), 1)] or ["(none)"]
-    n_checks = (len(expect.must_include) + len(expect.must_not_include) + len(expect.constraints)
-                + len(note_lines(expect.notes)) + 1)
+    lines = note_lines(expect.notes)
+    notes = [f"- [note {k}] {line}" for k, line in enumerate(lines, 1)] or ["(none)"]
+    n_checks = len(expect.must_include) + len(expect.must_not_include) + len(expect.constraints) + len(lines) + 1
     parts = [
         "### Required content (each line must be satisfied; any one of its quoted variants is enough, "
         "case-insensitive; an obvious inflection or spelling of the same name also counts)",
