@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import re
@@ -57,6 +58,93 @@ def test_regenerating_instructions_gives_identical_bytes() -> None:
 
 def test_another_seed_gives_another_set() -> None:
     assert conv.serialize(conv.generate_conversations(seed=7)) != conv.DATA_PATH.read_bytes()
+
+
+# ---------------------------------------------------------------- the templates data file
+def _templates_copy(tmp_path: Path, old: str, new: str) -> Path:
+    """Copy of conversations_templates.yaml with ``old`` (present exactly once) replaced by ``new``."""
+    text = conv.TEMPLATES_PATH.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path = tmp_path / "templates.yaml"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+def test_the_benchmark_words_come_from_the_data_file(tmp_path: Path) -> None:
+    tea = "How long should I steep green tea?"
+    copy = _templates_copy(tmp_path, tea, tea)
+    assert conv.serialize(conv.generate_conversations(templates_path=copy)) == conv.DATA_PATH.read_bytes()
+    edited = _templates_copy(tmp_path, tea, "How long should I steep black tea?")
+    out = conv.serialize(conv.generate_conversations(templates_path=edited)).decode("utf-8")
+    committed = conv.DATA_PATH.read_text(encoding="utf-8")
+    assert "green tea" not in out
+    assert out.count("steep black tea") == committed.count("steep green tea") > 0
+
+
+def test_each_pool_is_its_own_list_per_load() -> None:
+    """Slots.deal keys its decks by id(pool): two pools sharing a list would share a deck."""
+    first, second = conv.load_templates(), conv.load_templates()
+    pools = [getattr(d.pools, f.name) for d in (first, second) for f in dataclasses.fields(conv.Pools)]
+    assert len({id(p) for p in pools}) == len(pools)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (  # a template the generator has a function for, absent from the data
+            "  mem_pet:\n    category: memory\n",
+            "  mem_pets:\n    category: memory\n",
+            r"field 'templates\.mem_pet': 'mem_pet' is missing: the generator uses it",
+        ),
+        (
+            '  days: ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]',
+            "  days: []",
+            r"'pools\.days'.*non-empty",
+        ),
+        ('- ["10:30", ["10:30"', '- [10:30, ["10:30"', r"'pools\.times\[1\]\[0\]': should be str, got 630"),
+        (
+            '    category: preferences\n    intro: "Heads',
+            '    category: prefs\n    intro: "Heads',
+            r"pref_allergy",
+        ),
+        (
+            'intro: "Our {event} is',
+            'intro: "Our {event is',
+            r"'templates\.cu_meeting_moved\.intro'.*format string",
+        ),
+    ],
+    ids=["template-missing", "empty-pool", "mistyped-entry", "unknown-category", "stray-brace"],
+)
+def test_an_invalid_templates_file_fails_on_load(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = _templates_copy(tmp_path, old, new)
+    with pytest.raises(BenchmarkError, match=message) as err:
+        conv.load_templates(path)
+    assert str(err.value).startswith(str(path)) and "nothing was generated or written" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'quiz_note: "The {species} is {pet}, {age} {unit} old."',
+            'quiz_note: "The {species} is {pet}, {age} {unit} old, from {city}."',
+            r"'templates\.mem_pet\.quiz_note': template 'mem_pet', key 'quiz_note' uses placeholder \{city\}, which has no value",
+        ),
+        (
+            "    feed_note: \"'{obj}' is the {species} {pet}; advice must suit a {species}.\"\n",
+            "",
+            r"template 'mem_pet', key 'feed_note' is missing \(the generator reads it\)",
+        ),
+    ],
+    ids=["placeholder-without-value", "key-missing"],
+)
+def test_a_text_the_generator_cannot_fill_names_template_and_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    path = _templates_copy(tmp_path, old, new)
+    with pytest.raises(BenchmarkError, match=message) as err:
+        conv.generate_conversations(templates_path=path)
+    assert str(err.value).startswith(str(path))
 
 
 def test_sha256_is_the_hash_of_the_file_bytes_and_ignores_split_and_limit() -> None:

@@ -199,12 +199,12 @@ class Texts:
         except (KeyError, IndexError, AttributeError) as e:
             given = ", ".join(sorted(values)) or "none"
             raise self._error(
-                key, f"placeholder {{{e.args[0]}}} has no value (the generator gives: {given})"
+                key, f"uses placeholder {{{e.args[0]}}}, which has no value (the generator gives: {given})"
             ) from None
 
     def _error(self, key: str, message: str) -> BenchmarkError:
         return _data_error(
-            self.source, f"template '{self.name}': key '{key}' {message}", f"templates.{self.name}.{key}"
+            self.source, f"template '{self.name}', key '{key}' {message}", f"templates.{self.name}.{key}"
         )
 
 
