@@ -162,7 +162,18 @@ WHY = [
 
 
 if __name__ == "__main__":
+    import argparse
+
     from posttrain.models.smollm2 import ensure_smollm2
     from posttrain.paths import cache_dir
 
-    print(json.dumps(measure(ensure_smollm2(cache_dir())), indent=2))
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    result = measure(ensure_smollm2(cache_dir()), new_tokens=args.new_tokens, repeats=args.repeats)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
