@@ -171,9 +171,12 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         from posttrain.judges.prompt import judge_instrument
 
         spend = JudgeSpend()
-        scores = judge_generations(items, rows, cfg.judge, cache_dir=judge_cache_dir(cfg.judge.cache_dir),
-                                   on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir, spend=spend)
-        ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
+        try:
+            scores = judge_generations(items, rows, cfg.judge, cache_dir=judge_cache_dir(cfg.judge.cache_dir),
+                                       on_row=lambda r: append_jsonl(partial, [r]), state_dir=ctx.run_dir,
+                                       spend=spend)
+        finally:  # a judge stopped part-way (spend limit, repeated 4xx) still paid for what it answered
+            ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
         extra["judge_spend"] = spend.as_dict()
         extra["judge_preflight"] = ctx.plan.state.get("judge_preflight")
         instrument = judge_instrument(cfg.judge)
