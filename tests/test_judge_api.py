@@ -270,8 +270,11 @@ def test_cli_deprecated_model_warns_and_records_the_date(tmp_path: Path, posttra
                          "judge.model=claude-opus-4-5", "judge.prices_for=claude-opus-4-5", "benchmark.limit=1",
                          f"hydra.run.dir={run}", home=posttrain_home, cache=shared_cache)
     assert "deprecated and retires on 2027-01-22" in proc.stdout + proc.stderr
-    pre = json.loads((run / "summary.json").read_text())["judge_preflight"]["judge"]
+    summary = json.loads((run / "summary.json").read_text())
+    pre = summary["judge_preflight"]["judge"]
     assert pre["status"] == "deprecated" and pre["retires_at"] == "2027-01-22" and pre["checked"] is True
+    assert summary["judge_settings"] == {"temperature": None, "max_tokens": 16000, "thinking": "adaptive",
+                                         "effort": "medium", "structured_output": "json_schema"}
 
 
 def test_cli_judge_refusing_every_request_stops_with_its_message_and_keeps_generations(

@@ -168,6 +168,7 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
     else:
         from posttrain.calibration import calibration_status
         from posttrain.judges import JudgeSpend, judge_generations
+        from posttrain.judges.clients import request_settings
         from posttrain.judges.prompt import judge_instrument
 
         spend = JudgeSpend()
@@ -179,6 +180,7 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
             ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
         extra["judge_spend"] = spend.as_dict()
         extra["judge_preflight"] = ctx.plan.state.get("judge_preflight")
+        extra["judge_settings"] = request_settings(cfg.judge)  # thinking, effort, sampling: as sent
         instrument = judge_instrument(cfg.judge)
         extra["judge_instrument"] = instrument
         extra["calibration"] = calibration_status(calibration_dir(), instrument, min_kappa=cfg.gate.min_kappa,
