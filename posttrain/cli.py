@@ -82,7 +82,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                 gpu_hours, gpu_usd = gpu_cost(wall, cfg.model.num_gpus, cfg.model.gpu_price_per_hour)
                 ledger.record(Spend(str(run_dir), cfg.stage.name, cfg.model.name, cfg.model.gpu_type,
                                     gpu_hours, gpu_usd, ctx.api_usd, note=status))
-                tracker.log_budget(ledger, run_dir)  # budget/* metrics: this run and the cumulative ledger
+                # budget/* metrics: this run and the cumulative ledger; an ungated training run says so
+                # in this row too, like in every other record it writes
+                override = bool(cfg.stage.get("override_gate", False))
+                tracker.log_budget(ledger, run_dir, extra={"gate_override": True} if override else None)
                 summary = {
                     "status": status,
                     "model": cfg.model.name, "model_kind": cfg.model.kind, "stage": cfg.stage.name,

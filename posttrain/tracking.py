@@ -132,13 +132,14 @@ class Tracker:
         except Exception as exc:
             log.warning("W&B table %s failed (%s)", key, exc)
 
-    def log_budget(self, ledger: Any, run_dir: Path) -> dict[str, float]:
+    def log_budget(self, ledger: Any, run_dir: Path, *, extra: dict[str, Any] | None = None) -> dict[str, float]:
         """The ledger as W&B metrics: this run's spend, and the cumulative series up to its row.
 
         Every run re-logs the series up to its own ledger row (``budget/entry`` 1..k), so the
         project's latest run draws the whole spend curve and earlier runs lie on it; the cap is
-        logged on every point so a panel draws it as a flat line. Returns this run's values
-        (empty when the ledger cannot be read: the ledger stays the record either way).
+        logged on every point so a panel draws it as a flat line. ``extra`` goes into this run's
+        metrics.jsonl row (e.g. ``gate_override``). Returns this run's values (empty when the
+        ledger cannot be read: the ledger stays the record either way).
         """
         from posttrain.budget import run_spend, spend_series
 
@@ -155,7 +156,8 @@ class Tracker:
         for row in series[:upto + 1]:
             self._wandb_log(row)
         values = run_spend(entries[upto]) | {k: v for k, v in series[upto].items() if k != "budget/entry"}
-        append_jsonl(self.metrics_path, [values])  # the series itself is the ledger; this run's point is here
+        # the series itself is the ledger; this run's point is here
+        append_jsonl(self.metrics_path, [values | (extra or {})])
         self.summary(values)
         return values
 
