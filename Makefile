@@ -42,7 +42,7 @@ run-tiny: setup  ## the three-way comparison on the tiny random models (seconds;
 test: setup  ## the test suite without the real-model and e2e tiers (tiny local models, loopback servers; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m "not e2e and not real"
 
-test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO (about 10 minutes on 2 cores)
+test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO (about 4 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m real
 
 e2e: setup  ## the honest end-to-end pipeline on tiny models: base -> data -> SFT -> eval, McNemar (~4 min)
