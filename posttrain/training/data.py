@@ -681,7 +681,7 @@ def sft_examples(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, k
     out: list[dict[str, Any]] = []
     for r in rows:
         if fmt == "chat_template":
-            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt else []
+            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt is not None else []
             for t in r["turns"]:
                 msgs += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
             out.append({"messages": msgs, "row_id": r["id"]})
@@ -733,7 +733,7 @@ def dpo_sources(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, ki
         item: dict[str, Any] = {"id": r["id"], "user": last["user"], "chosen": last["assistant"].strip()}
         item |= {k: last[k] for k in ("constraint", "violation") if last.get(k) is not None}
         if fmt == "chat_template":
-            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt else []
+            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt is not None else []
             for u, a in history:
                 msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
             msgs.append({"role": "user", "content": last["user"]})
