@@ -43,9 +43,9 @@ def bench_generation(cache: Path, repeats: int, n_prompts: int = 64, new_tokens:
     from omegaconf import OmegaConf
 
     from posttrain.config import ModelConfig, PromptConfig
-    from posttrain.generation import HFBackend, SamplingParams
+    from posttrain.generation.backends import HFBackend, SamplingParams
     from posttrain.models.loader import load_model
-    from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.generation.prompts import render_prompt, stop_strings
 
     cfg = OmegaConf.structured(ModelConfig(name="tiny_base", path="tiny_base", tiny="base", kind="base",
                                            dtype="float32"))

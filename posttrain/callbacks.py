@@ -1,7 +1,7 @@
 """Hydra callbacks: the sweep's comparison when a multirun ends, and a preflight for adapter sweeps.
 
 ``ComparisonCallback`` is registered in ``conf/config.yaml`` (``hydra.callbacks.comparison``).
-When a multirun ends it compares the jobs that wrote summaries (:func:`posttrain.report.write_comparison`)
+When a multirun ends it compares the jobs that wrote summaries (:func:`posttrain.analysis.report.write_comparison`)
 into the sweep folder and logs the files to W&B as one ``comparison`` run in the sweep's group.
 Nothing it does can fail the sweep: a problem is logged and the jobs' records stay as they are.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-log = logging.getLogger("posttrain.comparison")
+log = logging.getLogger("posttrain.analysis.comparison")
 
 ADAPTER_ENV = {"sft": "POSTTRAIN_SFT_ADAPTER", "dpo": "POSTTRAIN_DPO_ADAPTER", "dpo_only": "POSTTRAIN_DPO_ONLY_ADAPTER"}
 
@@ -55,7 +55,7 @@ def _scalars(comparison: dict[str, Any]) -> dict[str, Any]:
 
 def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -> str | None:
     """Log the comparison files to W&B as one ``comparison`` run in the sweep's group; returns its id."""
-    from posttrain.tracking import Tracker
+    from posttrain.tracking.tracker import Tracker
 
     group = sweep_group(sweep_dir)
     files = [sweep_dir / "comparison.json", sweep_dir / "comparison.md",
@@ -68,7 +68,7 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
                 "thresholds": comparison["thresholds"], "missing_jobs": comparison["missing_jobs"]},
     )
     with tracker:
-        from posttrain.tracking import log_comparison_records
+        from posttrain.tracking.tracker import log_comparison_records
 
         log_comparison_records(tracker, comparison, sweep_dir)  # inputs (lineage), tables, the sweep's spend
         tracker.summary(_scalars(comparison))
@@ -87,7 +87,7 @@ def write_primary(config: Any, sweep: Path) -> Path:
 
     from omegaconf import OmegaConf
 
-    from posttrain.comparison import PRIMARY_FILE, primary_pairs
+    from posttrain.analysis.comparison import PRIMARY_FILE, primary_pairs
     from posttrain.records import write_json
 
     path = sweep / PRIMARY_FILE
@@ -116,8 +116,8 @@ class ComparisonCallback(Callback):
         self._failed: list[str] = []
 
     def _write(self, config: Any) -> dict[str, Any] | None:
-        from posttrain.comparison import thresholds_from
-        from posttrain.report import load_sweep, write_comparison
+        from posttrain.analysis.comparison import thresholds_from
+        from posttrain.analysis.report import load_sweep, write_comparison
 
         sweep = self._sweep or _sweep_dir(config)
         try:
@@ -169,7 +169,7 @@ def swept_variants(config: Any, key: str = "experiment/variant") -> list[str]:
     """The values of ``key`` (a config group, with or without ``+``) across the sweep's jobs."""
     from omegaconf import OmegaConf
 
-    from posttrain.report import sweep_jobs
+    from posttrain.analysis.report import sweep_jobs
 
     params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) or {}
     task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False) or []

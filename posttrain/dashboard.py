@@ -1,6 +1,6 @@
 """``posttrain-dashboard``: the project's W&B workspace, built in code with ``wandb-workspaces``.
 
-Five sections, each on the metric names that posttrain/tracking.py logs (docs/tracking.md):
+Five sections, each on the metric names that posttrain/tracking/tracker.py logs (docs/tracking.md):
 
 - **Budget**: the ledger's cumulative spend against the cap (x = ``budget/entry``, the ledger row),
   GPU-hours and API dollars, spend per run and per sweep.
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from posttrain.tracking import COMPARISON_TABLES, TRANSCRIPTS_KEY
+from posttrain.tracking.tracker import COMPARISON_TABLES, TRANSCRIPTS_KEY
 
 SECTIONS = ("Budget", "Losses", "Success rates", "Comparison", "Transcripts")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.budget import BudgetExceeded, Ledger, Spend, gpu_cost
+from posttrain.tracking.budget import BudgetExceeded, Ledger, Spend, gpu_cost
 
 
 def test_gpu_cost_arithmetic() -> None:
@@ -24,7 +24,7 @@ def test_ledger_refuses_a_run_over_the_remainder(tmp_path: Path) -> None:
 
 
 def test_spend_series_is_cumulative_with_the_cap_on_every_point() -> None:
-    from posttrain.budget import run_spend, spend_series
+    from posttrain.tracking.budget import run_spend, spend_series
 
     rows = [{"gpu_hours": 1.0, "gpu_usd": 0.79, "api_usd": 0.71}, {"gpu_hours": 0.5, "gpu_usd": 0.395, "api_usd": 0.105}]
     series = spend_series(rows, cap_usd=10.0)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from posttrain.calibration import (
+from posttrain.items import Constraint, Expectation, Item, Turn
+from posttrain.judges.calibration import (
     CSV_COLUMNS,
     CalibrationError,
     default_store_dir,
@@ -25,7 +26,6 @@ from posttrain.calibration import (
     main,
     read_calibration,
 )
-from posttrain.items import Constraint, Expectation, Item, Turn
 
 SECRET = "JUDGE-RATIONALE-7f3a"
 SHA = "ab" * 32  # the template sha256 the score rows record

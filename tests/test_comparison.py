@@ -1,7 +1,7 @@
-"""posttrain.comparison / posttrain.report on sweep folders built by hand from known pass/fail tables.
+"""posttrain.analysis.comparison / posttrain.analysis.report on sweep folders built by hand from known pass/fail tables.
 
 Every number is checked against scipy / statsmodels computed here from the same tables, through
-the console entrypoint ``posttrain.report.main``.
+the console entrypoint ``posttrain.analysis.report.main``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from posttrain.comparison import JobRecords, build_comparison, power_note
-from posttrain.gates import HEURISTIC_REASON, GateThresholds
+from posttrain.analysis.comparison import JobRecords, build_comparison, power_note
+from posttrain.analysis.gates import HEURISTIC_REASON, GateThresholds
+from posttrain.analysis.report import main as report_main
+from posttrain.analysis.report import render_markdown
+from posttrain.analysis.stats import design_power, paired_power
 from posttrain.records import append_jsonl, write_json
-from posttrain.report import main as report_main
-from posttrain.report import render_markdown
-from posttrain.stats import design_power, paired_power
 
 CATS = ("constraint_updates", "memory", "preferences", "topic_continuity")
 IDS = [f"conv-{k:03d}" for k in range(40)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.calibration import main as calibrate
+from posttrain.judges.calibration import main as calibrate
 from posttrain.judges.prompt import listed_checks
 from posttrain.records import read_jsonl
 from tests.conftest import CANARY_ANTHROPIC
@@ -157,7 +157,7 @@ def test_kill_9_during_judging_then_rerun_pays_only_for_the_rest(tmp_path: Path,
 
 
 def test_pairwise_between_two_runs(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:
-    from posttrain.pairwise import main as pairwise
+    from posttrain.analysis.pairwise import main as pairwise
 
     runs = {}
     for model in ("tiny_base", "tiny_instruct"):

@@ -142,7 +142,7 @@ def test_missing_adapter_says_what_to_check(tmp_path: Path) -> None:
 def test_wandb_failing_mid_run_loses_no_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real offline W&B run whose log/summary/finish start failing halfway (its service died):
     the tracker goes on, and metrics.jsonl and tracking.json hold everything."""
-    from posttrain.tracking import Tracker
+    from posttrain.tracking.tracker import Tracker
 
     tracker = Tracker(tmp_path, mode="offline", project="posttrain-test", entity=None, name="t", group=None,
                       job_type="eval", tags=[], config={"a": 1})

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from posttrain.comparison import JobRecords, build_comparison
-from posttrain.gates import GateThresholds, item_ids_sha256
-from posttrain.stats import cluster_permutation_test
+from posttrain.analysis.comparison import JobRecords, build_comparison
+from posttrain.analysis.gates import GateThresholds, item_ids_sha256
+from posttrain.analysis.stats import cluster_permutation_test
 
 INSTRUMENT = {"provider": "anthropic", "model": "claude-judge-1", "template_version": "conv-judge-v2",
               "template_sha256": "ab" * 32}
@@ -294,7 +294,7 @@ def test_clustered_null_through_the_gate() -> None:
     """The gate with only the significance checks on (rate and h checks switched off): with clusters
     recorded it passes a clustered null no more often than the cluster test alone; without them it
     falls back to item level and passes far more often."""
-    from posttrain.gates import ModelScores, evaluate_gate
+    from posttrain.analysis.gates import ModelScores, evaluate_gate
 
     loose = GateThresholds(base_max_success=1.0, instruct_min_success=0.0, min_cohens_h=-math.pi)
     rng = np.random.default_rng(7)

@@ -1,4 +1,4 @@
-"""posttrain.gates: eligibility reasons, the checks' arithmetic, and the false-pass rate under a null."""
+"""posttrain.analysis.gates: eligibility reasons, the checks' arithmetic, and the false-pass rate under a null."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from posttrain.gates import HEURISTIC_REASON, GateThresholds, GateVerdict, ModelScores, evaluate_gate
+from posttrain.analysis.gates import HEURISTIC_REASON, GateThresholds, GateVerdict, ModelScores, evaluate_gate
 
 
 def _runs(
@@ -309,8 +309,8 @@ def test_default_min_paired_is_the_power_analysis_with_a_floor_of_100() -> None:
     independence gives p10 = .5442·.7 = .3809, p01 = .3·.4558 = .1367, ψ = .5177, δ = .2442; Connor at
     α = .01, 80%: (2.5758·√.5177 + 0.8416·√(.5177 − .2442²))² / .2442² = (1.8533 + 0.5696)² / .0596
     = 98.5 -> 99 pairs, which the floor raises to 100."""
-    from posttrain.gates import default_min_paired
-    from posttrain.stats import paired_sample_size
+    from posttrain.analysis.gates import default_min_paired
+    from posttrain.analysis.stats import paired_sample_size
 
     pi = math.sin(math.asin(math.sqrt(0.3)) + 0.25) ** 2
     assert pi == pytest.approx(0.5442, abs=1e-4)

@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from posttrain.config import ModelConfig, PromptConfig
-from posttrain.generation import HFBackend, SamplingParams, trim_at_stop
+from posttrain.generation.backends import HFBackend, SamplingParams, trim_at_stop
+from posttrain.generation.prompts import render_prompt, stop_strings
 from posttrain.models.loader import load_model
-from posttrain.prompts import render_prompt, stop_strings
 
 
 def test_trim_at_stop_takes_the_earliest() -> None:

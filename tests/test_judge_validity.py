@@ -24,16 +24,6 @@ from omegaconf import OmegaConf
 from statsmodels.stats.inter_rater import cohens_kappa
 
 from posttrain.benchmarks import load_benchmark
-from posttrain.calibration import (
-    calibration_status,
-    export_sample,
-    import_labels,
-    instrument_key,
-    list_calibrations,
-)
-from posttrain.calibration import (
-    main as calibrate,
-)
 from posttrain.config import JudgeConfig, load_group_option
 from posttrain.items import Constraint, Expectation, Item, Turn
 from posttrain.judges import (
@@ -44,6 +34,16 @@ from posttrain.judges import (
     validate_verdict,
 )
 from posttrain.judges import prompt as judge_prompt
+from posttrain.judges.calibration import (
+    calibration_status,
+    export_sample,
+    import_labels,
+    instrument_key,
+    list_calibrations,
+)
+from posttrain.judges.calibration import (
+    main as calibrate,
+)
 from posttrain.judges.prompt import (
     PAIR_TEMPLATES,
     TEMPLATES,
@@ -366,7 +366,7 @@ def test_calibrate_status_cli_says_why(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_comparison_lookup_needs_the_instrument(tmp_path: Path, posttrain_home: Path) -> None:
-    from posttrain.comparison import default_calibration
+    from posttrain.analysis.comparison import default_calibration
 
     inst = _claude_instrument()
     _calibrate(tmp_path, posttrain_home / "calibrations", inst, n=30)

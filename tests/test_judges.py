@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # llm_server sits next to this f
 
 from llm_server import FakeLLMServer  # noqa: E402
 
+from posttrain.analysis.pairwise import judge_pairwise  # noqa: E402
 from posttrain.config import JudgeConfig  # noqa: E402
 from posttrain.items import Expectation, Item, Turn  # noqa: E402
 from posttrain.judges import (  # noqa: E402
@@ -33,7 +34,6 @@ from posttrain.judges import (  # noqa: E402
     check_judge_ready,
     estimate_cost,
     judge_generations,
-    judge_pairwise,
     render_turn_prompt,
     spot_check,
     validate_verdict,

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 from posttrain.config import ModelConfig, PromptConfig
 from posttrain.errors import ContaminationError, ModelUnavailable
+from posttrain.generation.prompts import check_format_allowed, render_prompt
 from posttrain.models.loader import load_model, preflight_model
 from posttrain.models.tiny import CHATML_TEMPLATE
-from posttrain.prompts import check_format_allowed, render_prompt
 
 
 def mcfg(**kw) -> ModelConfig:

@@ -16,8 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from posttrain.config import ModelConfig, PromptConfig
-from posttrain.generation import HFBackend, SamplingParams
-from posttrain.prompts import render_prompt, stop_strings
+from posttrain.generation.backends import HFBackend, SamplingParams
+from posttrain.generation.prompts import render_prompt, stop_strings
 from tests.helpers import posttrain
 
 pytestmark = pytest.mark.real

@@ -1,4 +1,4 @@
-"""posttrain.stats against independent computations: scipy, statsmodels, or arithmetic by hand."""
+"""posttrain.analysis.stats against independent computations: scipy, statsmodels, or arithmetic by hand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from statsmodels.stats.inter_rater import cohens_kappa as sm_cohens_kappa
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from posttrain.stats import (
+from posttrain.analysis.stats import (
     bootstrap_ci,
     cohens_h,
     cohens_kappa,
@@ -305,7 +305,7 @@ def test_cluster_mean_matches_statsmodels_cluster_robust_ols(seed: int) -> None:
     for a paired difference; the interval uses t on G − 1 = 11 df."""
     import statsmodels.api as sm
 
-    from posttrain.stats import cluster_mean
+    from posttrain.analysis.stats import cluster_mean
 
     x, y, groups = _clustered(seed)
     for values, bounds in ((x.astype(float), (0.0, 1.0)), (x.astype(float) - y, (-1.0, 1.0))):
@@ -323,7 +323,7 @@ def test_icc_hand_worked() -> None:
     """Clusters {1, 1}, {0, 0}: ȳ = .5, MSB = (2·.25 + 2·.25)/1 = 1, MSW = 0, m0 = (4 − 8/4)/1 = 2,
     ICC = (1 − 0)/(1 + 1·0) = 1, design effect 1 + (2 − 1)·1 = 2. Clusters {1, 0}, {1, 0}: MSB = 0,
     MSW = (.25·4)/2 = .5, ICC = (0 − .5)/(0 + .5) = −1 and the design effect stays 1."""
-    from posttrain.stats import icc_anova
+    from posttrain.analysis.stats import icc_anova
 
     r = icc_anova([1, 1, 0, 0], ["a", "a", "b", "b"])
     assert (r.icc, r.m0, r.design_effect) == pytest.approx((1.0, 2.0, 2.0))
@@ -337,7 +337,7 @@ def test_obuchowski_equals_a_cluster_robust_wald_test() -> None:
     OLS of x − y on a constant gives the same statistic and p (normal reference, as use_t=False)."""
     import statsmodels.api as sm
 
-    from posttrain.stats import obuchowski_test
+    from posttrain.analysis.stats import obuchowski_test
 
     for seed in range(3):
         x, y, groups = _clustered(seed)
@@ -350,7 +350,7 @@ def test_obuchowski_equals_a_cluster_robust_wald_test() -> None:
 
 @pytest.mark.parametrize(("a_only", "b_only"), [(1, 9), (0, 5), (12, 30), (40, 17), (3, 4), (100, 70)])
 def test_sign_flip_with_one_item_per_cluster_is_exact_mcnemar(a_only: int, b_only: int) -> None:
-    from posttrain.stats import cluster_permutation_test
+    from posttrain.analysis.stats import cluster_permutation_test
 
     x = [True] * a_only + [False] * b_only + [True] * 7 + [False] * 5
     y = [False] * a_only + [True] * b_only + [True] * 7 + [False] * 5
@@ -365,7 +365,7 @@ def test_sign_flip_hand_worked_and_by_enumeration() -> None:
     enumeration of all 2^G patterns."""
     import itertools
 
-    from posttrain.stats import cluster_permutation_test
+    from posttrain.analysis.stats import cluster_permutation_test
 
     assert cluster_permutation_test([1, 1, 1, 0, 1], [0, 0, 0, 0, 0], list("aabbc")).p_value == pytest.approx(0.25)
     for seed in range(10):

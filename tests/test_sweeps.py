@@ -201,7 +201,7 @@ def test_no_secret_in_any_file_of_a_sweep(tiny_sweep: tuple[Path, float]) -> Non
 @pytest.mark.slow
 def test_report_rebuilds_the_same_comparison_from_records(tiny_sweep: tuple[Path, float], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from posttrain.report import main
+    from posttrain.analysis.report import main
 
     sweep, _ = tiny_sweep
     assert main([str(sweep), "--out", str(tmp_path)]) == 0

@@ -1,7 +1,7 @@
 """W&B tracking: transcript tables and budget metrics built from the records, the comparison's lineage,
 and the dashboard definition, whose every panel must name a metric or table that real offline runs log.
 
-The offline runs are read with posttrain.tracking.read_offline_run (wandb 0.31 has no reader of its own).
+The offline runs are read with posttrain.tracking.tracker.read_offline_run (wandb 0.31 has no reader of its own).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _eval_records(run: Path) -> None:
 
 
 def test_transcript_rows_join_items_generations_scores_and_spot_check(tmp_path: Path) -> None:
-    from posttrain.tracking import TRANSCRIPT_COLUMNS, transcript_rows
+    from posttrain.tracking.tracker import TRANSCRIPT_COLUMNS, transcript_rows
 
     _eval_records(tmp_path)
     rows = [dict(zip(TRANSCRIPT_COLUMNS, r, strict=True)) for r in transcript_rows(tmp_path)]
@@ -61,7 +61,7 @@ def test_transcript_rows_join_items_generations_scores_and_spot_check(tmp_path: 
 
 
 def test_comparison_tables_carry_rates_intervals_and_pair_tests() -> None:
-    from posttrain.tracking import comparison_tables
+    from posttrain.tracking.tracker import comparison_tables
 
     comp = {"models": [{"model": "base", "job": "0_base", "kind": "base", "n": 10, "n_pass": 2, "n_fail": 8,
                         "n_error": 1, "success_rate": 0.2, "ci95": [0.057, 0.51], "scorer": "llm",
@@ -80,8 +80,8 @@ def test_comparison_tables_carry_rates_intervals_and_pair_tests() -> None:
 
 def test_offline_tracker_logs_table_budget_and_step_axes(tmp_path: Path) -> None:
     """A real offline run: the table's JSON file, the budget series up to this run's ledger row, define_metric."""
-    from posttrain.budget import Ledger, Spend
-    from posttrain.tracking import TRANSCRIPTS_KEY, Tracker, log_eval_records, read_offline_run
+    from posttrain.tracking.budget import Ledger, Spend
+    from posttrain.tracking.tracker import TRANSCRIPTS_KEY, Tracker, log_eval_records, read_offline_run
 
     run = tmp_path / "outputs" / "2026-01-31" / "12-00-00_eval_m"
     _eval_records(run)
@@ -144,7 +144,7 @@ def test_dashboard_dry_run_writes_sections_panels_and_the_workspace_spec(tmp_pat
 
 def _logged_names(runs: list[Path]) -> set[str]:
     """Every metric and table name the offline runs hold (history, summary, table keys)."""
-    from posttrain.tracking import read_offline_run
+    from posttrain.tracking.tracker import read_offline_run
 
     names: set[str] = set()
     for run in runs:
@@ -155,7 +155,7 @@ def _logged_names(runs: list[Path]) -> set[str]:
 
 @pytest.mark.slow
 def test_tiny_sweep_runs_hold_tables_budget_and_comparison_lineage(tiny_sweep: tuple[Path, float]) -> None:  # noqa: F811
-    from posttrain.tracking import TRANSCRIPTS_KEY, read_offline_run, scores_artifact
+    from posttrain.tracking.tracker import TRANSCRIPTS_KEY, read_offline_run, scores_artifact
 
     sweep, _ = tiny_sweep
     jobs = ["0_tiny_base", "1_tiny_instruct", "2_tiny_alt_base"]

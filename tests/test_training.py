@@ -317,7 +317,7 @@ class FakeBackend:
         self.proposal_prompts = 0
 
     def generate(self, prompts, params):
-        from posttrain.generation import Generation
+        from posttrain.generation.backends import Generation
 
         self.calls += 1
         out = []

@@ -54,7 +54,7 @@ class ScriptedBackend:
         self.proposals = list(proposals)
 
     def generate(self, prompts, params):
-        from posttrain.generation import Generation
+        from posttrain.generation.backends import Generation
 
         out = []
         for p in prompts:

@@ -44,7 +44,7 @@ def _cli(*overrides: str, home: Path, cache: Path) -> None:
 
 @pytest.mark.e2e
 def test_sft_beats_the_untrained_base_on_heldout_memory(tmp_path: Path, shared_cache: Path) -> None:
-    from posttrain.stats import mcnemar_exact, paired_table
+    from posttrain.analysis.stats import mcnemar_exact, paired_table
     from posttrain.training.synthetic import heldout_items, write_heldout_benchmark
 
     home = tmp_path / "home"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.generation import SamplingParams
-from posttrain.vllm_backend import engine_kwargs, sampling_kwargs, to_generation
+from posttrain.generation.backends import SamplingParams
+from posttrain.generation.vllm import engine_kwargs, sampling_kwargs, to_generation
 
 
 def test_engine_kwargs_are_safe_and_cache_prefixes() -> None:
@@ -44,9 +44,9 @@ def test_vllm_greedy_matches_hf_on_the_tiny_model(tiny_paths, shared_cache: Path
     from omegaconf import OmegaConf
 
     from posttrain.config import ModelConfig
-    from posttrain.generation import HFBackend
+    from posttrain.generation.backends import HFBackend
+    from posttrain.generation.vllm import VLLMBackend
     from posttrain.models.loader import load_model
-    from posttrain.vllm_backend import VLLMBackend
 
     prompts = [f"User: My name is Ann and I live in city {i}.\nAssistant:" for i in range(8)]
     params = SamplingParams(max_new_tokens=16)

@@ -6,7 +6,6 @@ Public API (docs/judging.md describes the method):
 - :func:`preflight_judge` — ask the provider whether the judge model is still served (retired: refused).
 - :func:`estimate_cost` — USD estimate from the config's token estimates.
 - :func:`judge_generations` — one score row per generation row (sync or batch mode), cached.
-- :func:`judge_pairwise` — which of two runs' replies is better, in both orders.
 - :func:`spot_check` — re-judge a stratified sample with a second judge; agreement and kappa.
 - :func:`judge_instrument`, :func:`template_sha256` — what made a verdict (provider, model, template
   and its hash), the key a calibration is bound to.
@@ -16,6 +15,7 @@ Public API (docs/judging.md describes the method):
 Importing this package imports no provider SDK.
 """
 
+from posttrain.judges.asking import JudgeSpend, cost_usd
 from posttrain.judges.batch import BatchPendingError, BatchSubmitError
 from posttrain.judges.cache import JudgeCache, cache_key
 from posttrain.judges.clients import (
@@ -28,7 +28,6 @@ from posttrain.judges.clients import (
     make_judge,
 )
 from posttrain.judges.lifecycle import preflight_judge
-from posttrain.judges.pairwise import judge_pairwise
 from posttrain.judges.prompt import (
     PAIR_SCHEMA,
     PAIR_TEMPLATE_VERSION,
@@ -42,7 +41,7 @@ from posttrain.judges.prompt import (
     validate_preference,
     validate_verdict,
 )
-from posttrain.judges.runner import SCORE_KEYS, JudgeSpend, cost_usd, estimate_cost, judge_generations
+from posttrain.judges.runner import SCORE_KEYS, estimate_cost, judge_generations
 from posttrain.judges.spot_check import spot_check
 
 __all__ = [
@@ -67,7 +66,6 @@ __all__ = [
     "estimate_cost",
     "judge_generations",
     "judge_instrument",
-    "judge_pairwise",
     "make_judge",
     "preflight_judge",
     "render_pair_prompt",

@@ -24,7 +24,7 @@ from posttrain.judges.retry import JudgeCallError, SpendLimitError, call_with_re
 from posttrain.records import write_json
 
 if TYPE_CHECKING:
-    from posttrain.judges.runner import Answer, AskContext
+    from posttrain.judges.asking import Answer, AskContext
 
 STATE_VERSION = 1
 
@@ -138,7 +138,7 @@ async def run_batch(prompts: dict[str, str], ctx: AskContext, *, state_path: Pat
         BatchPendingError: still processing after ``max_wait_s``; rerun to resume polling.
         BatchSubmitError: the submission failed.
     """
-    from posttrain.judges.runner import Answer, cost_usd
+    from posttrain.judges.asking import Answer, cost_usd
 
     state = load_state(state_path)
     ident = {"provider": ctx.cfg.provider, "model": ctx.cfg.model, "template_version": ctx.template_version}

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from posttrain.items import Item
+from posttrain.judges.asking import JudgeSpend
 from posttrain.judges.cache import JudgeCache
 from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, check_judge_ready
-from posttrain.judges.runner import JudgeSpend, judge_plans, plan_turns
+from posttrain.judges.runner import judge_plans, plan_turns
 
 
 def allocate(sizes: Mapping[Any, int], total: int) -> dict[Any, int]:

@@ -35,9 +35,9 @@ def _load_items(cfg: Any) -> Any:
 
 
 def plan(cfg: Any) -> Plan:
+    from posttrain.generation.prompts import check_format_allowed, resolve_format
     from posttrain.models.loader import preflight_model
     from posttrain.paths import cache_dir
-    from posttrain.prompts import check_format_allowed, resolve_format
     from posttrain.stages import world_size
 
     if world_size() > 1:
@@ -48,7 +48,7 @@ def plan(cfg: Any) -> Plan:
     bench = _load_items(cfg)
     fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
     check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
-    from posttrain.generation import check_backend_available
+    from posttrain.generation.backends import check_backend_available
 
     check_backend_available(cfg.generation.backend)
     resolved = preflight_model(cfg.model, cache_dir=cache_dir(cfg.cache_dir), device=cfg.device)
@@ -72,7 +72,7 @@ def plan(cfg: Any) -> Plan:
         judge_preflight = preflight_for_eval(cfg.judge)  # retired/unknown judge model: refused here, nothing spent
         api_usd = estimate_cost(bench.items, cfg.judge) * (1 + cfg.judge.spot_check)
     gpu_usd = gpu_hours * cfg.model.gpu_price_per_hour
-    from posttrain.comparison import power_note
+    from posttrain.analysis.comparison import power_note
 
     n_categories = len({it.category for it in bench.items})
     notes = [f"power: {power_note(len(bench.items), cfg.gate, n_categories=max(n_categories, 1))}",f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
@@ -101,8 +101,8 @@ def generate_conversations(items: Sequence[Item], backend: Any, *, fmt: str, pro
     """
     from tqdm.auto import tqdm
 
-    from posttrain.generation import SamplingParams
-    from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.generation.backends import SamplingParams
+    from posttrain.generation.prompts import render_prompt, stop_strings
 
     stops = tuple(stop_strings(fmt, prompt_cfg))
     total_turns = sum(len(it.turns) for it in items)
@@ -166,8 +166,8 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         extra["calibration"] = {"key": None, "kappa": None, "n": None, "applies": False,
                                 "reason": "scorer=heuristic_triage has no judge to calibrate"}
     else:
-        from posttrain.calibration import calibration_status
         from posttrain.judges import JudgeSpend, judge_generations
+        from posttrain.judges.calibration import calibration_status
         from posttrain.judges.clients import request_settings
         from posttrain.judges.prompt import judge_instrument
 
@@ -211,7 +211,7 @@ def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], sco
 
 def summarise_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Counts, success rate = pass / (pass + fail) with a Wilson 95% interval, per category too."""
-    from posttrain.stats import wilson_ci
+    from posttrain.analysis.stats import wilson_ci
 
     def block(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         n_pass = sum(r["verdict"] == "pass" for r in rows)
@@ -231,7 +231,7 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
 
     resolved = ctx.plan.state["resolved"]
     if cfg.generation.backend == "vllm":
-        from posttrain.vllm_backend import VLLMBackend
+        from posttrain.generation.vllm import VLLMBackend
 
         tok, info = load_tokenizer(cfg.model, resolved)  # the guards run on the tokenizer either way
         backend: Any = VLLMBackend(resolved.path, dtype=cfg.model.dtype, quantization=cfg.model.quantization,
@@ -242,7 +242,7 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
                 "adapter_sha256": resolved.adapter_sha256, **info}
         return LoadedModel(model=None, tokenizer=tok, kind=cfg.model.kind, name=cfg.model.name, provenance=prov,
                            device="cuda"), backend
-    from posttrain.generation import HFBackend
+    from posttrain.generation.backends import HFBackend
 
     loaded = load_model(cfg.model, cache_dir=ctx.cache_dir, device=cfg.device, resolved=resolved)
     # A chat template already holds its special tokens; adding BOS again would double it.
@@ -251,7 +251,7 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
 
 
 def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from posttrain.gates import item_ids_sha256
+    from posttrain.analysis.gates import item_ids_sha256
     from posttrain.scorers.diagnostics import length_bias
 
     bench, fmt = ctx.plan.state["bench"], ctx.plan.state["format"]
@@ -260,7 +260,7 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     allow = bool(cfg.model.allow_chat_template_on_base)
 
     if cfg.stage.sentinel and not (ctx.run_dir / "sentinel.json").exists():
-        from posttrain.sentinel import run_sentinel
+        from posttrain.generation.sentinel import run_sentinel
 
         formats = list(cfg.stage.sentinel_formats) + (["chat_template"] if cfg.model.kind == "instruct" else [])
         sentinel = run_sentinel(backend, formats, cfg.prompt, kind=cfg.model.kind, tokenizer=loaded.tokenizer,
@@ -303,7 +303,7 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
                      "n_error": metrics["n_error"], "success_rate_ci95_low": metrics["ci95"][0],
                      "success_rate_ci95_high": metrics["ci95"][1]}
                     | {f"success_rate/{c}": v["success_rate"] for c, v in metrics["per_category"].items()})
-    from posttrain.tracking import log_eval_records
+    from posttrain.tracking.tracker import log_eval_records
 
     log_eval_records(ctx.tracker, ctx.run_dir)  # transcript table + scores artifact, read from the records
     return {

@@ -115,9 +115,9 @@ def _check_lora_matches(st: Any, adapter_path: Any) -> None:
 
 
 def plan(cfg: Any) -> Plan:
+    from posttrain.generation.prompts import check_format_allowed, resolve_format
     from posttrain.models.loader import preflight_model, resolve_adapter
     from posttrain.paths import cache_dir
-    from posttrain.prompts import check_format_allowed, resolve_format
     from posttrain.training.common import check_gate
     from posttrain.training.data import resolve_data_path, resolve_source
 

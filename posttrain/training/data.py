@@ -296,7 +296,7 @@ def self_instruct(backend: Any, st: Any, *, gen_cfg: Any, contamination: Contami
     import numpy as np
     from tqdm.auto import tqdm
 
-    from posttrain.generation import SamplingParams
+    from posttrain.generation.backends import SamplingParams
 
     previous = read_jsonl(state_path, repair=True)
     stale = [r for r in previous if r.get("fingerprint") != fingerprint]
@@ -391,8 +391,8 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
     import numpy as np
     from tqdm.auto import tqdm
 
-    from posttrain.generation import SamplingParams
-    from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.generation.backends import SamplingParams
+    from posttrain.generation.prompts import render_prompt, stop_strings
     from posttrain.training.negatives import uses_word
 
     previous = read_jsonl(state_path, repair=True)
@@ -505,7 +505,7 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
 
 def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> CriticInputs:
     """One entry per assistant turn, rendered in the format the row was made in."""
-    from posttrain.prompts import render_prompt, stop_strings
+    from posttrain.generation.prompts import render_prompt, stop_strings
     from posttrain.training.critic import NEUTRAL_USER
 
     out = CriticInputs([], [], [], [], [], [])
@@ -593,7 +593,7 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
         counts["synthetic_candidates"] = n
     else:
         if backend is None:
-            from posttrain.generation import HFBackend
+            from posttrain.generation.backends import HFBackend
 
             backend = HFBackend(model, tokenizer, device)
         (run_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -701,7 +701,7 @@ def prompt_completion(history: list[tuple[str, str | None]], user: str, reply: s
 
     Trailing whitespace of the completion is dropped (EOS follows it).
     """
-    from posttrain.prompts import render_prompt
+    from posttrain.generation.prompts import render_prompt
 
     prompt = render_prompt(history + [(user, None)], fmt, prompt_cfg, kind=kind,
                            allow_chat_template_on_base=allow_chat_template_on_base)

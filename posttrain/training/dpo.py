@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from posttrain.errors import PosttrainError
 from posttrain.records import append_jsonl, write_json
-from posttrain.stages import RunContext
+from posttrain.run_context import RunContext
 from posttrain.training import common
 from posttrain.training.data import adapters_disabled, dpo_sources, dpo_trl_rows, prepare_data
 

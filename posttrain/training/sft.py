@@ -20,7 +20,7 @@ from typing import Any
 
 from posttrain.errors import PosttrainError
 from posttrain.records import write_json
-from posttrain.stages import RunContext
+from posttrain.run_context import RunContext
 from posttrain.training import common
 from posttrain.training.data import adapters_disabled, prepare_data, sft_examples
 

@@ -9,7 +9,7 @@ Cohen's h, what was dropped), the same per category, and the gate on the pre-reg
 pair (``primary.json``, written into the sweep folder before any job runs). Secondary pairs and
 per-category tests are Holm-adjusted within their family and labelled exploratory. Nothing here
 loads a model or calls an API; human tables and plots are rendered FROM that dict
-(:mod:`posttrain.report`, :mod:`posttrain.plots`). ``docs/comparisons.md`` explains every field.
+(:mod:`posttrain.analysis.report`, :mod:`posttrain.analysis.plots`). ``docs/comparisons.md`` explains every field.
 
 Sign convention: in a pair (a, b), a comes first in sweep order, ``a_only`` counts items only a
 passed, and ``cohens_h = h(success_b, success_a)`` is positive when b does better. With the base
@@ -27,8 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from posttrain.gates import GateThresholds, ModelScores, evaluate_gate, item_cluster, scores_from_records
-from posttrain.stats import (
+from posttrain.analysis.gates import (
+    GateThresholds,
+    ModelScores,
+    evaluate_gate,
+    item_cluster,
+    scores_from_records,
+)
+from posttrain.analysis.stats import (
     cluster_mean,
     cluster_permutation_test,
     cohens_h,
@@ -99,7 +105,7 @@ def default_calibration(judge: str, template_version: str, min_kappa: float, *,
     (the config name and template version alone do not say which model or template text judged), so
     nothing applies. The kappa is returned only when the calibration applies.
     """
-    from posttrain.calibration import DEFAULT_MIN_ITEMS, calibration_status
+    from posttrain.judges.calibration import DEFAULT_MIN_ITEMS, calibration_status
     from posttrain.paths import calibration_dir
 
     if not instrument:

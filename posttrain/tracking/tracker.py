@@ -141,7 +141,7 @@ class Tracker:
         metrics.jsonl row (e.g. ``gate_override``). Returns this run's values (empty when the
         ledger cannot be read: the ledger stays the record either way).
         """
-        from posttrain.budget import run_spend, spend_series
+        from posttrain.tracking.budget import run_spend, spend_series
 
         try:
             entries = ledger.entries()

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from posttrain.stats import (
+from posttrain.analysis.stats import (
     cluster_mean,
     cluster_permutation_test,
     cohens_h,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.generation import Backend, SamplingParams
-from posttrain.prompts import render_prompt, stop_strings
+from posttrain.generation.backends import Backend, SamplingParams
+from posttrain.generation.prompts import render_prompt, stop_strings
 
 # (probe, accepted answers): short, unambiguous, checkable by substring.
 PROBES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import ModelUnavailable
-from posttrain.generation import Generation, SamplingParams, trim_at_stop
+from posttrain.generation.backends import Generation, SamplingParams, trim_at_stop
 
 
 def engine_kwargs(local_path: Path, *, dtype: str, quantization: str | None, max_context: int,

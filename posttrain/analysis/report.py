@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from posttrain.comparison import (
+from posttrain.analysis.comparison import (
     PRIMARY_FILE,
     CalibrationLookup,
     JobRecords,
@@ -24,8 +24,8 @@ from posttrain.comparison import (
     format_number,
     thresholds_from,
 )
+from posttrain.analysis.gates import GateThresholds
 from posttrain.errors import PosttrainError
-from posttrain.gates import GateThresholds
 from posttrain.records import read_json, read_jsonl, write_json
 
 MAX_UNPAIRED_SHOWN = 20  # per pair in the tables; comparison.json lists them all
@@ -132,7 +132,7 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
     out.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
     if plots and comparison["models"]:
-        from posttrain.plots import write_plots
+        from posttrain.analysis.plots import write_plots
 
         images = write_plots(comparison, out)
     comparison["files"] = {"json": "comparison.json", "markdown": "comparison.md", "plots": [p.name for p in images]}
