@@ -222,7 +222,8 @@ def test_gate_with_an_uncalibrated_judge_says_what_to_run(posttrain_home: Path) 
 def test_gate_passes_with_a_calibrated_judge() -> None:
     seen: list[tuple[str, str, float]] = []
 
-    def lookup(judge: str, template: str, min_kappa: float, *, instrument: Any = None) -> tuple[bool, str, float | None]:
+    def lookup(judge: str, template: str, min_kappa: float, *, instrument: Any = None,
+               **_: Any) -> tuple[bool, str, float | None]:
         seen.append((judge, template, min_kappa))
         assert instrument == INSTRUMENT  # the calibration is looked up for the instrument that judged
         return True, "kappa 0.85 >= 0.70", 0.85
@@ -432,3 +433,18 @@ def test_power_note_takes_the_design_effect() -> None:
     assert "observed design effect 2.00 makes them worth 200 / 2.00 = 100 independent ones" in text
     assert f"({d.power:.0%} power); 80% power needs 52 conversations" in text
     assert "design effect" not in power_note(200, GateThresholds())  # independent items: no clustering sentence
+
+
+def test_calibration_lookup_gets_the_gate_item_minimum() -> None:
+    """gate.min_calibration_items reaches the calibration lookup (not the store's default of 30)."""
+    from posttrain.analysis.gates import GateThresholds
+
+    asked: list[Any] = []
+
+    def lookup(judge: str, template: str, min_kappa: float, **kw: Any) -> tuple[bool, str, float | None]:
+        asked.append(kw.get("min_items"))
+        return False, "too few labelled items", None
+
+    build_comparison(_llm_jobs(), GateThresholds(min_calibration_items=50), calibration=lookup,
+                     primary=[{"treatment": "qwen32b_instruct", "control": "qwen32b"}])
+    assert asked and set(asked) == {50}

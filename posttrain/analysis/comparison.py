@@ -84,7 +84,7 @@ def thresholds_from(gate: Any) -> GateThresholds:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(GateThresholds):
         if (v := get(f.name, None)) is not None:
-            values[f.name] = int(v) if f.name == "min_paired" else float(v)
+            values[f.name] = int(v) if f.name in ("min_paired", "min_calibration_items") else float(v)
     return GateThresholds(**values)
 
 
@@ -132,7 +132,7 @@ def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "success_rate": n_pass / n if n else None, "ci95": list(wilson_ci(n_pass, n))}
 
 
-def _judging(job: JobRecords, min_kappa: float, lookup: CalibrationLookup) -> dict[str, Any]:
+def _judging(job: JobRecords, t: GateThresholds, lookup: CalibrationLookup) -> dict[str, Any]:
     """Scorer, judge, template and whether this run can gate (recomputed now, not at run time)."""
     scorer = job.summary.get("scorer") or next((r.get("scorer") for r in job.scores if r.get("scorer")), None)
     judges = sorted({str(r["judge"]) for r in job.scores if r.get("judge")})
@@ -150,7 +150,8 @@ def _judging(job: JobRecords, min_kappa: float, lookup: CalibrationLookup) -> di
         out["gate_ineligible_reason"] = (f"scores mix judges {judges} / templates {templates}; "
                                          "rescore the run with one judge and one template")
     else:
-        ok, reason, kappa = lookup(judges[0], templates[0], min_kappa, instrument=job.summary.get("judge_instrument"))
+        ok, reason, kappa = lookup(judges[0], templates[0], t.min_kappa, instrument=job.summary.get("judge_instrument"),
+                                   min_items=t.min_calibration_items)
         out.update(calibration_kappa=kappa, gate_eligible=ok, gate_ineligible_reason=None if ok else reason,
                    calibration=reason)
     return out
@@ -314,7 +315,7 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
         category |= {r["item_id"]: r.get("category") or "uncategorised" for r in rows[label]}
         clusters |= {str(it["id"]): c for it in (job.items or []) if (c := item_cluster(it))}
         info = job.summary.get("benchmark_info") or {}
-        judging = _judging(job, t.min_kappa, lookup)
+        judging = _judging(job, t, lookup)
         models.append({"model": label, "job": job.name, "kind": job.summary.get("model_kind"),
                        **_counts(rows[label]), "n_duplicate_rows": n_dup, **judging,
                        "benchmark": {k: info.get(k) for k in ("name", "split", "limit", "n", "sha256")}})

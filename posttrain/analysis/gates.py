@@ -65,6 +65,7 @@ class GateThresholds:
     min_kappa: float = 0.7
     max_error_rate: float = 0.05
     min_paired: int | None = None
+    min_calibration_items: int = 30  # labelled items a calibration needs before its kappa counts
 
     @property
     def required_paired(self) -> int:
