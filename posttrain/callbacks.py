@@ -79,9 +79,11 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
 def write_primary(config: Any, sweep: Path) -> Path:
     """Pre-register the sweep's primary pair(s) (``gate.primary``) in ``<sweep>/primary.json``.
 
-    Called when the multirun starts, before any job runs, so the test that decides the gate is fixed
-    before any result exists; the report reads it back (docs/comparisons.md). An existing file is kept
-    (a resumed sweep must not re-register after seeing results).
+    Called as each job of the multirun starts, before its task runs; the first job writes it, so
+    the test that decides the gate is fixed before any result exists, and only after every
+    ``on_multirun_start`` preflight has let the sweep go (a refused sweep leaves no folder). The
+    report reads it back (docs/comparisons.md). An existing file is kept (a resumed sweep must not
+    re-register after seeing results).
     """
     from datetime import UTC, datetime
 
@@ -134,7 +136,15 @@ class ComparisonCallback(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._sweep = _sweep_dir(config)
         self._failed = []
-        write_primary(config, self._sweep)
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        # Hydra runs the on_multirun_start callbacks in config order and the experiments' preflights
+        # come after this one, so registering here (before the job's task) never writes into a sweep
+        # that a preflight is about to refuse.
+        from omegaconf import OmegaConf
+
+        if OmegaConf.select(config, "hydra.mode") is not None and str(config.hydra.mode) == "RunMode.MULTIRUN":
+            write_primary(config, _sweep_dir(config))
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

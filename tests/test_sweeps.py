@@ -184,6 +184,10 @@ def test_three_way_tiny_sweep_leaves_jobs_comparison_and_wandb_runs(tiny_sweep: 
     for run in runs:  # every run carries the sweep's group <date>_<time>
         assert GROUP.encode() in next(run.glob("run-*.wandb")).read_bytes(), run
     assert json.loads((sweep / "tracking.json").read_text())["wandb_run_id"]
+    # the primary test was registered before the first job's records existed
+    primary = sweep / "primary.json"
+    assert json.loads(primary.read_text())["primary"] == [{"treatment": "tiny_instruct", "control": "tiny_base"}]
+    assert primary.stat().st_mtime <= (sweep / "0_tiny_base" / "summary.json").stat().st_mtime
     print(f"three_way_tiny sweep: {wall:.1f} s")
 
 
