@@ -177,6 +177,8 @@ def test_pairwise_between_two_runs(tmp_path: Path, posttrain_home: Path, shared_
         assert srv.model_calls == 2 * judged  # both orders for every judged turn
     s = json.loads((tmp_path / "pw" / "pairwise.json").read_text())
     assert s["n"] == 4 and s["wins_a"] + s["wins_b"] + s["ties"] + s["errors"] == 4
+    # the judge model's lifecycle was asked before any pairwise call, as in the eval stage
+    assert s["judge_preflight"]["checked"] is True and s["judge_preflight"]["status"] == "active"
 
 
 def test_pairwise_mode_on_a_single_eval_is_refused(tmp_path: Path, posttrain_home: Path, shared_cache: Path) -> None:

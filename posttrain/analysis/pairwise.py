@@ -173,6 +173,11 @@ def run_pairwise(run_a: Path, run_b: Path, judge_name: str, out: Path, *, cap_us
     cfg = load_group_option("judge", judge_name)
     cfg.mode = "pairwise"
     check_judge_ready(cfg)
+    from posttrain.judges.lifecycle import preflight_judge
+
+    preflight = preflight_judge(cfg)  # a retired or unknown judge model is refused here, nothing spent
+    if preflight.get("warning"):
+        print(f"posttrain-pairwise: warning: {preflight['warning']}", file=sys.stderr)
     ledger = Ledger(ledger_path(None), cap_usd if cap_usd is not None else 300.0)
     ledger.check(estimate_cost(items, cfg), what=f"pairwise judging of {len(items)} items")
     keep = {it.id for it in items}
@@ -187,7 +192,7 @@ def run_pairwise(run_a: Path, run_b: Path, judge_name: str, out: Path, *, cap_us
     write_jsonl(out / "pairwise.jsonl", rows)  # items order, whatever order the calls finished in
     partial.unlink(missing_ok=True)
     summary = {"a": sa["model"], "b": sb["model"], "run_a": str(run_a), "run_b": str(run_b), "judge": judge_name,
-               **summarise(rows), **spend.as_dict()}
+               **summarise(rows), **spend.as_dict(), "judge_preflight": preflight}
     ledger.record(Spend(str(out), "pairwise", f"{sa['model']}_vs_{sb['model']}", "none", 0.0, 0.0, spend.usd))
     write_json(out / "pairwise.json", summary)
     return summary
