@@ -39,7 +39,7 @@ run-tiny: setup  ## the three-way comparison on the tiny random models (seconds;
 	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; cat "$$sweep/comparison.md"
 
 # The three test commands of the README; .ci/run runs exactly these three.
-test: setup  ## the test suite without the real-model and e2e tiers (tiny local models, loopback servers; about 10 minutes on 2 cores)
+test: setup  ## the test suite without the real-model and e2e tiers (tiny local models, loopback servers; about 20 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m "not e2e and not real"
 
 test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO (about 4 minutes on 2 cores)
