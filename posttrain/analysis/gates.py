@@ -40,6 +40,7 @@ from posttrain.analysis.stats import (
     obuchowski_test,
     paired_sample_size,
 )
+from posttrain.judges.prompt import INSTRUMENT_KEYS, INSTRUMENT_ROW_FIELDS
 
 Verdict = Literal["PASS", "FAIL", "NOT_ELIGIBLE"]
 Op = Literal["<=", ">=", "<"]
@@ -47,7 +48,6 @@ Op = Literal["<=", ">=", "<"]
 VALID_VERDICTS = frozenset({"pass", "fail", "error"})
 HEURISTIC_REASON = "scorer=heuristic_triage is triage only and can never gate; rerun with scorer=llm"
 MIN_PAIRED_FLOOR = 100  # never gate on fewer pairs, whatever the power arithmetic says (docs/statistics.md)
-INSTRUMENT_KEYS = ("provider", "model", "template_version", "template_sha256")
 _MAX_IDS_SHOWN = 5  # enough to find the defect in a log without flooding it
 
 
@@ -177,9 +177,7 @@ def scores_from_records(model: str, summary: Mapping[str, Any], rows: Sequence[M
                             "template_sha256): the judge cannot be matched; rescore with the current posttrain")
             instrument = None
         else:
-            row_key = {"provider": "judge_provider", "model": "judge_model", "template_version": "template_version",
-                       "template_sha256": "template_sha256"}
-            expected = {row_key[k]: instrument[k] for k in INSTRUMENT_KEYS}
+            expected = {INSTRUMENT_ROW_FIELDS[k]: instrument[k] for k in INSTRUMENT_KEYS}
             if summary.get("judge"):
                 expected["judge"] = summary["judge"]
             off = [str(r["item_id"]) for r in rows if any(r.get(k) != v for k, v in expected.items())]

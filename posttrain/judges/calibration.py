@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from posttrain.items import Expectation, Item, item_from_dict
+from posttrain.judges.prompt import INSTRUMENT_KEYS, INSTRUMENT_ROW_FIELDS
 from posttrain.paths import calibration_dir
 from posttrain.records import write_json
 from posttrain.scorers.checks import language_name
@@ -76,10 +77,6 @@ _FORMATS = {
 }
 
 
-INSTRUMENT_KEYS = ("provider", "model", "template_version", "template_sha256")
-# score-row field holding each instrument key
-_ROW_FIELDS = {"provider": "judge_provider", "model": "judge_model", "template_version": "template_version",
-               "template_sha256": "template_sha256"}
 DEFAULT_MIN_ITEMS = 30  # gate.min_calibration_items
 
 
@@ -201,9 +198,9 @@ def export_sample(
                 raise CalibrationError(
                     f"{run_dir}: scored by {s.get('scorer')!r} without a judge: nothing to calibrate"
                 )
-            if any(not s.get(f) for f in _ROW_FIELDS.values()):
+            if any(not s.get(f) for f in INSTRUMENT_ROW_FIELDS.values()):
                 raise CalibrationError(
-                    f"{run_dir}: score rows do not record the judge instrument ({', '.join(_ROW_FIELDS.values())}): "
+                    f"{run_dir}: score rows do not record the judge instrument ({', '.join(INSTRUMENT_ROW_FIELDS.values())}): "
                     "they were scored by an older posttrain; rescore the run, then export"
                 )
             gen = gens.get((s["item_id"], s.get("model")))
@@ -214,7 +211,7 @@ def export_sample(
             pool.append({**s, "_run": label, "_run_dir": str(run_dir.resolve()), "_gen": gen})
     if not pool:
         raise CalibrationError("no judged (pass/fail) conversation in " + ", ".join(map(str, run_dirs)))
-    judges = sorted({(r["judge"], *(r[f] for f in _ROW_FIELDS.values())) for r in pool}, key=str)
+    judges = sorted({(r["judge"], *(r[f] for f in INSTRUMENT_ROW_FIELDS.values())) for r in pool}, key=str)
     if len(judges) > 1:
         raise CalibrationError(f"runs mix judges/template versions {judges}: calibrate one judge at a time")
 
@@ -253,7 +250,7 @@ def export_sample(
                 "model": r.get("model"),
                 "category": r.get("category"),
                 "judge": r["judge"],
-                **{f: r[f] for f in _ROW_FIELDS.values()},
+                **{f: r[f] for f in INSTRUMENT_ROW_FIELDS.values()},
                 "judge_verdict": r["verdict"],
             }
     meta = {"created": datetime.now(UTC).isoformat(), "csv": out.name, "seed": seed, "n_requested": n}
@@ -369,15 +366,15 @@ def import_labels(labelled_csv: Path, *, store_dir: Path, key: Path | None = Non
         raise CalibrationError(f"{labelled_csv}: " + "; ".join(errors))
     if not labels:
         raise CalibrationError(f"{labelled_csv}: no labelled row")
-    if any(not samples[s].get(f) for s in labels for f in _ROW_FIELDS.values()):
+    if any(not samples[s].get(f) for s in labels for f in INSTRUMENT_ROW_FIELDS.values()):
         raise CalibrationError(f"{key_path}: samples do not record the judge instrument "
-                               f"({', '.join(_ROW_FIELDS.values())}); export again from rescored runs")
+                               f"({', '.join(INSTRUMENT_ROW_FIELDS.values())}); export again from rescored runs")
 
-    judges = sorted({(samples[s]["judge"], *(samples[s][f] for f in _ROW_FIELDS.values())) for s in labels})
+    judges = sorted({(samples[s]["judge"], *(samples[s][f] for f in INSTRUMENT_ROW_FIELDS.values())) for s in labels})
     if len(judges) > 1:
         raise CalibrationError(f"sample mixes judges/template versions {judges}: one calibration per judge")
     first = samples[next(iter(labels))]
-    instrument = {k: first[f] for k, f in _ROW_FIELDS.items()}
+    instrument = {k: first[f] for k, f in INSTRUMENT_ROW_FIELDS.items()}
     label_records = [{"sample_id": s, **samples[s], "human_label": labels[s]} for s in sorted(labels)]
     stats = kappa_from_labels(label_records)
     record = {

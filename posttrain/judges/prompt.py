@@ -486,6 +486,13 @@ def reask_suffix(problem: str) -> str:
             "structured format, with every field present.")
 
 
+# The instrument's keys, and the score-row field that records each one (rows say "judge_provider"
+# and "judge_model" because "model" there is the model under test).
+INSTRUMENT_ROW_FIELDS: dict[str, str] = {"provider": "judge_provider", "model": "judge_model",
+                                         "template_version": "template_version", "template_sha256": "template_sha256"}
+INSTRUMENT_KEYS: tuple[str, ...] = tuple(INSTRUMENT_ROW_FIELDS)
+
+
 def judge_instrument(cfg: Any) -> dict[str, str]:
     """What made a verdict: provider, model id, template version and its :func:`template_sha256`.
 
