@@ -53,6 +53,15 @@ def posttrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture()
+def judge_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy provider keys, and no base URL from the environment: judge tests name their server."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-openai-key")
+    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture()
 def compose(shared_cache: Path) -> Iterator:
     """Compose the real config with overrides, as the entrypoint would."""
     from hydra import compose as hydra_compose

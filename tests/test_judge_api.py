@@ -32,12 +32,7 @@ FAST = 0.001
 TODAY = dt.date(2026, 12, 1)
 
 
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
-    monkeypatch.setenv("OPENAI_API_KEY", "test-openai-key")
-    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("judge_keys")
 
 
 def shipped(name: str, server: FakeLLMServer | None, **overrides: Any) -> Any:

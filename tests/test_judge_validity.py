@@ -61,12 +61,7 @@ FAST = 0.001
 WORDLESS = ["", "   \n\t ", "::::::", "::::::::::::::::", "!!! ... ???", "—–-"]
 
 
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
-    monkeypatch.setenv("OPENAI_API_KEY", "test-openai-key")
-    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("judge_keys")
 
 
 def _cfg(server: FakeLLMServer, **overrides: Any) -> Any:

@@ -46,12 +46,7 @@ PARSE_FAULTS = ("refusal", "missing_verdict", "bad_json")
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Nairobi", "Lima", "Perth", "Tunis", "Riga", "Accra"]
 
 
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
-    monkeypatch.setenv("OPENAI_API_KEY", "test-openai-key")
-    for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("judge_keys")
 
 
 def make_cfg(server: FakeLLMServer, provider: str = "anthropic", **overrides: Any) -> Any:
