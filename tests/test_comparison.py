@@ -448,3 +448,20 @@ def test_calibration_lookup_gets_the_gate_item_minimum() -> None:
     build_comparison(_llm_jobs(), GateThresholds(min_calibration_items=50), calibration=lookup,
                      primary=[{"treatment": "qwen32b_instruct", "control": "qwen32b"}])
     assert asked and set(asked) == {50}
+
+
+def test_recompute_gate_equals_the_written_gate(sweep: Path, compose: Any) -> None:
+    """recompute_gate (what training calls) gives exactly comparison.json's gate block, from the records and
+    primary.json alone; a record changed afterwards changes the recomputation, not the file."""
+    from posttrain.analysis.report import recompute_gate, write_comparison
+    from posttrain.callbacks import write_primary
+
+    write_primary(compose("+experiment=three_way_tiny"), sweep)
+    write_comparison(sweep, plots=False)
+    written = json.loads((sweep / "comparison.json").read_text())["gate"]
+    assert recompute_gate(sweep) == written
+    job = sweep / "1_tiny_instruct"
+    (job / "scores.jsonl").write_text((job / "scores.jsonl").read_text().replace('"verdict": "fail"', '"verdict": "pass"'))
+    again = recompute_gate(sweep)
+    assert again["instruct_success"] != written["instruct_success"]
+    assert json.loads((sweep / "comparison.json").read_text())["gate"] == written

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,6 +140,31 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
     write_json(out / "comparison.json", comparison)
     (out / "comparison.md").write_text(render_markdown(comparison), encoding="utf-8")
     return comparison
+
+
+def recompute_gate(sweep_dir: str | Path, *, calibration: CalibrationLookup | None = None) -> dict[str, Any]:
+    """The sweep's gate block, exactly as ``comparison.json`` carries it, recomputed from the records.
+
+    Reads only the job folders' records and ``primary.json`` (the registration), with the same code
+    as :func:`write_comparison`, writes nothing and appends nothing to the gate ledger. Training
+    (``stage=sft|dpo|dpo_only``) calls it and compares the result with the comparison.json it was
+    handed. The dict is passed through JSON so it compares equal to ``read_json(comparison.json)["gate"]``.
+
+    Args:
+        sweep_dir: the sweep folder.
+        calibration: judge calibration lookup; default the store under ``POSTTRAIN_HOME``.
+
+    Raises:
+        ReportError: the folder is not a sweep folder or holds no job folders.
+    """
+    records = load_sweep(sweep_dir)
+    if not records.jobs and not records.missing:
+        raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
+                          "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
+    comparison = build_comparison(records.jobs, records.thresholds, missing=records.missing,
+                                  calibration=calibration, sweep_dir=records.sweep_dir, primary=records.primary)
+    gate: dict[str, Any] = json.loads(json.dumps(comparison["gate"], default=str))
+    return gate
 
 
 # ---------------------------------------------------------------------------------------------
