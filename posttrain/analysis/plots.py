@@ -2,15 +2,22 @@
 
 Figures are built with matplotlib's object API on the Agg canvas, so nothing here touches a
 display or pyplot's global state; matplotlib is imported inside the functions.
+
+A plot is decoration on a result, never a condition for it: :func:`write_plots` draws each figure
+on its own, logs a figure that fails and returns the failure, so the caller still writes
+``comparison.json`` and ``comparison.md`` (and records the failure in ``plot_errors``).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 SUCCESS_PNG = "success_rates.png"
 DISCORDANT_PNG = "discordant_pairs.png"
+
+log = logging.getLogger(__name__)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -20,6 +27,19 @@ def _figure(width: float, height: float) -> Any:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def error_bar(rate: float, ci95: list[float] | tuple[float, float]) -> tuple[float, float]:
+    """The lengths of an error bar below and above ``rate``, never negative.
+
+    statsmodels' Wilson interval puts the lower bound of 0/n at 2.8e-17 (n = 7, 9, 14, 28, ...) and
+    the upper bound of n/n at 0.9999999999999999, so ``rate - low`` is -2.8e-17 for a category at 0%
+    and matplotlib's ``errorbar`` raises on a negative ``yerr``. Bounds are clipped to [0, 1] and to
+    the rate itself before subtracting.
+    """
+    low = min(max(float(ci95[0]), 0.0), rate)
+    high = max(min(float(ci95[1]), 1.0), rate)
+    return rate - low, high - rate
 
 
 def success_rates_figure(comparison: dict[str, Any]) -> Any:
@@ -39,10 +59,11 @@ def success_rates_figure(comparison: dict[str, Any]) -> Any:
             if not b or b.get("success_rate") is None:
                 continue
             rate = b["success_rate"]
+            below, above = error_bar(rate, b["ci95"])
             xs.append(g - 0.4 + width * (k + 0.5))
             ys.append(rate)
-            lo.append(rate - b["ci95"][0])
-            hi.append(b["ci95"][1] - rate)
+            lo.append(below)
+            hi.append(above)
         ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=model)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
@@ -90,13 +111,28 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def write_plots(comparison: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the success-rate and discordant-pair PNGs into ``out_dir``; returns their paths."""
+def write_plots(comparison: dict[str, Any], out_dir: str | Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """Write the success-rate and discordant-pair PNGs into ``out_dir``, each on its own.
+
+    Returns:
+        The paths written, and one ``{"plot", "error"}`` record per figure that failed (logged as a
+        warning). A failing figure never raises: the comparison it decorates must still be written.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / SUCCESS_PNG]
-    success_rates_figure(comparison).savefig(paths[0])
+    figures = [(SUCCESS_PNG, success_rates_figure)]
     if comparison["pairs"]:
-        paths.append(out / DISCORDANT_PNG)
-        discordant_figure(comparison).savefig(paths[1])
-    return paths
+        figures.append((DISCORDANT_PNG, discordant_figure))
+    paths: list[Path] = []
+    errors: list[dict[str, str]] = []
+    for name, draw in figures:
+        try:
+            draw(comparison).savefig(out / name)
+        except Exception as exc:  # any plotting failure is reported, never fatal
+            log.warning("plot %s not written (%s: %s); comparison.json and comparison.md are unaffected",
+                        name, type(exc).__name__, exc)
+            errors.append({"plot": name, "error": f"{type(exc).__name__}: {exc}"})
+            (out / name).unlink(missing_ok=True)  # no half-written PNG beside the records
+        else:
+            paths.append(out / name)
+    return paths, errors

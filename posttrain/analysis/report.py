@@ -132,11 +132,13 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
     out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
+    plot_errors: list[dict[str, str]] = []
     if plots and comparison["models"]:
         from posttrain.analysis.plots import write_plots
 
-        images = write_plots(comparison, out)
+        images, plot_errors = write_plots(comparison, out)  # a failing plot is recorded, never fatal
     comparison["files"] = {"json": "comparison.json", "markdown": "comparison.md", "plots": [p.name for p in images]}
+    comparison["plot_errors"] = plot_errors
     write_json(out / "comparison.json", comparison)
     (out / "comparison.md").write_text(render_markdown(comparison), encoding="utf-8")
     return comparison
@@ -313,6 +315,8 @@ def render_markdown(c: dict[str, Any]) -> str:
                        for m in order if (s := c["spot_check"].get(m))])
     if plots := (c.get("files") or {}).get("plots"):
         out += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
+    if plot_errors := c.get("plot_errors"):
+        out += ["## Plots not written", "", *(f"- {e['plot']}: {e['error']}" for e in plot_errors), ""]
     if lines := unpaired_lines(c):
         out += ["## Unpaired items", "", *(f"- {line}" for line in lines), ""]
     return "\n".join(out).rstrip() + "\n"
