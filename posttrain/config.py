@@ -199,7 +199,7 @@ class JudgeConfig:
 
 @dataclass
 class ScorerConfig:
-    name: str = MISSING  # "llm" | "heuristic_triage"
+    name: str = MISSING  # "llm" | "heuristic_triage" | "verifiable"
 
 
 @dataclass
@@ -304,7 +304,7 @@ VALID = {
     "judge.thinking": (None, "adaptive", "disabled", "between_tools"),
     "judge.effort": (None, "low", "medium", "high", "xhigh", "max"),
     "judge.structured_output": ("json_schema", "forced_tool"),
-    "scorer.name": ("llm", "heuristic_triage"),
+    "scorer.name": ("llm", "heuristic_triage", "verifiable"),
     "tracking.mode": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
 }

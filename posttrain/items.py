@@ -38,12 +38,19 @@ class Expectation:
     of one entity (["Lisbon", "lisboa"]); every group must be matched by at least one variant
     (case-insensitive, word-boundary). ``must_not_include`` lists strings that must not appear
     (a superseded value, a disliked food). ``notes`` are short hints for an LLM judge.
+
+    ``verifiable`` declares that the structured fields above ARE the turn's definition (an answer
+    in one of its accepted variants, a word limit, a list or JSON format, a language, a forbidden
+    word), so ``scorer=verifiable`` may decide the turn exactly. A verifiable turn carries no
+    ``notes`` (anything only a judge could check makes a turn not verifiable; the benchmark loaders
+    refuse the combination, see :func:`verifiability_problems`).
     """
 
     must_include: tuple[tuple[str, ...], ...] = ()
     must_not_include: tuple[str, ...] = ()
     constraints: tuple[Constraint, ...] = ()
     notes: str = ""
+    verifiable: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,13 @@ class Item:
         return [i for i, t in enumerate(self.turns) if t.expect is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict; ``verifiable`` appears only where it is true, so files written before the
+        field existed (and every non-verifiable turn) keep their exact bytes."""
+        d = asdict(self)
+        for t in d["turns"]:
+            if t["expect"] is not None and not t["expect"]["verifiable"]:
+                del t["expect"]["verifiable"]
+        return d
 
 
 def expectation_from_dict(d: dict[str, Any] | None) -> Expectation | None:
@@ -86,6 +99,7 @@ def expectation_from_dict(d: dict[str, Any] | None) -> Expectation | None:
         must_not_include=tuple(d.get("must_not_include", ())),
         constraints=tuple(Constraint(**c) for c in d.get("constraints", ())),
         notes=d.get("notes", ""),
+        verifiable=bool(d.get("verifiable", False)),
     )
 
 
@@ -101,3 +115,29 @@ def item_from_dict(d: dict[str, Any]) -> Item:
         source=d.get("source", "conversations"),
         meta=dict(d.get("meta", {})),
     )
+
+
+def verifiability_problems(item: Item) -> list[str]:
+    """Why the turns ``item`` declares verifiable cannot be decided by exact checks alone; [] when they can.
+
+    The rule (docs/judging.md, "The verifiable scorer"): a verifiable turn's expectation must be its whole
+    definition. So it carries no ``notes`` (notes are requirements only a judge can check: "any correct
+    translation", "same meaning", "exactly three bullets"), and it states at least one check (an entity,
+    a forbidden string or a constraint), except on an IFEval item (``meta["ifeval"]``), whose
+    instruction ids are the checks. Every problem names the item and the turn.
+    """
+    out: list[str] = []
+    is_ifeval = bool(item.meta.get("ifeval"))
+    for i, turn in enumerate(item.turns):
+        e = turn.expect
+        if e is None or not e.verifiable:
+            continue
+        where = f"item {item.id!r} turn {i}"
+        if e.notes.strip():
+            out.append(f"{where} is declared verifiable but carries notes ({e.notes.strip()!r:.120}): notes are "
+                       "requirements only an LLM judge can check. State them as must_include / must_not_include / "
+                       "constraints, or declare the turn verifiable=false")
+        if not is_ifeval and not (any(e.must_include) or e.must_not_include or e.constraints):
+            out.append(f"{where} is declared verifiable but states nothing a check can test (no must_include, "
+                       "must_not_include or constraints)")
+    return out

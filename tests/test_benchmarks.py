@@ -395,7 +395,7 @@ def test_instruction_splits_and_counts() -> None:
     assert set(collections.Counter(it.category for it in test)) == set(instr.KINDS)
     for it in full:
         assert len(it.turns) == 1 and it.turns[0].expect is not None and it.source == "instructions"
-    assert load_benchmark("instructions").version == "instr-v1"
+    assert load_benchmark("instructions").version == "instr-v2"
 
 
 def test_no_duplicate_instruction_texts() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
-from posttrain.items import ConstraintKind, Item, item_from_dict
+from posttrain.items import ConstraintKind, Item, item_from_dict, verifiability_problems
 
 BENCHMARK_NAMES: tuple[str, ...] = ("conversations", "instructions", "mt_bench", "mt_bench_101")
 CONSTRAINT_KINDS: tuple[str, ...] = get_args(ConstraintKind)
@@ -191,7 +191,7 @@ def _check_constraint(check: RowChecker, c: Any, field: str) -> None:
 def _check_expectation(check: RowChecker, e: Any, field: str) -> None:
     if not isinstance(e, dict):
         raise check.fail(field, f"expected an object or null, got {type(e).__name__}")
-    unknown = sorted(set(e) - {"must_include", "must_not_include", "constraints", "notes"})
+    unknown = sorted(set(e) - {"must_include", "must_not_include", "constraints", "notes", "verifiable"})
     if unknown:
         raise check.fail(f"{field}.{unknown[0]}", "unknown expectation field")
     groups = e.get("must_include", [])
@@ -207,6 +207,8 @@ def _check_expectation(check: RowChecker, e: Any, field: str) -> None:
         _check_constraint(check, c, f"{field}.constraints[{i}]")
     if "notes" in e:
         check.get(e, "notes", str, f"{field}.notes")
+    if "verifiable" in e:
+        check.get(e, "verifiable", bool, f"{field}.verifiable")
 
 
 def validate_item_row(
@@ -318,7 +320,11 @@ def load_generated(
                 "generator_version",
                 f"{row['generator_version']!r} differs from line {rows[0][0]}'s {version!r}",
             )
-        items.append(item_from_dict(row))
+        item = item_from_dict(row)
+        problems = verifiability_problems(item)
+        if problems:  # a verifiable turn must be its own definition (items.verifiability_problems)
+            raise check.fail("turns", "; ".join(problems))
+        items.append(item)
         lines.append(lineno)
         keep.append(split == "full" or row["split"] == split)
     check_unique_ids(items, lines, path)
@@ -374,6 +380,10 @@ def load_benchmark(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"benchmark.limit must be an integer >= 1 (or null for all items), got {limit!r}")
     bench = loaders[name](split=split, path=path)
+    # Every benchmark, generated or public: a turn declared verifiable must be decidable by checks alone.
+    for item in bench.items:
+        if problems := verifiability_problems(item):
+            raise BenchmarkError(bench.source_path, "; ".join(problems), field=f"{item.id}.turns")
     return bench if limit is None else replace(bench, items=bench.items[:limit])
 
 

@@ -2,7 +2,10 @@
 
 Each item is a one-turn :class:`~posttrain.items.Item` whose ``category`` is its kind. Every
 expectation is something a deterministic triage scorer can check (a required answer, a format,
-a word limit, a banned word) with notes for the LLM judge. 130 items are held out as ``test``;
+a word limit, a banned word) with notes for the LLM judge. Where the expectation is the whole
+definition of the instruction (nothing a judge must weigh: no "same meaning", no "any correct
+translation", no unchecked "two sentences"), the turn is declared ``verifiable`` and carries no
+notes, so ``scorer=verifiable`` decides it exactly. 130 items are held out as ``test``;
 :func:`heldout_texts` lets the SFT data generator filter them out of its training data.
 
 Candidates are built from fixed pools, shuffled with a seeded ``random.Random`` and cut to a
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 from posttrain.benchmarks import Benchmark, load_generated
 from posttrain.items import Constraint, Expectation, Item, Turn
 
-GENERATOR_VERSION = "instr-v1"
+GENERATOR_VERSION = "instr-v2"  # v2: verifiable turns declared (issue 19)
 DEFAULT_SEED = 1234
 KINDS: tuple[str, ...] = (
     "translation",
@@ -65,9 +69,18 @@ NUMBER_WORDS = [
 
 
 def _x(
-    *groups: Sequence[str], avoid: Sequence[str] = (), constraints: Sequence[Constraint] = (), notes: str = ""
+    *groups: Sequence[str],
+    avoid: Sequence[str] = (),
+    constraints: Sequence[Constraint] = (),
+    notes: str = "",
+    verifiable: bool = False,
 ) -> Expectation:
-    return Expectation(tuple(tuple(g) for g in groups), tuple(avoid), tuple(constraints), notes)
+    return Expectation(tuple(tuple(g) for g in groups), tuple(avoid), tuple(constraints), notes, verifiable)
+
+
+def _v(*groups: Sequence[str], avoid: Sequence[str] = (), constraints: Sequence[Constraint] = ()) -> Expectation:
+    """A verifiable expectation: the checks are the definition, so there are no judge notes."""
+    return _x(*groups, avoid=avoid, constraints=constraints, verifiable=True)
 
 
 def _num(n: int) -> list[str]:
@@ -115,6 +128,8 @@ FROM_SPANISH = [
     ("Hoy hace mucho calor.", ["hot", "heat"]),
     ("Necesito comprar leche.", ["milk"]),
 ]
+# Whole sentences: a required keyword is a proxy for a faithful translation, which needs a judge.
+SENTENCE_TEXTS = frozenset({"I am hungry", "see you tomorrow", "Where is the train station?"})
 TRANSLATE_ASK = [
     "Translate '{t}' into {lang}.",
     "How do you say '{t}' in {lang}?",
@@ -130,9 +145,11 @@ def _translation(rng: random.Random) -> list[Candidate]:
             cs = (
                 [Constraint("max_words", 15, "just the translation")] if "just the translation" in ask else []
             )
-            out.append(
-                (ask, _x(answers, constraints=cs, notes=f"Any correct {LANG_NAMES[code]} translation."))
-            )
+            if text in SENTENCE_TEXTS:
+                expect = _x(answers, constraints=cs, notes=f"Any correct {LANG_NAMES[code]} translation.")
+            else:  # a word or fixed phrase: its accepted translations are the definition
+                expect = _v(answers, constraints=cs)
+            out.append((ask, expect))
     for text, answers in FROM_SPANISH:
         out.append(
             (
@@ -255,11 +272,7 @@ def _lists(rng: random.Random) -> list[Candidate]:
         out.append(
             (
                 ask.format(t=topic),
-                _x(
-                    *groups,
-                    constraints=[Constraint("format", fmt, fmt.replace("_", " "))],
-                    notes=f"Every item of {topic}, formatted as a {fmt.replace('_', ' ')}.",
-                ),
+                _v(*groups, constraints=[Constraint("format", fmt, fmt.replace("_", " "))]),
             )
         )
     return out
@@ -324,7 +337,7 @@ def _counting(rng: random.Random) -> list[Candidate]:
             (
                 f"How many times does the letter '{letter}' appear in the word '{word}'? "
                 f"Answer with just the number.",
-                _x(_num(n), constraints=[short], notes=f"'{word}' has {n} '{letter}'."),
+                _v(_num(n), constraints=[short]),
             )
         )
     for sentence in SENTENCES:
@@ -332,17 +345,17 @@ def _counting(rng: random.Random) -> list[Candidate]:
         out.append(
             (
                 f"How many words are in this sentence: '{sentence}'? Answer with just the number.",
-                _x(_num(n), constraints=[short], notes=f"{n} words."),
+                _v(_num(n), constraints=[short]),
             )
         )
     for what, n in FACT_COUNTS:
-        out.append((f"How many {what}?", _x(_num(n), notes=f"{n}.")))
+        out.append((f"How many {what}?", _v(_num(n))))
     for item in ITEMS:
         a, b, c = rng.randint(12, 40), rng.randint(2, 9), rng.randint(3, 11)
         out.append(
             (
                 f"I had {a} {item}, gave away {b} and then got {c} more. How many {item} do I have now?",
-                _x(_num(a - b + c), notes=f"{a} - {b} + {c} = {a - b + c}."),
+                _v(_num(a - b + c)),
             )
         )
     return out
@@ -361,17 +374,18 @@ PASSIVE = [
     ("Our neighbour repaired the roof.", "repaired", "roof"),
     ("The teacher graded the exams.", "graded", "exams"),
 ]
+# (sentence, present verb, past verb): the simple-past rewrite is the sentence with that one verb changed
 PAST = [
-    ("She walks to the market every morning.", "walked"),
-    ("They eat dinner at seven.", "ate"),
-    ("I write a letter to my grandmother.", "wrote"),
-    ("The train leaves at noon.", "left"),
-    ("We swim in the lake.", "swam"),
-    ("He buys fresh bread.", "bought"),
-    ("The baby sleeps all afternoon.", "slept"),
-    ("My friends sing in a choir.", "sang"),
-    ("The museum opens at nine.", "opened"),
-    ("You forget your keys again.", "forgot"),
+    ("She walks to the market every morning.", "walks", "walked"),
+    ("They eat dinner at seven.", "eat", "ate"),
+    ("I write a letter to my grandmother.", "write", "wrote"),
+    ("The train leaves at noon.", "leaves", "left"),
+    ("We swim in the lake.", "swim", "swam"),
+    ("He buys fresh bread.", "buys", "bought"),
+    ("The baby sleeps all afternoon.", "sleeps", "slept"),
+    ("My friends sing in a choir.", "sing", "sang"),
+    ("The museum opens at nine.", "opens", "opened"),
+    ("You forget your keys again.", "forget", "forgot"),
 ]
 CAPS = [
     ("please close the door quietly.", "door"),
@@ -455,15 +469,16 @@ def _rewriting(rng: random.Random) -> list[Candidate]:
                 ),
             )
         )
-    for sentence, past in PAST:
-        out.append(
-            (f"Rewrite this sentence in the past tense: '{sentence}'", _x([past], notes=f"Uses '{past}'."))
-        )
-    for sentence, noun in CAPS:
+    for sentence, present, past in PAST:
+        # The whole rewritten sentence (without its full stop) is the one accepted answer.
+        rewritten = sentence.rstrip(".").replace(f" {present} ", f" {past} ", 1)
+        out.append((f"Rewrite this sentence in the past tense: '{sentence}'", _v([rewritten])))
+    for sentence, _noun in CAPS:
+        # The same words, every letter a capital: contains() ignores case, all_caps checks it.
         out.append(
             (
                 f"Rewrite this sentence in all capital letters: '{sentence}'",
-                _x([noun], constraints=[Constraint("format", "all_caps", "all capitals")]),
+                _v([sentence.rstrip(".")], constraints=[Constraint("format", "all_caps", "all capitals")]),
             )
         )
     for sentence, a, b in COMMAS:
@@ -556,6 +571,17 @@ LINE_SEQS = [
 ]
 
 
+def _keys(*keys: str) -> list[Constraint]:
+    """One ``must_match`` per JSON key the instruction names: ``"name":``."""
+    return [Constraint("must_match", rf'"{k}"\s*:', f'key "{k}"') for k in keys]
+
+
+def _in_order(steps: Sequence[str]) -> Constraint:
+    """The steps' first words appear in the given order (across lines)."""
+    words = [re.escape(s.split()[0]) for s in steps]
+    return Constraint("must_match", r"(?s)" + r".*".join(rf"\b{w}\b" for w in words), "steps in the given order")
+
+
 def _formatting(rng: random.Random) -> list[Candidate]:
     as_json = Constraint("format", "json", "valid JSON only")
     out = []
@@ -564,7 +590,7 @@ def _formatting(rng: random.Random) -> list[Candidate]:
             (
                 f'Return only a JSON object with the keys "name", "age" and "city" for this person: {name}, '
                 f"{age} years old, lives in {city}.",
-                _x([name], [str(age)], [city], constraints=[as_json], notes="Valid JSON, nothing else."),
+                _v([name], [str(age)], [city], constraints=[as_json, *_keys("name", "age", "city")]),
             )
         )
     for title, author, year in BOOK_ROWS:
@@ -572,7 +598,7 @@ def _formatting(rng: random.Random) -> list[Candidate]:
             (
                 f"Give me a JSON object describing the book {title} by {author} ({year}) with the keys "
                 f'"title", "author" and "year". Output only the JSON.',
-                _x([title], [author.split()[-1]], [str(year)], constraints=[as_json]),
+                _v([title], [author.split()[-1]], [str(year)], constraints=[as_json, *_keys("title", "author", "year")]),
             )
         )
     for _ in range(10):
@@ -582,17 +608,16 @@ def _formatting(rng: random.Random) -> list[Candidate]:
         out.append(
             (
                 f"Format these items as {said}: {', '.join(items)}.",
-                _x(*([i] for i in items), constraints=[Constraint("format", fmt, said)]),
+                _v(*([i] for i in items), constraints=[Constraint("format", fmt, said)]),
             )
         )
     for steps in STEPS:
         out.append(
             (
                 f"Turn these steps into a numbered list: {'; '.join(steps)}.",
-                _x(
+                _v(
                     *([s.split()[0]] for s in steps),
-                    constraints=[Constraint("format", "numbered_list", "numbered")],
-                    notes="Steps in the given order.",
+                    constraints=[Constraint("format", "numbered_list", "numbered"), _in_order(steps)],
                 ),
             )
         )
@@ -666,7 +691,7 @@ def _short_answer(rng: random.Random) -> list[Candidate]:
     for q, answers in qs:
         ask = rng.choice(SHORT_ASK).format(q=q)
         out.append(
-            (ask, _x(answers, constraints=[brief] if ask != q else [], notes=f"Answer: {answers[0]}."))
+            (ask, _v(answers, constraints=[brief] if ask != q else []))
         )
     return out
 
@@ -708,7 +733,7 @@ def _constrained_writing(rng: random.Random) -> list[Candidate]:
             ),
             (
                 f"Write a short paragraph of at least 60 words about {topic}.",
-                _x(constraints=[Constraint("min_words", 60, "at least 60 words")]),
+                _v(constraints=[Constraint("min_words", 60, "at least 60 words")]),
             ),
             (
                 f"Write two sentences about {topic} without using the word '{banned}'.",
@@ -720,7 +745,7 @@ def _constrained_writing(rng: random.Random) -> list[Candidate]:
                     constraints=[Constraint("format", "all_caps", "all capitals")], notes="Three short lines."
                 ),
             ),
-            (f"Write a short description of {topic} that uses the words '{w1}' and '{w2}'.", _x([w1], [w2])),
+            (f"Write a short description of {topic} that uses the words '{w1}' and '{w2}'.", _v([w1], [w2])),
             (
                 f"Describe {topic} in exactly three bullet points.",
                 _x(
