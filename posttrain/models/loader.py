@@ -89,10 +89,48 @@ def _hub_snapshot(cfg: Any) -> tuple[Path, str]:
     return folder_path, resolved
 
 
+def built_model_path(cfg: Any) -> str | None:
+    """The ``model.path`` placeholder of a model posttrain builds itself (tiny or GGUF), else None.
+
+    Such a model's weights come from the model cache, never from ``model.path``; the field only
+    names it (``tiny_base``, ``smollm2_instruct``), so any other value would be silently ignored.
+    """
+    if cfg.tiny:
+        return f"tiny_{cfg.tiny}"
+    if getattr(cfg, "gguf", None) == "smollm2":
+        return "smollm2_instruct"
+    return None
+
+
+def unused_model_settings(cfg: Any) -> list[str]:
+    """The model settings this run would not use, each with what to change; empty when all are used.
+
+    Provenance must be true: a record that says ``path=/data/my-model`` while the weights came from
+    elsewhere is worse than no record. So a setting that cannot take effect is refused, not ignored.
+    """
+    problems = []
+    placeholder = built_model_path(cfg)
+    built_by = f"model.tiny={cfg.tiny}" if cfg.tiny else f"model.gguf={getattr(cfg, 'gguf', None)}"
+    if placeholder is not None and str(cfg.path) != placeholder:
+        problems.append(
+            f"model.path={cfg.path} is not used: model {cfg.name} is built by posttrain ({built_by}) and its "
+            f"weights come from the model cache. Drop the model.path override (it must stay {placeholder}), or "
+            f"set {built_by.split('=')[0]}=null to load the weights in {cfg.path}")
+    if cfg.tiny and getattr(cfg, "gguf", None):
+        problems.append(f"model.gguf={cfg.gguf} is not used: model.tiny={cfg.tiny} builds the weights. "
+                        "Set one of model.tiny / model.gguf to null")
+    if cfg.kind != "base" and cfg.allow_chat_template_on_base:
+        problems.append(f"model.allow_chat_template_on_base=true is not used: model {cfg.name} is kind={cfg.kind}, "
+                        "and the override only applies to base models. Remove it")
+    return problems
+
+
 def preflight_model(cfg: Any, *, cache_dir: Path, device: str = "auto") -> ResolvedModel:
     """Locate weights, check the pinned revision, the GPU and the adapter; load nothing."""
     if cfg.trust_remote_code:
         raise ModelUnavailable("model.trust_remote_code=true is refused: posttrain never runs code shipped with weights")
+    if problems := unused_model_settings(cfg):
+        raise ModelUnavailable("; ".join(problems) + ". Nothing was loaded or spent.")
     revision: str | None
     if cfg.tiny:
         from posttrain.models.tiny import ensure_tiny_model
@@ -248,6 +286,18 @@ def placement_for(dev: str, *, quantization: str | None, for_training: bool,
     return Placement({"": rank}, None) if quantization else Placement(None, f"cuda:{rank}")
 
 
+def attn_implementation_for(setting: str, dev: str) -> str:
+    """The attention kernel for ``model.attn_implementation`` on device ``dev``.
+
+    ``auto`` is eager on the CPU and sdpa elsewhere: at one query token (every decode step) torch's
+    CPU flash-attention kernel spent 3.8 ms per layer call on SmolLM2, two thirds of the step, while
+    eager attention is a few small matmuls (docs/benchmarks.md has the measurement).
+    """
+    if setting == "auto":
+        return "eager" if dev == "cpu" else "sdpa"
+    return setting
+
+
 def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: ResolvedModel | None = None,
                for_training: bool = False) -> LoadedModel:
     """Load model + tokenizer (+ adapter) through the guards, with a provenance record."""
@@ -263,7 +313,9 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: Res
         # holds a core, OpenMP's spinning threads made one 24-token decode take 1.3 s instead of
         # 0.024 s here. One thread for the tiny models; real models keep torch's default.
         torch.set_num_threads(1)
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": False, "use_safetensors": True}
+    attn = attn_implementation_for(getattr(cfg, "attn_implementation", "auto"), dev)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": False, "use_safetensors": True,
+                              "attn_implementation": attn}
     placement = placement_for(dev, quantization=cfg.quantization, for_training=for_training)
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
@@ -290,7 +342,7 @@ def load_model(cfg: Any, *, cache_dir: Path, device: str = "auto", resolved: Res
     provenance = {
         "model": cfg.name, "kind": cfg.kind, "path": str(cfg.path), "local_path": str(resolved.path),
         "revision": resolved.revision, "weights_sha256": resolved.weights_sha256,
-        "dtype": cfg.dtype, "quantization": cfg.quantization, "device": dev,
+        "dtype": cfg.dtype, "quantization": cfg.quantization, "device": dev, "attn_implementation": attn,
         "adapter_path": str(resolved.adapter_path) if resolved.adapter_path else None,
         "adapter_sha256": resolved.adapter_sha256,
         "allow_chat_template_on_base": bool(cfg.allow_chat_template_on_base),

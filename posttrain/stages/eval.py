@@ -46,6 +46,14 @@ def plan(cfg: Any) -> Plan:
                              "Run the eval with plain `posttrain`, or spread models over GPUs with a sweep "
                              "(hydra/launcher=slurm, docs/scaling.md).")
     bench = _load_items(cfg)
+    verifiable_plan = None
+    if cfg.scorer.name == "verifiable":  # a selection it cannot decide is refused before any model loads
+        from posttrain.scorers.verifiable import check_scorable
+
+        try:
+            verifiable_plan = check_scorable(bench.items, benchmark=f"{bench.name}/{bench.split}")
+        except ValueError as exc:
+            raise PosttrainError(f"{exc} (nothing was loaded or spent)") from exc
     fmt = resolve_format(cfg.prompt.format, cfg.model.kind)
     check_format_allowed(fmt, cfg.model.kind, cfg.model.allow_chat_template_on_base, cfg.model.name)
     from posttrain.generation.backends import check_backend_available
@@ -77,6 +85,9 @@ def plan(cfg: Any) -> Plan:
     n_categories = len({it.category for it in bench.items})
     notes = [f"power: {power_note(len(bench.items), cfg.gate, n_categories=max(n_categories, 1))}",f"eval plan: {len(bench.items)} items ({n_turns} turns, {n_judged} judged) of {bench.name}/{bench.split}, "
              f"format={fmt}; estimate {gpu_hours:.3f} GPU-h (${gpu_usd:.2f}) + judge ${api_usd:.2f}"]
+    if verifiable_plan is not None:
+        notes.append(f"scorer=verifiable decides {verifiable_plan['n_verifiable']} of {verifiable_plan['n_items']} "
+                     f"items; {len(verifiable_plan['not_scored'])} will be recorded not_scored")
     return Plan(estimate_usd=gpu_usd + api_usd, estimate_gpu_hours=gpu_hours, estimate_api_usd=api_usd,
                 notes=notes, state={"bench": bench, "format": fmt, "resolved": resolved,
                        "judge_preflight": judge_preflight})
@@ -165,6 +176,18 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         extra["judge_instrument"] = None
         extra["calibration"] = {"key": None, "kappa": None, "n": None, "applies": False,
                                 "reason": "scorer=heuristic_triage has no judge to calibrate"}
+    elif cfg.scorer.name == "verifiable":
+        from posttrain.scorers import verifiable
+
+        scores = verifiable.score_generations(items, rows)
+        append_jsonl(partial, scores)
+        extra.update(verifiable.summarise(scores))
+        # exact checks of the instruction's own definition: nothing to calibrate (docs/judging.md)
+        extra["gate_eligible"] = True
+        extra["gate_ineligible_reason"] = None
+        extra["judge_instrument"] = None
+        extra["calibration"] = {"key": None, "kappa": None, "n": None, "applies": False,
+                                "reason": "scorer=verifiable is exact: there is no judgment to calibrate"}
     else:
         from posttrain.judges import JudgeSpend, judge_generations
         from posttrain.judges.calibration import calibration_status
@@ -209,16 +232,51 @@ def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], sco
     return block
 
 
+def decoding_record(gen_cfg: Any, stops: Sequence[str]) -> dict[str, Any]:
+    """The decoding settings the replies were made with, as used (``summary["decoding"]``).
+
+    Greedy decoding uses no temperature, top_p or seed (the backends drop them), so they are
+    recorded as None there: two greedy runs whose configs differ only in an unused temperature made
+    their replies the same way. The comparison refuses a pair whose records differ in any field.
+    """
+    sampled = bool(gen_cfg.do_sample)
+    return {"do_sample": sampled, "temperature": float(gen_cfg.temperature) if sampled else None,
+            "top_p": float(gen_cfg.top_p) if sampled else None, "max_new_tokens": int(gen_cfg.max_new_tokens),
+            "stop_strings": list(stops), "seed": int(gen_cfg.seed) if sampled else None,
+            "backend": str(gen_cfg.backend)}
+
+
+def model_identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """Which weights answered (``summary["model_identity"]``), from the loader's provenance record."""
+    return {"name": provenance.get("model"), "path": provenance.get("path"), "revision": provenance.get("revision"),
+            "adapter": provenance.get("adapter_path"), "adapter_sha256": provenance.get("adapter_sha256")}
+
+
+def truncation_record(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many turns stopped at max_new_tokens (finish_reason ``length``), over every generated turn.
+
+    A reply cut by the length budget may fail a check it would have passed with more tokens, so a
+    format that talks longer is then measured partly on the budget (docs/comparisons.md).
+    """
+    turns = [t for r in rows for t in r["turns"]]
+    k = sum(t.get("finish_reason") == "length" for t in turns)
+    return {"turns": len(turns), "length_stopped": k, "rate": k / len(turns) if turns else None}
+
+
 def summarise_scores(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, success rate = pass / (pass + fail) with a Wilson 95% interval, per category too."""
+    """Counts, success rate = pass / (pass + fail) with a Wilson 95% interval, per category too.
+
+    ``n_not_scored`` counts items a verifiable run left undecided; like errors they are outside the rate.
+    """
     from posttrain.analysis.stats import wilson_ci
 
     def block(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         n_pass = sum(r["verdict"] == "pass" for r in rows)
         n_fail = sum(r["verdict"] == "fail" for r in rows)
         n_err = sum(r["verdict"] == "error" for r in rows)
+        n_not = sum(r["verdict"] == "not_scored" for r in rows)  # scorer=verifiable: left to a judge
         n = n_pass + n_fail
-        return {"n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail, "n_error": n_err,
+        return {"n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail, "n_error": n_err, "n_not_scored": n_not,
                 "success_rate": n_pass / n if n else None, "ci95": list(wilson_ci(n_pass, n))}
 
     cats = sorted({r["category"] for r in scores})
@@ -251,7 +309,9 @@ def _open_backend(cfg: Any, ctx: RunContext, fmt: str) -> tuple[Any, Any]:
 
 
 def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
-    from posttrain.analysis.gates import item_ids_sha256
+    from posttrain.analysis.gates import cluster_info, item_ids_sha256
+    from posttrain.analysis.registration import job_registration_sha256
+    from posttrain.generation.prompts import stop_strings
     from posttrain.scorers.diagnostics import length_bias
 
     bench, fmt = ctx.plan.state["bench"], ctx.plan.state["format"]
@@ -311,9 +371,17 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "benchmark_info": {"name": bench.name, "split": bench.split, "n": len(bench.items), "sha256": bench.sha256,
                            "version": bench.version, "source_path": str(bench.source_path),
                            # the gate checks each run holds exactly these items (gates.scores_from_records)
-                           "limit": cfg.benchmark.limit, "item_ids_sha256": item_ids_sha256([it.id for it in bench.items])},
+                           "limit": cfg.benchmark.limit, "item_ids_sha256": item_ids_sha256([it.id for it in bench.items]),
+                           # the cluster (template) assignment is evidence too: the gate checks it against items.jsonl
+                           **cluster_info([it.to_dict() for it in bench.items])},
+        # the sweep's sealed registration (primary.json) this job ran under; the report decides only with it
+        "registration_sha256": job_registration_sha256(ctx.run_dir),
         "prompt_format": fmt,
         "generation": {"reused": len(done), "generated": len(pending), **stats,
                        "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens},
+        # what a pair's two arms must share (decoding) and what tells them apart (model identity)
+        "decoding": decoding_record(cfg.generation, stop_strings(fmt, cfg.prompt)),
+        "model_identity": model_identity(loaded.provenance),
+        "truncation": truncation_record(rows),
         "provenance": read_json(ctx.run_dir / "provenance.json"),
     }
