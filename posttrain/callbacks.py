@@ -77,30 +77,56 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
 
 
 def write_primary(config: Any, sweep: Path) -> Path:
-    """Pre-register the sweep's primary pair(s) (``gate.primary``) in ``<sweep>/primary.json``.
+    """Seal the sweep's registration in ``<sweep>/primary.json`` (:mod:`posttrain.analysis.registration`).
 
-    Called as each job of the multirun starts, before its task runs; the first job writes it, so
-    the test that decides the gate is fixed before any result exists, and only after every
-    ``on_multirun_start`` preflight has let the sweep go (a refused sweep leaves no folder). The
-    report reads it back (docs/comparisons.md). An existing file is kept (a resumed sweep must not
-    re-register after seeing results).
+    It holds the primary pair(s) with their gate kind, the secondary family, every threshold and the
+    benchmark's identity. Called as each job of the multirun starts, before its task runs; the first
+    job writes it, so the analysis that decides the gate is fixed before any result exists, and only
+    after every ``on_multirun_start`` preflight has let the sweep go (a refused sweep leaves no
+    folder). Each eval job records its sha256 in ``summary.json``; the report decides only with it
+    (docs/comparisons.md). An existing file is kept (a resumed sweep must not re-register after
+    seeing results).
     """
-    from datetime import UTC, datetime
-
     from omegaconf import OmegaConf
 
-    from posttrain.analysis.comparison import PRIMARY_FILE, primary_pairs
+    from posttrain.analysis.comparison import PRIMARY_FILE, primary_pairs, secondary_pairs, thresholds_from
+    from posttrain.analysis.registration import registration_record
     from posttrain.records import write_json
 
     path = sweep / PRIMARY_FILE
     if path.is_file():
         return path
     gate = OmegaConf.select(config, "gate")
-    pairs = primary_pairs(gate) if gate is not None else []
+    record = registration_record(
+        primary_pairs(gate) if gate is not None else [], thresholds_from(gate if gate is not None else {}),
+        secondary=secondary_pairs(gate) if gate is not None else [], benchmark=benchmark_identity(config),
+        gate=OmegaConf.to_container(gate, resolve=True) if gate is not None else None)
     sweep.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"primary": pairs, "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "gate": OmegaConf.to_container(gate, resolve=True) if gate is not None else None})
+    write_json(path, record)
     return path
+
+
+def benchmark_identity(config: Any) -> dict[str, Any] | None:
+    """The benchmark the sweep registers: name, split, limit, and, when its file can be read now, the
+    file's sha256, n and the hashes of the item ids and of their cluster (template) assignment."""
+    from omegaconf import OmegaConf
+
+    b = OmegaConf.select(config, "benchmark")
+    if b is None:
+        return None
+    out: dict[str, Any] = {"name": b.get("name"), "split": b.get("split"), "limit": b.get("limit")}
+    try:
+        from posttrain.analysis.gates import cluster_info, item_ids_sha256
+        from posttrain.benchmarks import load_benchmark
+
+        bench = load_benchmark(str(b.name), split=b.get("split"), limit=b.get("limit"), path=b.get("path"))
+        items = [it.to_dict() for it in bench.items]
+        out |= {"sha256": bench.sha256, "n": len(items), "item_ids_sha256": item_ids_sha256([str(i["id"]) for i in items]),
+                "clusters_sha256": cluster_info(items)["clusters_sha256"]}
+    except Exception as exc:  # the job itself reports an unreadable benchmark; register what is known
+        log.warning("registration: benchmark %s not read now (%s); registering its name, split and limit only",
+                    b.get("name"), exc)
+    return out
 
 
 class ComparisonCallback(Callback):

@@ -206,6 +206,8 @@ class ScorerConfig:
 class PrimaryPair:
     treatment: str = MISSING  # the model whose claimed improvement is tested (model.name)
     control: str = MISSING  # the model it is tested against
+    # The rule that decides the pair: "gap" (the seed's Phase-1 rates) or "superiority" (treatment beats control)
+    kind: str = "gap"
 
 
 @dataclass
@@ -220,6 +222,12 @@ class GateConfig:
     min_paired: int | None = None
     # The pre-registered primary pair(s), written to <sweep>/primary.json before any job runs.
     primary: list[PrimaryPair] = field(default_factory=list)
+    # The registered secondary family: Holm-adjusted among themselves, reported, never deciding.
+    secondary: list[PrimaryPair] = field(default_factory=list)
+    # superiority's minimum Cohen's h (docs/statistics.md, "Two kinds of gate")
+    min_effect_h: float = 0.2
+    # gap's rate rule: "point" estimates (the seed's) or one-sided 95% "bound"s against the thresholds
+    rates: str = "point"
     # A human calibration counts only with at least this many labelled conversations (the design's 30);
     # with fewer, kappa's interval is too wide to tell a good judge from a lucky one.
     min_calibration_items: int = 30
@@ -370,6 +378,15 @@ def validate(cfg: Any) -> None:
         unit(key)
     if cfg.gate.min_cohens_h < 0:
         problems.append(f"gate.min_cohens_h={cfg.gate.min_cohens_h} must be >= 0")
+    if cfg.gate.min_effect_h < 0:
+        problems.append(f"gate.min_effect_h={cfg.gate.min_effect_h} must be >= 0")
+    if cfg.gate.rates not in ("point", "bound"):
+        problems.append(f"gate.rates={cfg.gate.rates!r} is not valid; choose one of ['point', 'bound']")
+    for fam in ("primary", "secondary"):
+        for p in getattr(cfg.gate, fam, None) or []:
+            if p.kind not in ("gap", "superiority"):
+                problems.append(f"gate.{fam}: {p.treatment} vs {p.control} has kind={p.kind!r}; choose one of "
+                                "['gap', 'superiority']")
     if cfg.gate.min_paired is not None and cfg.gate.min_paired < 100:
         problems.append(f"gate.min_paired={cfg.gate.min_paired} must be >= 100 (or null for the power-analysis "
                         "default; docs/statistics.md)")

@@ -17,7 +17,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
 from posttrain.analysis.comparison import JobRecords, build_comparison, power_note
-from posttrain.analysis.gates import HEURISTIC_REASON, GateThresholds
+from posttrain.analysis.gates import HEURISTIC_REASON, GateThresholds, cluster_info
+from posttrain.analysis.registration import registration_record, registration_sha256
 from posttrain.analysis.report import main as report_main
 from posttrain.analysis.report import render_markdown
 from posttrain.analysis.stats import design_power, paired_power
@@ -45,6 +46,20 @@ def _verdicts() -> dict[str, dict[str, str]]:
 
 
 KINDS = {"tiny_base": "base", "tiny_instruct": "instruct", "tiny_alt_base": "base"}
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "max_new_tokens": 16, "stop_strings": [],
+          "seed": None, "backend": "hf"}
+
+
+def _stamp(sweep: Path) -> str:
+    """Record the sweep's registration sha256 in every job's summary, as the eval stage does."""
+    from posttrain.analysis.registration import file_registration_sha256
+
+    sha = file_registration_sha256(sweep / "primary.json")
+    assert sha is not None
+    for job in sweep.iterdir():
+        if (job / "summary.json").is_file():
+            write_json(job / "summary.json", json.loads((job / "summary.json").read_text()) | {"registration_sha256": sha})
+    return sha
 
 
 def _write_job(sweep: Path, num: int, model: str, verdicts: dict[str, str], *, scorer: str = "heuristic_triage",
@@ -61,6 +76,7 @@ def _write_job(sweep: Path, num: int, model: str, verdicts: dict[str, str], *, s
         "scorer": scorer, "judge": judge,
         "benchmark_info": {"name": "conversations", "split": "pilot", "n": 40, "sha256": "ab" * 32},
         "length_bias": {"n": len(rows), "auc": 0.5, "flagged": False, "reason": "hand-made"},
+        "decoding": dict(GREEDY),
     })
     write_json(job / "sentinel.json", {"version": "sentinel-v1", "n_probes": 6, "model": model, "formats": {
         "raw": {"stopped_rate": 0.5, "answer_rate": 0.25, "mean_new_tokens": 12.0, "probes": []}}})
@@ -196,7 +212,8 @@ def _llm_jobs() -> list[JobRecords]:
     base = {i: "pass" if k % 4 == 0 else "fail" for k, i in enumerate(ids)}
     instruct = {i: "fail" if k % 20 in (1, 2, 3) else "pass" for k, i in enumerate(ids)}
     items = [{"id": i, "category": _category(i), "meta": {"template": f"t{k // 5}"}} for k, i in enumerate(ids)]
-    bench = {"name": "conversations", "split": "main", "limit": None, "n": 200, "sha256": "cd" * 32}
+    bench = {"name": "conversations", "split": "main", "limit": None, "n": 200, "sha256": "cd" * 32,
+             **cluster_info(items)}
     jobs = []
     for name, v in (("qwen32b", base), ("qwen32b_instruct", instruct)):
         rows = [{"item_id": i, "category": _category(i), "verdict": x, "scorer": "llm", "judge": "claude",
@@ -204,7 +221,8 @@ def _llm_jobs() -> list[JobRecords]:
                  "template_sha256": "ab" * 32} for i, x in v.items()]
         summary = {"model": name, "model_kind": "base" if name == "qwen32b" else "instruct", "scorer": "llm",
                    "judge": "claude", "judge_instrument": INSTRUMENT, "benchmark_info": bench,
-                   "calibration": {"key": "cal-1", "kappa": 0.85, "n": 30, "applies": True, "reason": None}}
+                   "calibration": {"key": "cal-1", "kappa": 0.85, "n": 30, "applies": True, "reason": None},
+                   "decoding": dict(GREEDY)}
         jobs.append(JobRecords(f"{len(jobs)}_{name}", summary, rows, None, items))
     return jobs
 
@@ -228,8 +246,11 @@ def test_gate_passes_with_a_calibrated_judge() -> None:
         assert instrument == INSTRUMENT  # the calibration is looked up for the instrument that judged
         return True, "kappa 0.85 >= 0.70", 0.85
 
-    comp = build_comparison(_llm_jobs(), calibration=lookup,
-                            primary=[{"treatment": "qwen32b_instruct", "control": "qwen32b"}])
+    jobs = _llm_jobs()
+    record = registration_record([{"treatment": "qwen32b_instruct", "control": "qwen32b"}], GateThresholds())
+    for j in jobs:
+        j.summary["registration_sha256"] = registration_sha256(record)
+    comp = build_comparison(jobs, calibration=lookup, registration=record)
     assert seen and seen[0] == ("claude", "conv-judge-v1", 0.7)
     g = comp["gate"]
     assert g["verdict"] == "PASS" and g["n_paired"] == 200, g["reasons"]
@@ -381,13 +402,24 @@ def test_every_experiment_pre_registers_a_primary_pair(compose: Any, experiment:
     from posttrain.callbacks import write_primary
 
     cfg = compose(f"+experiment={experiment}")
-    expected = {"three_way": ("qwen32b_instruct", "qwen32b"), "three_way_tiny": ("tiny_instruct", "tiny_base"),
-                "four_model": ("qwen32b+dpo", "qwen32b"), "four_model_tiny": ("tiny_base+dpo", "tiny_base")}[experiment]
-    assert [(p.treatment, p.control) for p in cfg.gate.primary] == [expected]
+    expected = {"three_way": ("qwen32b_instruct", "qwen32b", "gap"),
+                "three_way_tiny": ("tiny_instruct", "tiny_base", "gap"),
+                "four_model": ("qwen32b+dpo", "qwen32b+dpo_only", "superiority"),
+                "four_model_tiny": ("tiny_base+dpo", "tiny_base+dpo_only", "superiority")}[experiment]
+    assert [(p.treatment, p.control, p.kind) for p in cfg.gate.primary] == [expected]
     path = write_primary(cfg, tmp_path / "sweep")
     record = json.loads(path.read_text())
-    assert record["primary"] == [{"treatment": expected[0], "control": expected[1]}]
+    assert record["primary"] == [{"treatment": expected[0], "control": expected[1], "kind": expected[2]}]
     assert record["gate"]["mcnemar_alpha"] == 0.01 and record["registered_at"]
+    # Sealed: every number that decides, and the benchmark's identity read before any job runs
+    assert record["thresholds"]["mcnemar_alpha"] == 0.01 and record["thresholds"]["min_effect_h"] == 0.2
+    assert record["thresholds"]["rates"] == "point" and "min_paired" in record["thresholds"]
+    assert record["benchmark"]["name"] == "conversations" and len(record["benchmark"]["sha256"]) == 64
+    assert len(record["benchmark"]["clusters_sha256"]) == 64
+    if experiment.startswith("four_model"):  # SFT->DPO > SFT and every trained variant > base: Holm family
+        assert [(p["treatment"], p["control"]) for p in record["secondary"]] == [
+            (f"{expected[1].split('+')[0]}+{t}", f"{expected[1].split('+')[0]}{c}")
+            for t, c in (("dpo", "+sft"), ("sft", ""), ("dpo", ""), ("dpo_only", ""))]
     path.write_text(json.dumps({"primary": [{"treatment": "x", "control": "y"}]}))
     assert json.loads(write_primary(cfg, tmp_path / "sweep").read_text())["primary"][0]["treatment"] == "x"
 
@@ -403,10 +435,11 @@ def test_report_on_the_tiny_three_way_sweep(sweep: Path, tmp_path: Path, compose
         append_jsonl(job / "items.jsonl", [{"id": i, "category": _category(i), "meta": {"template": f"tpl_{k // 4}"}}
                                            for k, i in enumerate(IDS)])
     write_primary(compose("+experiment=three_way_tiny"), sweep)
+    _stamp(sweep)
     comp, out = _report(sweep, tmp_path / "out", capsys)
     g = comp["gate"]
-    assert comp["primary"] == {"pairs": [{"control": "tiny_base", "treatment": "tiny_instruct"}],
-                               "source": "pre-registered"}
+    assert comp["primary"] == {"pairs": [{"control": "tiny_base", "treatment": "tiny_instruct", "kind": "gap"}],
+                               "source": "pre-registered", "secondary": []}
     assert (g["base_model"], g["instruct_model"], g["verdict"]) == ("tiny_base", "tiny_instruct", "NOT_ELIGIBLE")
     assert g["clusters_recorded"] is True and g["observed"]["n_clusters"] == 10
     assert g["n_error_items"] == 2 and g["worst_case"]["n_paired"] == 40

@@ -17,7 +17,8 @@ import pytest
 from scipy import stats as sps
 
 from posttrain.analysis.comparison import JobRecords, build_comparison
-from posttrain.analysis.gates import GateThresholds, item_ids_sha256
+from posttrain.analysis.gates import GateThresholds, cluster_info, item_ids_sha256
+from posttrain.analysis.registration import registration_record, registration_sha256
 from posttrain.analysis.stats import cluster_permutation_test
 
 INSTRUMENT = {"provider": "anthropic", "model": "claude-judge-1", "template_version": "conv-judge-v2",
@@ -51,7 +52,8 @@ def _job(num: int, model: str, kind: str, verdicts: dict[str, str], *, clusters:
                "calibration": {"key": calibration_key, "kappa": 0.85, "n": 30, "applies": True, "reason": None},
                "benchmark_info": {"name": "conversations", "split": "main", "limit": None,
                                   "n": n if n is not None else len(ids), "sha256": sha,
-                                  "item_ids_sha256": item_ids_sha256(ids)}}
+                                  "item_ids_sha256": item_ids_sha256(ids), **cluster_info(items)},
+               "decoding": dict(GREEDY), "prompt_format": "chat_template" if kind == "instruct" else "raw"}
     return JobRecords(f"{num}_{model}", summary, rows, None, items)
 
 
@@ -60,11 +62,23 @@ def _calibrated(judge: str, template: str, min_kappa: float, **_: Any) -> tuple[
 
 
 PRIMARY = [{"treatment": "instruct", "control": "base"}]
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "max_new_tokens": 256, "stop_strings": [],
+          "seed": None, "backend": "hf"}
+
+
+def _register(jobs: tuple[JobRecords, ...], primary: list[dict[str, str]], t: GateThresholds) -> dict[str, Any]:
+    """The sweep's sealed registration, and each job's summary stamped with its sha256 (as eval does)
+    unless a test already set another one."""
+    record = registration_record(primary, t, registered_at="2026-01-31T12:00:00+00:00")
+    for j in jobs:
+        j.summary.setdefault("registration_sha256", registration_sha256(record))
+    return record
 
 
 def _gate(*jobs: JobRecords, primary: list[dict[str, str]] | None = None, **t: Any) -> dict[str, Any]:
-    comp = build_comparison(list(jobs), GateThresholds(**t), calibration=_calibrated,
-                            primary=PRIMARY if primary is None else primary)
+    thresholds = GateThresholds(**t)
+    record = _register(jobs, PRIMARY if primary is None else primary, thresholds)
+    comp = build_comparison(list(jobs), calibration=_calibrated, registration=record)
     return comp["gate"] | {"_comparison": comp}
 
 
@@ -309,7 +323,7 @@ def test_clustered_null_through_the_gate() -> None:
                 clusters: dict[str, str] = clusters) -> ModelScores:
             return ModelScores(name, {i: "pass" if p else "fail" for i, p in zip(ids, v, strict=True)}, "llm", 0.85,
                                clusters=clusters if known else None, instrument=INSTRUMENT, calibration_key="k",
-                               benchmark=bench)
+                               benchmark=bench, decoding=GREEDY)
 
         with_cl += evaluate_gate(run(y, "b", True), run(x, "i", True), loose).verdict == "PASS"
         without += evaluate_gate(run(y, "b", False), run(x, "i", False), loose).verdict == "PASS"

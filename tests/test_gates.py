@@ -39,7 +39,12 @@ def _scores(
     bench = {"name": "conversations", "split": "full", "limit": None, "n": len(verdicts), "sha256": "cd" * 32}
     return ModelScores(model=model, verdicts=verdicts, scorer=scorer, calibration_kappa=kappa,
                        instrument=INSTRUMENT if scorer == "llm" else None, calibration_key="human-v1",
-                       benchmark=bench)
+                       benchmark=bench, decoding=GREEDY)
+
+
+# summary["decoding"] of a greedy run (both arms of every pair here decode alike unless a test says not)
+GREEDY = {"do_sample": False, "temperature": None, "top_p": None, "max_new_tokens": 256, "stop_strings": [],
+          "seed": None, "backend": "hf"}
 
 
 def _gate(base: dict[str, str], instruct: dict[str, str], **thresholds: float) -> GateVerdict:

@@ -27,12 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from posttrain.analysis.agreement import sweep_agreement
 from posttrain.analysis.gates import (
+    GATE_KINDS,
     GateThresholds,
     ModelScores,
+    decoding_differences,
     evaluate_gate,
     item_cluster,
     scores_from_records,
+    thresholds_from,  # noqa: F401  (re-exported: report, callbacks and tests import it from here)
 )
 from posttrain.analysis.stats import (
     cluster_mean,
@@ -51,6 +55,9 @@ VERSION = "comparison-v2"
 UNDERPOWERED_BELOW = 0.8  # power for the observed effect under which a test is flagged
 N_CATEGORIES = 4  # the conversation benchmark's categories, for the per-category power note
 PRIMARY_FILE = "primary.json"  # the pre-registered primary pair(s), written by the sweep callback
+# A pair whose arms' truncation rates (turns cut at max_new_tokens) differ by more than this is
+# flagged: a format that talks longer is then measured partly on the length budget, not on the format.
+TRUNCATION_FLAG = 0.10
 
 # (judge, template_version, min_kappa, *, instrument=summary.judge_instrument) -> (calibrated, reason, kappa or None)
 CalibrationLookup = Callable[..., tuple[bool, str, float | None]]
@@ -76,22 +83,29 @@ class SweepRecords:
     missing: list[dict[str, Any]] = field(default_factory=list)
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     primary: list[dict[str, str]] | None = None
+    registration: dict[str, Any] | None = None  # primary.json as read; None: the sweep has none
 
 
-def thresholds_from(gate: Any) -> GateThresholds:
-    """GateThresholds from a config node or dict with the gate's keys (missing or null keys: defaults)."""
+def _pairs(gate: Any, key: str) -> list[dict[str, str]]:
     get = gate.get if hasattr(gate, "get") else (lambda k, d=None: getattr(gate, k, d))
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(GateThresholds):
-        if (v := get(f.name, None)) is not None:
-            values[f.name] = int(v) if f.name in ("min_paired", "min_calibration_items") else float(v)
-    return GateThresholds(**values)
+    out = []
+    for p in get(key, None) or []:
+        kind = str((p.get("kind", None) if hasattr(p, "get") else None) or "gap")
+        if kind not in GATE_KINDS:
+            raise ValueError(f"gate.{key}: {p['treatment']} vs {p['control']} has kind={kind!r}; choose one of "
+                             f"{list(GATE_KINDS)}")
+        out.append({"treatment": str(p["treatment"]), "control": str(p["control"]), "kind": kind})
+    return out
 
 
 def primary_pairs(gate: Any) -> list[dict[str, str]]:
-    """The pre-registered primary pairs of a ``gate`` config node: ``[{"treatment", "control"}]``."""
-    get = gate.get if hasattr(gate, "get") else (lambda k, d=None: getattr(gate, k, d))
-    return [{"treatment": str(p["treatment"]), "control": str(p["control"])} for p in (get("primary", None) or [])]
+    """The pre-registered primary pairs of a ``gate`` config node: ``[{"treatment", "control", "kind"}]``."""
+    return _pairs(gate, "primary")
+
+
+def secondary_pairs(gate: Any) -> list[dict[str, str]]:
+    """The registered secondary family of a ``gate`` config node (Holm-adjusted, never deciding)."""
+    return _pairs(gate, "secondary")
 
 
 def default_calibration(judge: str, template_version: str, min_kappa: float, *,
@@ -126,9 +140,10 @@ def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_fail = sum(r["verdict"] == "fail" for r in rows)
     n_error = sum(r["verdict"] == "error" for r in rows)
+    n_not = sum(r["verdict"] == "not_scored" for r in rows)  # scorer=verifiable: left to a judge
     n = n_pass + n_fail
     return {"n": n, "n_items": len(rows), "n_pass": n_pass, "n_fail": n_fail, "n_error": n_error,
-            "error_rate": n_error / len(rows) if rows else None,
+            "n_not_scored": n_not, "error_rate": n_error / (len(rows) - n_not) if len(rows) > n_not else None,
             "success_rate": n_pass / n if n else None, "ci95": list(wilson_ci(n_pass, n))}
 
 
@@ -144,8 +159,11 @@ def _judging(job: JobRecords, t: GateThresholds, lookup: CalibrationLookup) -> d
                            "gate_ineligible_reason": None}
     if scorer == "heuristic_triage":
         out["gate_ineligible_reason"] = "scorer=heuristic_triage is triage only and can never gate; rerun with scorer=llm"
+    elif scorer == "verifiable":  # exact checks of the instruction's definition: nothing to calibrate
+        out.update(gate_eligible=True, calibration="scorer=verifiable is exact: there is no judgment to calibrate",
+                   judge_instrument=job.summary.get("scorer_instrument"))
     elif scorer != "llm":
-        out["gate_ineligible_reason"] = f"unknown scorer={scorer!r}; only scorer=llm can gate"
+        out["gate_ineligible_reason"] = f"unknown scorer={scorer!r}; only scorer=llm or scorer=verifiable can gate"
     elif len(judges) != 1 or len(templates) != 1:
         out["gate_ineligible_reason"] = (f"scores mix judges {judges} / templates {templates}; "
                                          "rescore the run with one judge and one template")
@@ -164,6 +182,8 @@ def _unpaired(va: Mapping[str, str], vb: Mapping[str, str], a: str, b: str) -> l
             out.append({"item_id": i, "reason": f"not scored for {b}"})
         elif i not in va:
             out.append({"item_id": i, "reason": f"not scored for {a}"})
+        elif "not_scored" in (va[i], vb[i]):
+            out.append({"item_id": i, "reason": "not_scored (not declared verifiable)"})
         elif va[i] == "error" or vb[i] == "error":
             who = " and ".join(m for m, v in ((a, va[i]), (b, vb[i])) if v == "error")
             out.append({"item_id": i, "reason": f"verdict=error for {who}"})
@@ -177,7 +197,7 @@ def _paired_stats(va: Mapping[str, str], vb: Mapping[str, str], clusters: Mappin
     ``power_observed``: Connor power of the exact McNemar test at this n for the OBSERVED discordance
     (p10 = a_only/n, p01 = b_only/n), divided by the design effect of the paired differences.
     """
-    usable = sorted(i for i in va.keys() & vb.keys() if va[i] != "error" and vb[i] != "error")
+    usable = sorted(i for i in va.keys() & vb.keys() if va[i] in ("pass", "fail") and vb[i] in ("pass", "fail"))
     table = paired_table({i: va[i] == "pass" for i in usable}, {i: vb[i] == "pass" for i in usable})
     mc = mcnemar_exact(table.a_only, table.b_only)
     n = table.n_paired
@@ -214,12 +234,13 @@ def _dropped(va: Mapping[str, str], vb: Mapping[str, str]) -> dict[str, int]:
     """How many items a pair lost, and why (each item counted once)."""
     shared = va.keys() & vb.keys()
     return {"error": sum(1 for i in shared if "error" in (va[i], vb[i])),
-            "unpaired": len(va.keys() ^ vb.keys())}
+            "unpaired": len(va.keys() ^ vb.keys()),
+            "not_scored": sum(1 for i in shared if "not_scored" in (va[i], vb[i]) and "error" not in (va[i], vb[i]))}
 
 
 def _find_primaries(primary: Sequence[Mapping[str, str]] | None, models: list[dict[str, Any]],
-                    warnings: list[str]) -> tuple[list[tuple[str, str]], str, str | None]:
-    """(control, treatment) labels of the primary pairs, where they came from, and why none (if so)."""
+                    warnings: list[str]) -> tuple[list[tuple[str, str, str]], str, str | None]:
+    """(control, treatment, kind) of the primary pairs, where they came from, and why none (if so)."""
     labels = [m["model"] for m in models]
     if primary:
         absent = [p for p in primary if p["control"] not in labels or p["treatment"] not in labels]
@@ -227,7 +248,7 @@ def _find_primaries(primary: Sequence[Mapping[str, str]] | None, models: list[di
             named = "; ".join(f"{p['treatment']} vs {p['control']}" for p in absent)
             return [], "pre-registered", (f"the pre-registered primary pair(s) {named} are not in this sweep "
                                           f"(models: {', '.join(labels) or 'none'}); the gate needs exactly those runs")
-        return [(p["control"], p["treatment"]) for p in primary], "pre-registered", None
+        return [(p["control"], p["treatment"], str(p.get("kind") or "gap")) for p in primary], "pre-registered", None
     base = next((m for m in models if m["kind"] == "base"), None)
     instruct = next((m for m in models if m["kind"] == "instruct"), None)
     if base is None or instruct is None:
@@ -235,10 +256,11 @@ def _find_primaries(primary: Sequence[Mapping[str, str]] | None, models: list[di
         return [], "none", f"the gate needs one base-kind and one instruct-kind model; this sweep has {kinds}"
     warnings.append(f"no pre-registered primary pair ({PRIMARY_FILE}): the gate uses the first base-kind and the "
                     "first instruct-kind model; declare gate.primary in the experiment config")
-    return [(base["model"], instruct["model"])], "first base-kind vs first instruct-kind (not pre-registered)", None
+    return ([(base["model"], instruct["model"], "gap")], "first base-kind vs first instruct-kind (not pre-registered)",
+            None)
 
 
-def _gate(models: list[dict[str, Any]], scores: Mapping[str, ModelScores], primaries: list[tuple[str, str]],
+def _gate(models: list[dict[str, Any]], scores: Mapping[str, ModelScores], primaries: list[tuple[str, str, str]],
           source: str, none_reason: str | None, t: GateThresholds) -> dict[str, Any]:
     """The gate on the primary pair(s); with k primaries each is tested at alpha / k (Bonferroni)."""
     if none_reason is not None:
@@ -248,12 +270,12 @@ def _gate(models: list[dict[str, Any]], scores: Mapping[str, ModelScores], prima
     tk = dataclasses.replace(t, mcnemar_alpha=t.mcnemar_alpha / k) if k > 1 else t
     by_model = {m["model"]: m for m in models}
     results = []
-    for control, treatment in primaries:
+    for control, treatment, kind in primaries:
         s_base, s_ins = scores[control], scores[treatment]
         extra = [f"{role} ({m['model']}): {m['gate_ineligible_reason']}"
                  for role, m in (("base", by_model[control]), ("instruct", by_model[treatment]))
                  if m["scorer"] == "llm" and not m["gate_eligible"] and m["gate_ineligible_reason"]]
-        out = evaluate_gate(s_base, s_ins, tk).to_dict()
+        out = evaluate_gate(s_base, s_ins, tk, kind).to_dict()
         if extra:  # the calibration store's own words say what to run next
             kept = out["reasons"] if out["verdict"] == "NOT_ELIGIBLE" else []  # PASS/FAIL reasons are the checks
             out["verdict"] = "NOT_ELIGIBLE"
@@ -274,25 +296,59 @@ def _gate(models: list[dict[str, Any]], scores: Mapping[str, ModelScores], prima
     return gate
 
 
+def truncation_pair(summary_a: Mapping[str, Any], summary_b: Mapping[str, Any]) -> dict[str, Any]:
+    """Each arm's truncation rate, their gap, and whether it exceeds :data:`TRUNCATION_FLAG`."""
+    ra, rb = ((s.get("truncation") or {}).get("rate") for s in (summary_a, summary_b))
+    gap = abs(ra - rb) if ra is not None and rb is not None else None
+    # rounded so that 0.3 - 0.2 (0.09999999999999998) and exactly 10 points are not "more than"
+    return {"truncation_rates": [ra, rb], "truncation_gap": gap,
+            "truncation_flagged": gap is not None and round(gap, 12) > TRUNCATION_FLAG}
+
+
 def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | None = None, *,
                      missing: Sequence[dict[str, Any]] = (), calibration: CalibrationLookup | None = None,
                      sweep_dir: str | None = None,
-                     primary: Sequence[Mapping[str, str]] | None = None) -> dict[str, Any]:
+                     primary: Sequence[Mapping[str, str]] | None = None,
+                     registration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Compare the models of finished eval jobs, paired by item id.
+
+    The gate decides only with the sealed registration (``primary.json``, see
+    :mod:`posttrain.analysis.registration`): its pairs, kinds and thresholds. Without one, or when
+    the jobs ran under another one, or ``thresholds`` differ from the registered ones, everything is
+    still computed and shown, but the record says ``registration.registered: false`` ("not the
+    registered analysis") and the gate is NOT_ELIGIBLE with the reasons.
 
     Args:
         jobs: the jobs in sweep order (the order fixes pair orientation).
-        thresholds: the gate's numbers.
+        thresholds: the gate's numbers asked for; None: the registered ones (defaults without a registration).
         missing: jobs of the sweep that could not be compared, each ``{"job", "reason"}``.
         calibration: judge calibration lookup; default the store under ``POSTTRAIN_HOME``.
         sweep_dir: recorded as is.
-        primary: the pre-registered primary pairs ``[{"treatment", "control"}]`` (model names);
-            None: the first base-kind vs the first instruct-kind model, flagged as not pre-registered.
+        primary: without a registration only: the primary pairs ``[{"treatment", "control", "kind"}]``
+            to show; None: the first base-kind vs the first instruct-kind model. Either way NOT_ELIGIBLE.
+        registration: the parsed ``primary.json``.
 
     Returns:
         The comparison record (see ``docs/comparisons.md``); plain JSON types only.
     """
+    from posttrain.analysis.registration import (
+        NOT_REGISTERED,
+        registered_thresholds,
+        registration_problems,
+        registration_sha256,
+    )
+
+    reg_problems = registration_problems(registration, jobs, thresholds)
+    secondary: list[dict[str, str]] = []
     t = thresholds or GateThresholds()
+    if registration is not None:
+        primary = list(registration.get("primary") or [])
+        secondary = list(registration.get("secondary") or [])
+        if thresholds is None:
+            try:
+                t = registered_thresholds(registration)
+            except (KeyError, TypeError, ValueError):
+                t = GateThresholds()  # registration_problems already names the defect
     lookup = calibration or default_calibration
     warnings: list[str] = []
     labels = [j.summary.get("model") or j.name for j in jobs]
@@ -318,6 +374,7 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
         judging = _judging(job, t, lookup)
         models.append({"model": label, "job": job.name, "kind": job.summary.get("model_kind"),
                        **_counts(rows[label]), "n_duplicate_rows": n_dup, **judging,
+                       "truncation": job.summary.get("truncation"),  # None: a record from before it was kept
                        "benchmark": {k: info.get(k) for k in ("name", "split", "limit", "n", "sha256")}})
         scores[label] = scores_from_records(label, job.summary, job.scores, job.items,
                                             calibration_kappa=judging["calibration_kappa"])
@@ -329,36 +386,73 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
                         "treated as its own cluster, so cluster-level results equal item-level ones")
     cats = sorted(set(category.values()))
     primaries, source, none_reason = _find_primaries(primary, models, warnings)
-    primary_keys = {frozenset(p) for p in primaries}
+    primary_keys = {frozenset(p[:2]) for p in primaries}
+    # The registered secondary family; without one every non-primary pair is secondary (as before)
+    secondary_keys = {frozenset((p["control"], p["treatment"])): p for p in secondary}
+    summaries = dict(zip(labels, (j.summary for j in jobs), strict=True))
 
     pairs, cat_pairs = [], []
     for a, b in itertools.combinations(labels, 2):
         va, vb = verdicts[a], verdicts[b]
-        is_primary = frozenset((a, b)) in primary_keys
-        pairs.append({"a": a, "b": b, "family": "primary" if is_primary else "secondary",
-                      "exploratory": not is_primary, **_paired_stats(va, vb, clusters, t),
-                      "dropped": _dropped(va, vb), "unpaired": _unpaired(va, vb, a, b)})
+        key = frozenset((a, b))
+        family = ("primary" if key in primary_keys else "secondary" if key in secondary_keys or not secondary_keys
+                  else "exploratory")
+        pair = {"a": a, "b": b, "family": family, "exploratory": family != "primary",
+                **_paired_stats(va, vb, clusters, t), "dropped": _dropped(va, vb), "unpaired": _unpaired(va, vb, a, b),
+                "prompt_formats": [summaries[a].get("prompt_format"), summaries[b].get("prompt_format")],
+                "decoding_differs": decoding_differences(summaries[a].get("decoding"), summaries[b].get("decoding"),
+                                                         (summaries[a].get("prompt_format"),
+                                                          summaries[b].get("prompt_format"))),
+                **truncation_pair(summaries[a], summaries[b])}
+        if pair["truncation_flagged"]:
+            ra, rb = pair["truncation_rates"]
+            warnings.append(f"{a} vs {b}: truncation (finish_reason=length) {ra:.1%} vs {rb:.1%}, more than "
+                            f"{TRUNCATION_FLAG * 100:.0f} points apart: the arms differ in how often max_new_tokens cut the reply, "
+                            "so the comparison is confounded with the length budget; rerun with a larger "
+                            "generation.max_new_tokens")
+        if key in secondary_keys:  # the registered direction: treatment > control
+            hyp = secondary_keys[key]
+            pair["hypothesis"] = f"{hyp['treatment']} > {hyp['control']}"
+            pair["direction"] = 1 if hyp["treatment"] == b else -1
+        pairs.append(pair)
         for c in cats:
             ca = {i: v for i, v in va.items() if category[i] == c}
             cb = {i: v for i, v in vb.items() if category[i] == c}
             cat_pairs.append({"a": a, "b": b, "category": c, "family": "per_category", "exploratory": True,
                               **_paired_stats(ca, cb, clusters, t)})
-    for fam in ("primary", "secondary"):  # Holm on the conservative p, within each family
+    for fam in ("primary", "secondary", "exploratory"):  # Holm on the conservative p, within each family
         members = [p for p in pairs if p["family"] == fam]
         for p, adj in zip(members, holm([p["p"] for p in members]), strict=True):
             p["p_holm"] = adj
+    for p in pairs:  # a registered secondary hypothesis holds when Holm-significant in its direction
+        if "hypothesis" in p:
+            p["supported"] = bool(p["diff"] is not None and p["diff"] * p["direction"] > 0
+                                  and p["p_holm"] < t.mcnemar_alpha)
     for p, adj in zip(cat_pairs, holm([p["p"] for p in cat_pairs]), strict=True):
         p["p_holm"] = adj
     per_model_cat = {m: {c: _counts([r for r in rows[m] if category[r["item_id"]] == c]) for c in cats}
                      for m in labels}
     gate = _gate(models, scores, primaries, source, none_reason, t)
+    if reg_problems:  # shown, never deciding: the analysis is not the one registered before the data
+        gate["registered"] = False
+        if gate["verdict"] != "NOT_APPLICABLE":
+            kept = gate["reasons"] if gate["verdict"] == "NOT_ELIGIBLE" else []
+            gate["verdict"] = "NOT_ELIGIBLE"
+            gate["reasons"] = [f"{NOT_REGISTERED}: {r}" for r in reg_problems] + kept
+    else:
+        gate["registered"] = True
     n_items = gate.get("n_paired") or max((m["n"] for m in models), default=0)
     deff = ((gate.get("observed") or {}).get("design_effect") or 1.0)
     return {
         "version": VERSION,
         "sweep_dir": sweep_dir,
         "thresholds": asdict(t) | {"min_paired_required": t.required_paired},
-        "primary": {"pairs": [{"control": c, "treatment": tr} for c, tr in primaries], "source": source},
+        "primary": {"pairs": [{"control": c, "treatment": tr, "kind": k} for c, tr, k in primaries], "source": source,
+                    "secondary": secondary},
+        "registration": {"registered": not reg_problems, "problems": reg_problems,
+                         "sha256": registration_sha256(registration) if registration is not None else None,
+                         "registered_at": (registration or {}).get("registered_at"),
+                         "benchmark": (registration or {}).get("benchmark")},
         "models": models,
         "pairs": pairs,
         "per_category": {"categories": cats, "models": per_model_cat, "pairs": cat_pairs},
@@ -372,6 +466,8 @@ def build_comparison(jobs: Sequence[JobRecords], thresholds: GateThresholds | No
         "spot_check": {m: j.summary["spot_check"] for m, j in zip(labels, jobs, strict=True)
                        if isinstance(j.summary.get("spot_check"), dict)},
         "missing_jobs": list(missing),
+        # verifiable vs LLM-judge verdicts on the same replies: kappa and the disagreeing items
+        "scorer_agreement": sweep_agreement([(lab, j.summary, j.scores) for lab, j in zip(labels, jobs, strict=True)]),
         "warnings": warnings,
     }
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from posttrain.analysis.comparison import (
     PRIMARY_FILE,
+    TRUNCATION_FLAG,
     CalibrationLookup,
     JobRecords,
     SweepRecords,
@@ -106,9 +107,37 @@ def load_sweep(sweep_dir: str | Path) -> SweepRecords:
         from omegaconf import OmegaConf
 
         gate = OmegaConf.select(OmegaConf.load(config), "gate")
-        thresholds = thresholds_from(gate) if gate is not None else thresholds
-    primary = read_json(sweep / PRIMARY_FILE).get("primary") if (sweep / PRIMARY_FILE).is_file() else None
-    return SweepRecords(str(sweep), jobs, missing, thresholds, primary)
+        try:  # shown only when nothing was registered; the registered thresholds decide
+            thresholds = thresholds_from(gate) if gate is not None else thresholds
+        except ValueError:
+            thresholds = GateThresholds()
+    registration = _read_registration(sweep / PRIMARY_FILE)
+    primary = registration.get("primary") if registration is not None else None
+    return SweepRecords(str(sweep), jobs, missing, thresholds, primary, registration)
+
+
+def _read_registration(path: Path) -> dict[str, Any] | None:
+    """primary.json as written before the runs; None when missing or unreadable (then nothing is registered)."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _compare(records: SweepRecords, thresholds: GateThresholds | None,
+             calibration: CalibrationLookup | None) -> dict[str, Any]:
+    """The comparison record: the registered analysis when the sweep has a registration.
+
+    ``thresholds`` are the ones asked for (command line, the callback's config): they are compared
+    with the registered ones, never silently used instead. Without a registration the first job's
+    config thresholds are shown, and the gate is NOT_ELIGIBLE.
+    """
+    asked = thresholds if records.registration is not None else (thresholds or records.thresholds)
+    return build_comparison(records.jobs, asked, missing=records.missing, calibration=calibration,
+                            sweep_dir=records.sweep_dir, primary=records.primary, registration=records.registration)
 
 
 def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plots: bool = True,
@@ -127,8 +156,7 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
     if not records.jobs and not records.missing:
         raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
                           "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
-    comparison = build_comparison(records.jobs, thresholds or records.thresholds, missing=records.missing,
-                                  calibration=calibration, sweep_dir=records.sweep_dir, primary=records.primary)
+    comparison = _compare(records, thresholds, calibration)
     out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
@@ -163,8 +191,7 @@ def recompute_gate(sweep_dir: str | Path, *, calibration: CalibrationLookup | No
     if not records.jobs and not records.missing:
         raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
                           "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
-    comparison = build_comparison(records.jobs, records.thresholds, missing=records.missing,
-                                  calibration=calibration, sweep_dir=records.sweep_dir, primary=records.primary)
+    comparison = _compare(records, None, calibration)
     gate: dict[str, Any] = json.loads(json.dumps(comparison["gate"], default=str))
     return gate
 
@@ -233,6 +260,13 @@ def _side_by_side(g: dict[str, Any]) -> list[str]:
     return _table(head, rows)
 
 
+def _truncation(block: dict[str, Any] | None) -> str:
+    """A model's truncation record as ``rate (k/n)``; — for records made before it was kept."""
+    if not block or block.get("rate") is None:
+        return "—"
+    return f"{block['rate']:.3f} ({block['length_stopped']}/{block['turns']})"
+
+
 def render_markdown(c: dict[str, Any]) -> str:
     """The human tables of a comparison record: models, primary test, dropped items, pairs, categories, power."""
     out = [f"# Comparison: {c.get('sweep_dir') or 'sweep'}", ""]
@@ -241,10 +275,10 @@ def render_markdown(c: dict[str, Any]) -> str:
     for m in c["missing_jobs"]:
         out.append(f"> missing job {m['job']}: {m['reason']}" + (f" ({' '.join(m['overrides'])})" if m.get("overrides") else ""))
     out += ["", "## Models", ""]
-    out += _table(["model", "kind", "scorer", "items", "pass", "fail", "error", "error rate", "success [Wilson 95% CI]",
-                   "gate-eligible"],
+    out += _table(["model", "kind", "scorer", "items", "pass", "fail", "error", "error rate",
+                   "truncated (finish_reason=length)", "success [Wilson 95% CI]", "gate-eligible"],
                   [[m["model"], m["kind"], m["scorer"], m["n_items"], m["n_pass"], m["n_fail"], m["n_error"],
-                    m.get("error_rate"), _ci(m),
+                    m.get("error_rate"), _truncation(m.get("truncation")), _ci(m),
                     "yes" if m["gate_eligible"] else f"no: {m['gate_ineligible_reason']}"] for m in c["models"]])
     g = c["gate"]
     prim = c.get("primary") or {}
@@ -252,6 +286,13 @@ def render_markdown(c: dict[str, Any]) -> str:
     named = ", ".join(f"`{p['treatment']}` vs `{p['control']}`" for p in prim.get("pairs", [])) or "none"
     out += [f"Primary pair(s): {named} ({prim.get('source', 'unknown')}). Only this test decides the gate; every other "
             "pair and every per-category test is exploratory.", ""]
+    trunc = {m["model"]: m.get("truncation") for m in c["models"]}
+    for p in prim.get("pairs", []):  # each arm's length-budget cuts, beside the verdict they may confound
+        arms = [p["treatment"], p["control"]]
+        line = "Truncation (turns cut at max_new_tokens): " + ", ".join(f"`{a}` {_truncation(trunc.get(a))}" for a in arms)
+        flagged = any(q.get("truncation_flagged") and {q["a"], q["b"]} == set(arms) for q in c["pairs"])
+        out += [line + (f" — FLAGGED: more than {TRUNCATION_FLAG * 100:.0f} points apart, the format is confounded with the "
+                        "length budget" if flagged else ""), ""]
     if g["verdict"] == "NOT_APPLICABLE":
         out += [f"**NOT_APPLICABLE**: {g['reason']}", ""]
     else:
@@ -269,9 +310,11 @@ def render_markdown(c: dict[str, Any]) -> str:
             "model's own non-error items.", ""]
     err = {m["model"]: m.get("error_rate") for m in c["models"]}
     out += _table(["a", "b", "dropped: error", "dropped: unpaired", "n paired", "error rate a", "error rate b",
-                   "success a (paired)", "success b (paired)"],
+                   "truncated a / b", "success a (paired)", "success b (paired)"],
                   [[p["a"], p["b"], p["dropped"]["error"], p["dropped"]["unpaired"], p["n_paired"], err.get(p["a"]),
-                    err.get(p["b"]), p["success_a"], p["success_b"]] for p in c["pairs"]])
+                    err.get(p["b"]), " / ".join(format_number(r) for r in p.get("truncation_rates") or [None, None])
+                    + (" FLAGGED" if p.get("truncation_flagged") else ""), p["success_a"], p["success_b"]]
+                   for p in c["pairs"]])
     out += ["## Pairs: item level and cluster level", "",
             "`a_only`: items only a passed. Cohen's h = h(b) − h(a) and diff = b − a: positive when b does better. "
             "`p` is the larger of the item-level exact McNemar p and the cluster sign-flip p; Holm adjusts it within "
@@ -313,6 +356,21 @@ def render_markdown(c: dict[str, Any]) -> str:
                       [[m, s.get("status", "ran"), s.get("second_judge"), s.get("n_compared"), s.get("agreement"),
                         s.get("kappa"), s.get("reason") or s.get("kappa_reason") or ""]
                        for m in order if (s := c["spot_check"].get(m))])
+    if agreement := c.get("scorer_agreement"):  # issue 19: the exact scorer against the LLM judge
+        out += ["## Verifiable scorer vs LLM judge", "",
+                "The same replies decided by the instruction's own definition and by the judge, on the items both "
+                "decided. Each disagreement is listed: the judge is lenient or strict exactly there.", ""]
+        out += _table(["verifiable", "judge", "n", "both pass", "both fail", "exact pass, judge fail",
+                       "exact fail, judge pass", "agreement", "Cohen's kappa"],
+                      [[a["verifiable"], a["judge"], a["n"], a["both_pass"], a["both_fail"], a["exact_pass_judge_fail"],
+                        a["exact_fail_judge_pass"], a["observed_agreement"], a["kappa"]] for a in agreement])
+        for a in agreement:
+            shown = [f"`{d['item_id']}` (verifiable {d['verifiable']}, judge {d['judge']})"
+                     for d in a["disagreements"][:MAX_UNPAIRED_SHOWN]]
+            more = len(a["disagreements"]) - len(shown)
+            if shown:
+                out += [f"Disagreements, {a['verifiable']} vs {a['judge']}: " + ", ".join(shown)
+                        + (f", and {more} more (comparison.json)" if more > 0 else ""), ""]
     if plots := (c.get("files") or {}).get("plots"):
         out += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     if plot_errors := c.get("plot_errors"):
