@@ -371,6 +371,21 @@ def render_markdown(c: dict[str, Any]) -> str:
             if shown:
                 out += [f"Disagreements, {a['verifiable']} vs {a['judge']}: " + ", ".join(shown)
                         + (f", and {more} more (comparison.json)" if more > 0 else ""), ""]
+    if agreement := c.get("scorer_agreement"):  # issue 19: the exact scorer against the LLM judge
+        out += ["## Verifiable scorer vs LLM judge", "",
+                "The same replies decided by the instruction's own definition and by the judge, on the items both "
+                "decided. Each disagreement is listed: the judge is lenient or strict exactly there.", ""]
+        out += _table(["verifiable", "judge", "n", "both pass", "both fail", "exact pass, judge fail",
+                       "exact fail, judge pass", "agreement", "Cohen's kappa"],
+                      [[a["verifiable"], a["judge"], a["n"], a["both_pass"], a["both_fail"], a["exact_pass_judge_fail"],
+                        a["exact_fail_judge_pass"], a["observed_agreement"], a["kappa"]] for a in agreement])
+        for a in agreement:
+            shown = [f"`{d['item_id']}` (verifiable {d['verifiable']}, judge {d['judge']})"
+                     for d in a["disagreements"][:MAX_UNPAIRED_SHOWN]]
+            more = len(a["disagreements"]) - len(shown)
+            if shown:
+                out += [f"Disagreements, {a['verifiable']} vs {a['judge']}: " + ", ".join(shown)
+                        + (f", and {more} more (comparison.json)" if more > 0 else ""), ""]
     if plots := (c.get("files") or {}).get("plots"):
         out += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     if plot_errors := c.get("plot_errors"):

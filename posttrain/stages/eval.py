@@ -211,11 +211,26 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         extra["gate_eligible"] = extra["calibration"]["applies"]
         extra["gate_ineligible_reason"] = extra["calibration"]["reason"]
         extra["spot_check"] = _spot_check(cfg, items, rows, scores, ctx)
+        extra["verifiable_agreement"] = _verifiable_agreement(items, rows, scores)
     # scores.partial.jsonl grows in completion order (a crash trace); scores.jsonl is written whole in
     # generation-row order, so a resumed run's file is byte-identical to an uninterrupted run's
     write_jsonl(ctx.run_dir / "scores.jsonl", scores)
     partial.unlink(missing_ok=True)
     return {"scores": scores, **extra}
+
+
+def _verifiable_agreement(items: Sequence[Item], rows: list[dict[str, Any]],
+                          scores: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The judge's verdicts against the exact checks' on the same replies (no API call); None without
+    verifiable items. The report shows kappa and every disagreeing item (analysis/agreement.py)."""
+    from posttrain.scorers import verifiable
+
+    if not any(verifiable.item_is_verifiable(it) for it in items):
+        return None
+    from posttrain.analysis.agreement import verdict_agreement
+
+    exact = verifiable.score_generations(items, rows)
+    return verdict_agreement({r["item_id"]: r["verdict"] for r in exact}, {r["item_id"]: r["verdict"] for r in scores})
 
 
 def _spot_check(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], scores: list[dict[str, Any]],
