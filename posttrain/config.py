@@ -132,7 +132,7 @@ class TrainStageConfig(StageConfig):
 
 @dataclass
 class BenchmarkConfig:
-    name: str = MISSING  # "conversations" | "instructions" | "mt_bench" | "mt_bench_101"
+    name: str = MISSING  # "conversations" | "instructions" | "mt_bench" | "mt_bench_101" | "ifeval"
     split: str = "full"
     limit: int | None = None
     path: str | None = None  # user's copy of a public benchmark file
@@ -304,7 +304,7 @@ VALID = {
     "model.dtype": ("bfloat16", "float16", "float32", "auto"),
     "model.quantization": (None, "nf4"),
     "stage.name": ("eval", "sft", "dpo", "dpo_only"),
-    "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101"),
+    "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval"),
     "prompt.format": ("auto", "raw", "instruction_cue", "transcript", "urial", "chat_template"),
     "generation.backend": ("hf", "vllm"),
     "judge.provider": ("anthropic", "openai"),

@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from posttrain.items import ConstraintKind, Item, item_from_dict, verifiability_problems
 
-BENCHMARK_NAMES: tuple[str, ...] = ("conversations", "instructions", "mt_bench", "mt_bench_101")
+BENCHMARK_NAMES: tuple[str, ...] = ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval")
 CONSTRAINT_KINDS: tuple[str, ...] = get_args(ConstraintKind)
 FORMAT_VALUES: tuple[str, ...] = (
     "bullet_list",
@@ -58,7 +58,7 @@ class Benchmark:
     """A loaded benchmark.
 
     Attributes:
-        name: Benchmark name ("conversations", "instructions", "mt_bench", "mt_bench_101").
+        name: Benchmark name ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval").
         split: The split applied.
         items: The items after split and limit, in file order.
         sha256: Hex SHA-256 of the exact file bytes read (the whole file, before split/limit).
@@ -359,19 +359,21 @@ def load_benchmark(
         BenchmarkError: The file is missing or has a malformed row.
     """
     # Lazy imports: see the module docstring.
-    from posttrain.benchmarks import conversations, instructions, public
+    from posttrain.benchmarks import conversations, ifeval, instructions, public
 
     loaders: dict[str, Callable[..., Benchmark]] = {
         "conversations": conversations.load,
         "instructions": instructions.load,
         "mt_bench": public.load_mt_bench,
         "mt_bench_101": public.load_mt_bench_101,
+        "ifeval": ifeval.load,
     }
     splits = {
         "conversations": conversations.SPLITS,
         "instructions": instructions.SPLITS,
         "mt_bench": public.SPLITS,
         "mt_bench_101": public.SPLITS,
+        "ifeval": ifeval.SPLITS,
     }
     if name not in loaders:
         raise ValueError(f"unknown benchmark.name {name!r}; valid: {', '.join(BENCHMARK_NAMES)}")
