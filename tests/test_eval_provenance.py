@@ -94,3 +94,16 @@ def test_every_shipped_model_uses_all_its_settings(compose: Any, name: str) -> N
 
 def test_a_local_folder_and_a_base_ablation_use_all_their_settings() -> None:
     assert unused_model_settings(_model(path="/data/llama", allow_chat_template_on_base=True)) == []
+
+
+def test_stop_strings_follow_the_prompt_format_and_are_compared_only_within_one() -> None:
+    from posttrain.analysis.gates import decoding_differences
+
+    gen = OmegaConf.create({"do_sample": False, "temperature": 0.7, "top_p": 0.95, "seed": 0,
+                            "max_new_tokens": 64, "backend": "hf"})
+    chat = decoding_record(gen, [])  # a chat template stops at the model's end-of-turn token
+    cue = decoding_record(gen, ["\nInstruction:", "\nUser:"])
+    assert decoding_differences(chat, cue, ("chat_template", "instruction_cue")) == []
+    assert decoding_differences(chat, cue, ("raw", "raw")) == ["stop_strings [] vs ['\\nInstruction:', '\\nUser:']"]
+    longer = decoding_record(OmegaConf.merge(gen, {"max_new_tokens": 128}), [])
+    assert decoding_differences(chat, longer, ("chat_template", "instruction_cue")) == ["max_new_tokens 64 vs 128"]
