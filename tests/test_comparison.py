@@ -447,7 +447,7 @@ def test_report_on_the_tiny_three_way_sweep(sweep: Path, tmp_path: Path, compose
     # base (6 + 1)/40, instruct 30/40 (conv-038 was outside 4 <= k < 34 anyway).
     assert g["worst_case"]["base_success"] == pytest.approx(7 / 40)
     assert g["worst_case"]["instruct_success"] == pytest.approx(30 / 40)
-    for text in ("## Gate: the primary test", "Primary pair(s): `tiny_instruct` vs `tiny_base` (pre-registered)",
+    for text in ("## Gate: the primary test", "Primary pair(s): `tiny_instruct` vs `tiny_base` (gap) (pre-registered)",
                  "| observed (errors dropped) | worst case (2 error items against the claim) |",
                  "item-level exact McNemar p", "cluster-level p (cluster sign-flip (exact))",
                  "base success [cluster 95% CI]", "## What each pair dropped", "## Pairs: item level and cluster level",

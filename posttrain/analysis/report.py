@@ -145,11 +145,15 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
                      calibration: CalibrationLookup | None = None) -> dict[str, Any]:
     """Build and write comparison.json, comparison.md and the plots; returns the comparison record.
 
+    The gate decision is appended to the ledger of attempts (``$POSTTRAIN_HOME/gates.jsonl``,
+    :mod:`posttrain.analysis.ledger`) and the record shows which attempt on its question this is.
+
     Args:
         sweep_dir: the sweep folder (its job folders hold the records).
         out_dir: where to write; default the sweep folder.
         plots: also write the PNGs.
-        thresholds: the gate's numbers; default those in the first job's ``.hydra/config.yaml``.
+        thresholds: the gate's numbers asked for; default the registered ones (primary.json). Others make
+            the gate NOT_ELIGIBLE ("not the registered analysis").
         calibration: judge calibration lookup; default the store under ``POSTTRAIN_HOME``.
     """
     records = load_sweep(sweep_dir)
@@ -157,6 +161,12 @@ def write_comparison(sweep_dir: str | Path, out_dir: str | Path | None = None, *
         raise ReportError(f"{records.sweep_dir} holds no job folders (with summary.json or .hydra/); "
                           "pass the sweep folder of a `posttrain -m ...` run, e.g. multirun/<date>/<time>")
     comparison = _compare(records, thresholds, calibration)
+    # Every gate decision goes into the ledger of attempts before anything is shown (never hidden)
+    from posttrain.analysis.ledger import record_attempts
+
+    labels = {m["job"]: m["model"] for m in comparison["models"]}
+    comparison["attempts"] = record_attempts(comparison, {labels[j.name]: j.summary for j in records.jobs
+                                                          if j.name in labels})
     out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
@@ -244,6 +254,8 @@ def _side_by_side(g: dict[str, Any]) -> list[str]:
     rows = [row("paired items", lambda a: a["n_paired"]),
             row("clusters", lambda a: a["n_clusters"] if g.get("clusters_recorded") else f"{a['n_clusters']} (none recorded)"),
             row("base success [cluster 95% CI]", lambda a: _rate_ci(a["base_success"], a["base_ci95"])),
+            row("base success, one-sided 95% upper bound", lambda a: a.get("base_upper95")),
+            row("instruct success, one-sided 95% lower bound", lambda a: a.get("instruct_lower95")),
             row("instruct success [cluster 95% CI]", lambda a: _rate_ci(a["instruct_success"], a["instruct_ci95"])),
             row("instruct − base [cluster 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95"])),
             row("instruct − base [item-level 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95_iid"])),
@@ -267,9 +279,36 @@ def _truncation(block: dict[str, Any] | None) -> str:
     return f"{block['rate']:.3f} ({block['length_stopped']}/{block['turns']})"
 
 
+def _arms(g: dict[str, Any]) -> list[str]:
+    """Each arm of the primary pair: which weights, which prompt format, which decoding."""
+    arms = g.get("arms") or {}
+    if not arms:
+        return []
+
+    def ident(a: dict[str, Any]) -> str:
+        i = a.get("model_identity") or {}
+        return ", ".join(f"{k}={i[k]}" for k in ("name", "path", "revision", "adapter", "adapter_sha256")
+                         if i.get(k)) or "not recorded"
+
+    def dec(a: dict[str, Any]) -> str:
+        d = a.get("decoding")
+        return ", ".join(f"{k}={d[k]}" for k in sorted(d)) if d else "not recorded"
+
+    return _table(["arm", "model", "model identity", "prompt format", "decoding", "clusters"],
+                  [[role, a.get("model"), ident(a), a.get("prompt_format"), dec(a), a.get("cluster_source")]
+                   for role, a in arms.items()])
+
+
 def render_markdown(c: dict[str, Any]) -> str:
     """The human tables of a comparison record: models, primary test, dropped items, pairs, categories, power."""
     out = [f"# Comparison: {c.get('sweep_dir') or 'sweep'}", ""]
+    reg = c.get("registration") or {}
+    if reg and not reg.get("registered"):  # said first: nothing below may be read as the registered test
+        out += ["> **This is not the registered analysis**: the gate cannot decide (NOT_ELIGIBLE).",
+                *(f"> - {r}" for r in reg.get("problems") or []), ""]
+    elif reg:
+        out += [f"The registered analysis (primary.json sha256 {str(reg.get('sha256'))[:12]}, registered "
+                f"{reg.get('registered_at')}).", ""]
     for w in c["warnings"]:
         out.append(f"> warning: {w}")
     for m in c["missing_jobs"]:
@@ -283,7 +322,8 @@ def render_markdown(c: dict[str, Any]) -> str:
     g = c["gate"]
     prim = c.get("primary") or {}
     out += ["## Gate: the primary test", ""]
-    named = ", ".join(f"`{p['treatment']}` vs `{p['control']}`" for p in prim.get("pairs", [])) or "none"
+    named = ", ".join(f"`{p['treatment']}` vs `{p['control']}` ({p.get('kind', 'gap')})"
+                      for p in prim.get("pairs", [])) or "none"
     out += [f"Primary pair(s): {named} ({prim.get('source', 'unknown')}). Only this test decides the gate; every other "
             "pair and every per-category test is exploratory.", ""]
     trunc = {m["model"]: m.get("truncation") for m in c["models"]}
@@ -299,12 +339,21 @@ def render_markdown(c: dict[str, Any]) -> str:
         out += [f"**{g['verdict']}**: base `{g['base_model']}` vs instruct `{g['instruct_model']}` "
                 f"on {g['n_paired']} paired items (min_paired {g.get('min_paired')})", ""]
         out += [f"- {r}" for r in g["reasons"]] + [""]
+        for r in g.get("primaries") or [g]:
+            if r.get("rule"):
+                out += [f"Decided by the **{r.get('kind')}** rule for `{r['instruct_model']}` vs `{r['base_model']}`: "
+                        f"{r['rule']}.", ""]
+        out += _arms(g)
         out += _side_by_side(g)
         worst_checks = {k["name"]: k for k in ((g.get("worst_case") or {}).get("checks") or [])}
         out += _table(["check", "observed", "worst case", "must be", "threshold", "holds (observed / worst)"],
                       [[k["name"], k["value"], worst_checks.get(k["name"], {}).get("value"), k["op"], k["threshold"],
                         ("yes" if k["passed"] else "no") + " / "
                         + ("yes" if worst_checks.get(k["name"], k)["passed"] else "no")] for k in g["checks"]])
+    if attempts := c.get("attempts"):
+        from posttrain.analysis.ledger import attempt_lines
+
+        out += ["## Gate attempts on this question", "", *attempt_lines(attempts)]
     out += ["## What each pair dropped", "",
             "Success rates here are on the paired set each test used (both models scored, no error), not on each "
             "model's own non-error items.", ""]
@@ -320,10 +369,14 @@ def render_markdown(c: dict[str, Any]) -> str:
             "`p` is the larger of the item-level exact McNemar p and the cluster sign-flip p; Holm adjusts it within "
             "its family (primary / secondary). Secondary pairs are exploratory.", ""]
     out += _table(["a", "b", "family", "n paired", "clusters", "a only", "b only", "McNemar p (item)",
-                   "cluster p", "p", "Holm p", "diff b − a [cluster CI]", "Cohen's h", "unpaired"],
+                   "cluster p", "p", "Holm p", "diff b − a [cluster CI]", "Cohen's h", "unpaired", "prompt format a / b",
+                   "registered hypothesis"],
                   [[p["a"], p["b"], p["family"] + (" (exploratory)" if p["exploratory"] else ""), p["n_paired"],
                     p["n_clusters"], p["a_only"], p["b_only"], p["mcnemar_p"], p["cluster_p"], p["p"], p["p_holm"],
-                    _rate_ci(p["diff"], p["diff_ci95"]), p["cohens_h"], len(p["unpaired"])] for p in c["pairs"]])
+                    _rate_ci(p["diff"], p["diff_ci95"]), p["cohens_h"], len(p["unpaired"]),
+                    " / ".join(str(f) for f in p.get("prompt_formats") or [None, None]),
+                    (f"{p['hypothesis']}: " + ("supported" if p.get("supported") else "not supported"))
+                    if p.get("hypothesis") else "—"] for p in c["pairs"]])
     pc = c["per_category"]
     out += ["## Per category (exploratory)", "",
             "Holm adjusts across all per-category tests. Power is for the OBSERVED effect at this n, divided by the "
@@ -356,21 +409,6 @@ def render_markdown(c: dict[str, Any]) -> str:
                       [[m, s.get("status", "ran"), s.get("second_judge"), s.get("n_compared"), s.get("agreement"),
                         s.get("kappa"), s.get("reason") or s.get("kappa_reason") or ""]
                        for m in order if (s := c["spot_check"].get(m))])
-    if agreement := c.get("scorer_agreement"):  # issue 19: the exact scorer against the LLM judge
-        out += ["## Verifiable scorer vs LLM judge", "",
-                "The same replies decided by the instruction's own definition and by the judge, on the items both "
-                "decided. Each disagreement is listed: the judge is lenient or strict exactly there.", ""]
-        out += _table(["verifiable", "judge", "n", "both pass", "both fail", "exact pass, judge fail",
-                       "exact fail, judge pass", "agreement", "Cohen's kappa"],
-                      [[a["verifiable"], a["judge"], a["n"], a["both_pass"], a["both_fail"], a["exact_pass_judge_fail"],
-                        a["exact_fail_judge_pass"], a["observed_agreement"], a["kappa"]] for a in agreement])
-        for a in agreement:
-            shown = [f"`{d['item_id']}` (verifiable {d['verifiable']}, judge {d['judge']})"
-                     for d in a["disagreements"][:MAX_UNPAIRED_SHOWN]]
-            more = len(a["disagreements"]) - len(shown)
-            if shown:
-                out += [f"Disagreements, {a['verifiable']} vs {a['judge']}: " + ", ".join(shown)
-                        + (f", and {more} more (comparison.json)" if more > 0 else ""), ""]
     if agreement := c.get("scorer_agreement"):  # issue 19: the exact scorer against the LLM judge
         out += ["## Verifiable scorer vs LLM judge", "",
                 "The same replies decided by the instruction's own definition and by the judge, on the items both "
