@@ -262,3 +262,37 @@ def test_tiny_model_eval_with_scorer_verifiable_writes_records(tmp_path: Path, p
     assert [r["item_id"] for r in scores if r["verdict"] == "not_scored"] == expected_not
     assert summary["n_pass"] + summary["n_fail"] + summary["n_error"] == 12 - len(expected_not)
     assert all(r["checks"] for r in scores if r["verdict"] in ("pass", "fail"))
+
+
+def test_an_llm_judged_run_records_its_agreement_with_the_exact_checks() -> None:
+    from posttrain.stages.eval import _verifiable_agreement
+
+    exact = _item(Expectation(must_include=(("Paris",),), verifiable=True), iid="exact")
+    judged = _item(Expectation(notes="polite"), iid="judged")
+    items, rows = [exact, judged], [_row(exact, "Rome"), _row(judged, "hello")]
+    judge = [{"item_id": "exact", "verdict": "pass"}, {"item_id": "judged", "verdict": "pass"}]
+    out = _verifiable_agreement(items, rows, judge)
+    assert out is not None and out["n"] == 1 and out["excluded"] == 1
+    assert out["disagreements"] == [{"item_id": "exact", "verifiable": "fail", "judge": "pass"}]
+    assert _verifiable_agreement([judged], [_row(judged, "hello")], judge[1:]) is None
+
+
+def test_the_comparison_shows_verifiable_vs_judge_agreement() -> None:
+    from posttrain.analysis.comparison import JobRecords, build_comparison
+    from posttrain.analysis.report import render_markdown
+
+    common = {"model": "m", "model_kind": "instruct", "prompt_format": "raw",
+              "benchmark_info": {"name": "instructions", "split": "test", "limit": None, "n": 3, "sha256": "s"}}
+    exact = [{"item_id": i, "category": "c", "verdict": vd, "scorer": "verifiable", "reply_chars": 5}
+             for i, vd in (("a", "pass"), ("b", "fail"), ("c", "not_scored"))]
+    judged = [{"item_id": i, "category": "c", "verdict": vd, "scorer": "llm", "judge": "claude", "reply_chars": 5}
+              for i, vd in (("a", "pass"), ("b", "pass"), ("c", "fail"))]
+    jobs = [JobRecords("0", common | {"scorer": "verifiable", "scorer_instrument": v.instrument()}, exact),
+            JobRecords("1", common | {"scorer": "llm", "judge": "claude"}, judged)]
+    comp = build_comparison(jobs, calibration=lambda *a, **k: (False, "uncalibrated", None))
+    (block,) = comp["scorer_agreement"]
+    assert block["n"] == 2 and block["disagreements"] == [{"item_id": "b", "verifiable": "fail", "judge": "pass"}]
+    md = render_markdown(comp)
+    assert "## Verifiable scorer vs LLM judge" in md and "`b` (verifiable fail, judge pass)" in md
+    exact_model = next(m for m in comp["models"] if m["scorer"] == "verifiable")
+    assert exact_model["gate_eligible"] is True and exact_model["n_not_scored"] == 1
