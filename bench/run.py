@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 def _demo(out: Path) -> dict[str, Any]:
     from bench.demo import measure as measure_demo
 
-    log = out.with_name("benchmarks-make-run.log")  # what `make run` printed, beside the page
+    log = REPO / "multirun" / "bench-make-run.log"  # what `make run` printed (git-ignored, beside the sweeps)
+    log.parent.mkdir(exist_ok=True)
     return measure_demo(log)
 
 

@@ -46,7 +46,7 @@ def gate_lines(comparison: dict[str, Any]) -> list[str]:
             continue
         flip = p["a"] == tr  # pairs run in sweep order (a, b) with h = h(b) - h(a); show treatment - control
         t_only, c_only = (p["a_only"], p["b_only"]) if flip else (p["b_only"], p["a_only"])
-        h = None if p["cohens_h"] is None else (-p["cohens_h"] if flip else p["cohens_h"])
+        h = None if p["cohens_h"] is None else (-p["cohens_h"] if flip else p["cohens_h"]) + 0.0  # no "-0"
         ra, rb = p.get("truncation_rates") or [None, None]
         rt, rc = (ra, rb) if flip else (rb, ra)
         lines.append(f"  {tr} vs {co} ({reg.get('kind')}): {p['n_paired']} paired items; only {tr} passes "
