@@ -326,7 +326,8 @@ def _real_model() -> dict[str, Any]:
     from posttrain.models.smollm2 import ensure_smollm2
     from posttrain.paths import cache_dir
 
-    return measure(ensure_smollm2(cache_dir()))
+    ensure_smollm2(cache_dir())
+    return measure(cache_dir())
 
 
 def _write(out: Path, results: dict[str, Any]) -> int:
