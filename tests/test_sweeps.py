@@ -186,8 +186,14 @@ def test_three_way_tiny_sweep_leaves_jobs_comparison_and_wandb_runs(tiny_sweep: 
     assert json.loads((sweep / "tracking.json").read_text())["wandb_run_id"]
     # the primary test was registered before the first job's records existed
     primary = sweep / "primary.json"
-    assert json.loads(primary.read_text())["primary"] == [{"treatment": "tiny_instruct", "control": "tiny_base"}]
+    assert json.loads(primary.read_text())["primary"] == [{"treatment": "tiny_instruct", "control": "tiny_base",
+                                                           "kind": "gap"}]
     assert primary.stat().st_mtime <= (sweep / "0_tiny_base" / "summary.json").stat().st_mtime
+    # ... sealed: every job ran under it, and the comparison is the registered analysis
+    from posttrain.analysis.registration import file_registration_sha256
+
+    assert {s["registration_sha256"] for s in summaries} == {file_registration_sha256(primary)}
+    assert comp["registration"]["registered"] is True and comp["gate"]["registered"] is True
     print(f"three_way_tiny sweep: {wall:.1f} s")
 
 
