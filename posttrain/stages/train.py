@@ -114,17 +114,125 @@ def _check_lora_matches(st: Any, adapter_path: Any) -> None:
             "shape needs stage=dpo_only, a new adapter on the base). Nothing was loaded or spent.")
 
 
+# ---------------------------------------------------------------- evaluation first: the gate, recomputed
+
+_MAX_DIFFS_NAMED = 8
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal after a JSON round trip: same type and value (NaN equals NaN; True is not 1)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and bool(a == b)
+
+
+def gate_differences(claimed: Any, recomputed: Any, path: str = "gate") -> list[str]:
+    """Every field where a comparison.json's gate block differs from the recomputed one, as
+    ``gate.observed.cluster_p: 0.01 in comparison.json, 0.0625 recomputed`` (verdict first)."""
+    if isinstance(claimed, dict) and isinstance(recomputed, dict):
+        keys = sorted(claimed.keys() | recomputed.keys(), key=lambda k: (k != "verdict", str(k)))
+        out: list[str] = []
+        for k in keys:
+            sub = f"{path}.{k}"
+            if k not in recomputed:
+                out.append(f"{sub}: in comparison.json but not in the recomputed gate")
+            elif k not in claimed:
+                out.append(f"{sub}: missing from comparison.json (recomputed: {recomputed[k]!r:.80})")
+            else:
+                out += gate_differences(claimed[k], recomputed[k], sub)
+        return out
+    if isinstance(claimed, list) and isinstance(recomputed, list) and len(claimed) == len(recomputed):
+        return [d for i, (a, b) in enumerate(zip(claimed, recomputed, strict=True))
+                for d in gate_differences(a, b, f"{path}[{i}]")]
+    if _same(claimed, recomputed):
+        return []
+    return [f"{path}: {claimed!r:.80} in comparison.json, {recomputed!r:.80} recomputed"]
+
+
+def _sweep_of(comparison: Any, comp: dict[str, Any]) -> Any:
+    """The sweep whose records the gate is recomputed from: the folder holding comparison.json, or
+    the ``sweep_dir`` it records (``posttrain-report --out`` writes it elsewhere)."""
+    from pathlib import Path
+
+    def is_sweep(d: Path) -> bool:
+        return d.is_dir() and ((d / "primary.json").is_file()
+                               or any((j / "summary.json").is_file() for j in d.iterdir() if j.is_dir()))
+
+    for cand in (Path(comparison).parent, Path(str(comp.get("sweep_dir") or ""))):
+        if str(cand) and is_sweep(cand):
+            return cand.resolve()
+    return None
+
+
+def verify_gate(st: Any, model_name: str | None = None) -> dict[str, Any]:
+    """Evaluation first: a PASS recomputed from the sweep's records, confirmed by a person.
+
+    ``stage.override_gate=true`` bypasses all of it and is recorded (training.common.check_gate).
+    Otherwise the comparison.json named by ``stage.comparison`` must say PASS, the gate recomputed
+    from its sweep's records and primary.json with the report's own code
+    (:func:`posttrain.analysis.report.recompute_gate`) must equal its gate block field by field,
+    and ``review.json`` in the sweep must hold a confirmation (``posttrain-review --confirm``) of
+    exactly that gate (:func:`posttrain.analysis.review.gate_sha256`).
+    """
+    from posttrain.analysis.report import ReportError, recompute_gate
+    from posttrain.analysis.review import confirm_commands, gate_sha256, read_confirmations
+    from posttrain.records import read_json
+    from posttrain.training.common import GATE_REFUSAL, check_gate
+
+    info = check_gate(st, model_name)  # the override, a missing or unreadable file, a verdict that is not PASS
+    if info["gate_override"]:
+        return info
+    path = info["comparison"]
+    nothing = "Nothing was loaded or spent."
+    comp = read_json(path)
+    sweep = _sweep_of(path, comp)
+    if sweep is None:
+        raise PosttrainError(
+            f"stage.comparison={st.comparison}: {path} says PASS, but no sweep records are beside it or at its "
+            f"sweep_dir ({comp.get('sweep_dir')!r}), so the gate cannot be recomputed; a verdict is only taken from "
+            f"the records (point stage.comparison at the sweep folder). {GATE_REFUSAL}. {nothing}")
+    try:
+        recomputed = recompute_gate(sweep)
+    except ReportError as exc:
+        raise PosttrainError(f"stage.comparison={st.comparison}: the gate cannot be recomputed from {sweep} ({exc}). "
+                             f"{GATE_REFUSAL}. {nothing}") from exc
+    diffs = gate_differences(comp.get("gate"), recomputed)
+    if diffs:
+        more = f" (and {len(diffs) - _MAX_DIFFS_NAMED} more)" if len(diffs) > _MAX_DIFFS_NAMED else ""
+        raise PosttrainError(
+            f"stage.comparison={st.comparison}: {path} does not match the gate recomputed from the records of "
+            f"{sweep} (recomputed verdict {recomputed.get('verdict')}): " + "; ".join(diffs[:_MAX_DIFFS_NAMED]) + more
+            + f". Training takes only the recomputed gate; rerun `posttrain-report {sweep}` if the records or the "
+            f"calibration changed since. {nothing}")
+    digest = gate_sha256(recomputed)
+    confirmations = read_confirmations(sweep)
+    match = next((c for c in reversed(confirmations) if c.get("gate_sha256") == digest), None)
+    if match is None:
+        if confirmations:
+            last = confirmations[-1]
+            why = (f"review.json confirms gate sha256 {str(last.get('gate_sha256'))[:12]}... (by "
+                   f"{last.get('reviewer')} at {last.get('confirmed_at')}), but the gate recomputed now is "
+                   f"{digest[:12]}...: the records, primary.json or the calibration changed since that review")
+        else:
+            why = f"no person has confirmed it (no confirmation in {sweep / 'review.json'})"
+        raise PosttrainError(
+            f"stage={st.name}: the gate of {sweep} is PASS, but {why}. Training needs a PASS and a confirmation: run "
+            f"{confirm_commands(sweep)}; or set stage.override_gate=true (recorded in every record). {nothing}")
+    return info | {"sweep_dir": str(sweep), "gate_recomputed": True, "gate_sha256": digest,
+                   "review": {k: match.get(k) for k in ("reviewer", "confirmed_at", "n_reviewed", "n_shown",
+                                                         "gate_sha256")}}
+
+
 def plan(cfg: Any) -> Plan:
     from posttrain.generation.prompts import check_format_allowed, resolve_format
     from posttrain.models.loader import preflight_model, resolve_adapter
     from posttrain.paths import cache_dir
-    from posttrain.training.common import check_gate
     from posttrain.training.data import resolve_data_path, resolve_source
 
     st = cfg.stage
     if st.name not in ("sft", "dpo", "dpo_only"):
         raise PosttrainError(f"posttrain.stages.train cannot run stage={st.name}")
-    gate = check_gate(st, cfg.model.name)  # evaluation first: before anything else is looked at
+    gate = verify_gate(st, cfg.model.name)  # evaluation first: before anything else is looked at
     _check_ranges(st)
     if cfg.model.adapter:
         raise PosttrainError(f"model.adapter={cfg.model.adapter} is for evaluation; training stages start from the "
@@ -185,7 +293,9 @@ def plan(cfg: Any) -> Plan:
         notes.append("GATE OVERRIDDEN (stage.override_gate=true): training without a PASS of the three-way "
                      "comparison; gate_override=true is written into every record of this run")
     else:
-        notes.append(f"gate PASS in {gate['comparison']}")
+        notes.append(f"gate PASS in {gate['comparison']}, recomputed from the records (sha256 "
+                     f"{gate['gate_sha256'][:12]}...) and confirmed by {gate['review']['reviewer']} at "
+                     f"{gate['review']['confirmed_at']} ({gate['review']['n_reviewed']} items read)")
     if st.name != "sft" and st.allow_leaky_negatives:
         notes.append("LEAKY NEGATIVES ALLOWED (stage.allow_leaky_negatives=true): DPO trains even if a surface "
                      "classifier separates chosen from rejected; allow_leaky_negatives=true is written into every record")
