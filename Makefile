@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run run-conversations run-tiny demo test test-fast test-real e2e check bench clean
+.PHONY: help setup run run-conversations run-tiny demo test test-fast test-real test-browser e2e check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ run-tiny: setup  ## the three-way comparison on the tiny random models (seconds;
 
 # The three test commands of the README; .ci/run runs exactly these three.
 test: setup  ## the test suite without the real-model and e2e tiers (tiny local models, loopback servers; about 20 minutes on 2 cores)
-	$(BIN)/python -m pytest -q -m "not e2e and not real"
+	$(BIN)/python -m pytest -q -m "not e2e and not real and not browser"
 
 test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO (about 4 minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m real
@@ -55,7 +55,12 @@ e2e: setup  ## the honest end-to-end pipeline on tiny models: base -> data -> SF
 	$(BIN)/python -m pytest -q -m e2e -s
 
 test-fast: setup  ## the suite without the slow subprocess/multirun tests
-	$(BIN)/python -m pytest -q -m "not slow and not e2e and not real"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e and not real and not browser"
+
+# Debian's chromium renders review.html headless; installed here when missing (apt-get, as root).
+test-browser: setup  ## the browser tier: review.html in headless chromium (installs Debian's chromium when missing; ~20 s)
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }
+	$(BIN)/python -m pytest -q -m browser
 
 check: setup  ## ruff + mypy
 	$(BIN)/ruff check posttrain tests
