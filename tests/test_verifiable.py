@@ -296,3 +296,19 @@ def test_the_comparison_shows_verifiable_vs_judge_agreement() -> None:
     assert "## Verifiable scorer vs LLM judge" in md and "`b` (verifiable fail, judge pass)" in md
     exact_model = next(m for m in comp["models"] if m["scorer"] == "verifiable")
     assert exact_model["gate_eligible"] is True and exact_model["n_not_scored"] == 1
+
+
+def test_rows_decided_by_other_definitions_than_the_summary_are_a_record_defect() -> None:
+    from posttrain.analysis.gates import scores_from_records
+
+    item = _item(Expectation(must_include=(("Paris",),), verifiable=True))
+    row = v.score_item(item, _row(item, "Paris"))
+    summary = {"scorer": "verifiable", "scorer_instrument": v.instrument()}
+    def problems(s: dict[str, Any], r: dict[str, Any]) -> list[str]:  # the instrument's, not the cluster map's
+        return [p for p in scores_from_records("m", s, [r]).problems if "cluster" not in p and "items.jsonl" not in p]
+
+    assert problems(summary, row) == []
+    (problem,) = problems(summary, row | {"checks_sha256": "0" * 64})
+    assert "other check definitions" in problem
+    (problem,) = problems({"scorer": "verifiable"}, row)
+    assert "no scorer_instrument" in problem
