@@ -97,10 +97,14 @@ def write_primary(config: Any, sweep: Path) -> Path:
     if path.is_file():
         return path
     gate = OmegaConf.select(config, "gate")
-    record = registration_record(
-        primary_pairs(gate) if gate is not None else [], thresholds_from(gate if gate is not None else {}),
-        secondary=secondary_pairs(gate) if gate is not None else [], benchmark=benchmark_identity(config),
-        gate=OmegaConf.to_container(gate, resolve=True) if gate is not None else None)
+    try:
+        record = registration_record(
+            primary_pairs(gate) if gate is not None else [], thresholds_from(gate if gate is not None else {}),
+            secondary=secondary_pairs(gate) if gate is not None else [], benchmark=benchmark_identity(config),
+            gate=OmegaConf.to_container(gate, resolve=True) if gate is not None else None)
+    except ValueError as exc:  # the job's own config check refuses it, naming the setting; register nothing
+        log.warning("registration not written: %s", exc)
+        return path
     sweep.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
     return path

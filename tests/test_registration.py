@@ -318,6 +318,21 @@ def test_registered_thresholds_below_the_floor_are_refused(tmp_path: Path) -> No
     _not_eligible(_gate(sweep), "primary.json's thresholds are not valid", "gate.min_paired=50 must be >= 100")
 
 
+def test_a_sweep_whose_thresholds_a_run_refuses_registers_nothing(compose: Any, tmp_path: Path) -> None:
+    """gate.min_paired=50: the run refuses it (posttrain.config names the setting); the registration
+    is not written, so nothing could later decide with it. A kind outside gap|superiority is refused too."""
+    from posttrain.callbacks import write_primary
+    from posttrain.config import ConfigError, validate
+
+    cfg = compose("+experiment=three_way_tiny", "gate.min_paired=50")
+    assert not write_primary(cfg, tmp_path / "sweep").exists()
+    with pytest.raises(ConfigError, match="gate.min_paired=50 must be >= 100"):
+        validate(cfg)
+    bad = compose("+experiment=three_way_tiny", "gate.primary=[{treatment:tiny_instruct,control:tiny_base,kind:best}]")
+    with pytest.raises(ConfigError, match="has kind='best'; choose one of"):
+        validate(bad)
+
+
 # ---------------------------------------------------------------- the two kinds, hand-checked
 
 
