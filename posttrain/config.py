@@ -103,6 +103,8 @@ class TrainStageConfig(StageConfig):
     ])
     max_rounds: int = 50  # self-instruct rounds (each one batch of generation.batch_size proposals)
     instruction_max_new_tokens: int = 48
+    # a self-instruct reply's own limit (not generation.max_new_tokens, the eval's): a reply cut there is dropped
+    reply_max_new_tokens: int = 256
     multiturn_fraction: float = 0.3  # share of generated instructions continued into a conversation
     followup_turns: int = 1  # templated follow-up user turns per multi-turn conversation
     critic: str = "pmi"  # pmi | loglik | judge | both (base-model logprob critic; training/critic.py)
@@ -124,7 +126,7 @@ class TrainStageConfig(StageConfig):
     negative_types: list[str] = field(default_factory=lambda: ["wrong_instruction", "constraint_violation",
                                                                "corrupted_facts"])
     negatives_per_example: int = 1
-    leakage_threshold: float = 0.75  # DPO refuses when a surface classifier beats this pair accuracy
+    leakage_threshold: float = 0.6  # DPO refuses when a classifier over the replies beats this pair accuracy
     allow_leaky_negatives: bool = False  # train anyway on separable negatives (recorded in every record)
     eval_pairs_fraction: float = 0.1  # held-out DPO pairs per negative type (TRL eval_dataset dict)
     step0_batches: int = 2  # batches evaluated by the step-0 sanity check

@@ -1,9 +1,12 @@
 """The real-model tier, part 2: self-instruct data, LoRA SFT and DPO on SmolLM2-135M-Instruct.
 
-One chain through the real entrypoint, as a user runs it: SmolLM2 writes its own training data
-(Self-Instruct proposals, ROUGE-L diversity and held-out filters, replies, the log-prob critic),
-a short LoRA SFT trains on it, a short DPO continues from the SFT adapter, and each adapter is
-loaded into an eval whose replies must differ from the untrained model's on the same items.
+One chain through the real entrypoint, as a user runs it, in the model's own chat template:
+SmolLM2 writes its own training data in it (Self-Instruct proposals, ROUGE-L diversity and
+held-out filters, replies until the target of complete rows is reached, the log-prob critic), a
+short LoRA SFT trains on it through TRL's conversational prompt/completion format (response-only
+loss, no template edits: SmolLM2's template has no {% generation %} markers), a short DPO
+continues from the SFT adapter, and each adapter is loaded into an eval whose replies must differ
+from the untrained model's on the same items.
 Small on purpose (a handful of examples, a few steps, 16-token replies, one thread): it proves the
 code paths work on real text and real weights, not that the training helps.
 """
@@ -20,8 +23,8 @@ from tests.helpers import posttrain
 
 pytestmark = pytest.mark.real
 
-# The transcript format: the one Self-Instruct data and the training examples use here.
-COMMON = ["model=smollm2_instruct", "prompt=transcript", "tracking=disabled"]
+# The model's own chat template: the format it is evaluated in, writes its data in and trains in.
+COMMON = ["model=smollm2_instruct", "prompt=chat_template", "tracking=disabled"]
 EVAL = ["stage=eval", "scorer=heuristic_triage", "benchmark.limit=2", "stage.sentinel=false",
         "generation.max_new_tokens=16", "generation.batch_size=2"]
 TRAIN = ["stage.override_gate=true", "stage.max_steps=4", "stage.save_steps=4", "stage.logging_steps=1",
@@ -46,10 +49,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[s
 
     runs = {name: root / name for name in ("base", "sft", "sft_eval", "dpo", "dpo_eval")}
     run(*EVAL, f"hydra.run.dir={runs['base']}")
-    # SmolLM2 writes long stories: at 32 and at 64 new tokens alike, five of its six replies ran into
-    # the limit and were dropped as incomplete (data_report counts them), leaving one training row
-    run("stage=sft", *TRAIN, "stage.data_source=generated", "stage.num_examples=4", "stage.max_rounds=3",
-        "stage.instruction_max_new_tokens=32", "stage.multiturn_fraction=0.5", "generation.max_new_tokens=32",
+    # self-instruct keeps generating until 4 / 0.8 = 5 replies are complete (none cut at the
+    # 64-token reply limit, none looping), or stops with its yield within 8 rounds of 8 proposals
+    run("stage=sft", *TRAIN, "stage.data_source=generated", "stage.num_examples=4", "stage.max_rounds=8",
+        "stage.instruction_max_new_tokens=32", "stage.reply_max_new_tokens=64", "stage.multiturn_fraction=0.5",
         f"hydra.run.dir={runs['sft']}")
     run(*EVAL, f"model.adapter={runs['sft']}", f"hydra.run.dir={runs['sft_eval']}")
     run("stage=dpo", *TRAIN, f"stage.init_adapter={runs['sft']}", f"stage.data={runs['sft']}",
@@ -74,8 +77,11 @@ def test_self_instruct_on_real_text_is_filtered_and_counted(chain: dict[str, Any
     critic = report["critic"]
     assert critic["mode"] and critic["score_min"] is not None and critic["score_max"] >= critic["score_min"]
     rows = [json.loads(line) for line in (chain["sft"] / "train_data.jsonl").read_text().splitlines()]
-    assert 0 < len(rows) == report["n_rows"] <= 4
-    assert report["counts"]["dropped_incomplete"]["length"] + len(rows) <= ins["kept"]  # replies cut by the limit
+    assert len(rows) == report["n_rows"] == 4  # the target, reached
+    assert report["yield"]["complete_rows"] >= 5 and report["yield"]["generation_format"] == "chat_template"
+    assert report["yield"]["conversations_generated"] <= ins["kept"]
+    assert all(r["generation_format"] == "chat_template" for r in rows)
+    assert all(t.get("finish_reason") != "length" for r in rows for t in r["turns"])  # none cut at the limit
     # real text: every reply has words, and every kept instruction was proposed by the model, not a seed
     assert all(t["assistant"].strip() for r in rows for t in r["turns"])
     instructions = [json.loads(line) for line in (chain["sft"] / "data" / "instructions.jsonl").read_text().splitlines()]
@@ -93,3 +99,20 @@ def test_adapter_trained_on_real_weights_changes_the_eval(chain: dict[str, Any],
     base, tuned = _replies(chain["base"]), _replies(chain[f"{stage}_eval"])
     assert len(base) == len(tuned) and all(base)
     assert base != tuned  # the adapter changed what the model says on the same items
+
+
+def test_sft_trains_smollm2_in_its_chat_template_on_the_reply_only(chain: dict[str, Any]) -> None:
+    """SFT in SmolLM2's own ChatML template: every token of every sequence was audited, and the
+    trained tokens are the reply and its <|im_end|> (plus the template's newline after it); the
+    system prompt, the user turn and the assistant header carry no loss."""
+    summary = json.loads((chain["sft"] / "summary.json").read_text())
+    assert summary["prompt_format"] == "chat_template" and summary["label_audit"]["all_ok"] is True
+    assert summary["label_audit"]["n_failed"] == 0 and summary["label_audit"]["n_examples"] >= 4
+    audit = (chain["sft"] / "label_audit.txt").read_text()
+    blocks = [b for b in audit.split("=== example ")[1:]]
+    assert blocks
+    for block in blocks:
+        trained = [seg.split("]]")[0] for seg in block.split("[[")[1:]]
+        assert len(trained) >= 1 and all(t.endswith("<|im_end|>\n") for t in trained), trained
+        assert all("<|im_start|>" not in t for t in trained)  # no header, no user turn, no system prompt
+        assert "<|im_start|>user" in block.split("[[")[0]  # the prompt is there, untrained

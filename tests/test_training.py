@@ -125,22 +125,31 @@ def test_negatives_constraint_violation_only_where_a_constraint_is_stated() -> N
 
 
 def test_negatives_corrupted_facts_same_kind_same_shape() -> None:
-    by_id = {p["source_id"]: p for p in _pairs_of("corrupted_facts")}
-    from posttrain.training.negatives import FACT_KINDS
-
+    """Replacements come from the chosen replies' own values of the same kind (numbers of the same
+    shape); a fact with no other value in the data gives no negative."""
+    more = [{"id": "m0", "prompt": "Q0", "user": "Who am I?", "chosen": "You are Carmen."},
+            {"id": "m1", "prompt": "Q1", "user": "Where is it?", "chosen": "It is in Lima."},
+            {"id": "m2", "prompt": "Q2", "user": "How many legs does an insect have?", "chosen": "An insect has 6 legs."}]
+    by_id = {p["source_id"]: p for p in build_pairs(EXAMPLES + more, types=["corrupted_facts"], seed=0)}
+    data_values = {"Alice", "Bob", "Carmen", "Nairobi", "Oslo", "Lima", "8", "6"}
     spider = by_id["e3"]["rejected"].split()
-    assert spider[:3] == ["A", "spider", "has"] and spider[3].isdigit() and len(spider[3]) == 1 and spider[3] != "8"
+    assert spider == ["A", "spider", "has", "6", "legs."]  # the data's only other one-digit number
     name = by_id["e2"]["rejected"]
-    assert name.startswith("Your name is ") and name.rstrip(".").split()[-1] in FACT_KINDS["first_name"]
-    assert "Alice" not in name
+    assert name.startswith("Your name is ") and name.rstrip(".").split()[-1] in {"Bob", "Carmen"}
     city = by_id["e4"]["rejected"]
-    assert city.split()[3].rstrip(".") in FACT_KINDS["city"] and "Oslo" not in city
+    assert city.split()[3].rstrip(".") in {"Nairobi", "Lima"} and "Oslo" not in city
     assert "e5" not in by_id  # "The sea is wide and deep." has no fact to corrupt: no negative
     for p in by_id.values():
         assert p["rejected"] != p["chosen"] and len(p["negative_meta"]["changes"]) == 1
-    # list numbering is never a fact
-    from posttrain.training.negatives import corrupted_facts
+        assert p["negative_meta"]["changes"][0].split("->")[1] in data_values  # no word the data lacks
+    from posttrain.training.negatives import FACT_KINDS, corrupted_facts, fact_values
 
+    assert corrupted_facts("A spider has 8 legs.", np.random.default_rng(0), fact_values(["A spider has 8 legs."])) \
+        is None  # no other value of the kind in the data
+    old = build_pairs(EXAMPLES, types=["corrupted_facts"], seed=0, fact_pool="lists")  # the fixed lists
+    assert all(p["negative_meta"]["changes"][0].split("->")[1] in FACT_KINDS.get("first_name", ()) + FACT_KINDS["city"]
+               or p["negative_meta"]["changes"][0].split("->")[1].isdigit() for p in old)
+    # list numbering is never a fact
     neg = corrupted_facts("Steps:\n1. Boil water.\n2. Add the tea.", np.random.default_rng(0))
     assert neg is None
 
@@ -193,9 +202,22 @@ def test_leakage_quiet_when_only_content_differs() -> None:
         a, b = rng.choice(names, 2, replace=False)
         pairs.append(_pair(f"Your name is {a}.", f"Your name is {b}.", "corrupted_facts"))
     rep = leakage_report(pairs)
-    assert rep["overall"]["length_only_accuracy"] <= 0.75
-    assert rep["overall"]["surface_cv_pair_accuracy"] <= 0.75
+    assert rep["overall"]["length_only_accuracy"] <= 0.6
+    assert all(m["pair_accuracy"] <= 0.6 for m in rep["overall"]["models"].values()), rep["overall"]["models"]
     assert rep["leaky"] is False
+
+
+def test_leakage_word_ngrams_find_a_word_only_rejected_replies_use() -> None:
+    """Same length, same form, but the rejected replies draw names from a pool the chosen ones never
+    use: the surface features see nothing, the word TF-IDF and unseen-vocabulary models do."""
+    rng = np.random.default_rng(2)
+    mine, other = ["Alice", "Bruno", "Carla", "Diego"], ["Ralph", "Sonja", "Tilda", "Ulric"]  # all 5 letters
+    pairs = [_pair(f"Your name is {rng.choice(mine)}.", f"Your name is {rng.choice(other)}.", "facts")
+             for _ in range(60)]
+    rep = leakage_report(pairs)
+    models = rep["per_type"]["facts"]["models"]
+    assert models["word_ngrams"]["separable"] and models["unseen_vocabulary"]["separable"], models
+    assert models["length_rule"]["pair_accuracy"] <= 0.6 and rep["leaky"] and rep["flagged_types"] == ["facts"]
 
 
 # ---------------------------------------------------------------- step-0 check and gate
@@ -266,6 +288,32 @@ def test_plan_estimates_gpu_cost(compose) -> None:
     assert plan.estimate_gpu_hours == pytest.approx(0.5)
     assert plan.estimate_usd == pytest.approx(0.4)
     assert plan.state["data_source"] == "synthetic" and plan.state["gate"]["gate_override"] is True
+
+
+def test_plan_checks_format_lora_length_and_yield_before_data(compose) -> None:
+    """Everything knowable before data generation fails in plan() (issue 22 §2), naming the setting."""
+    from posttrain.stages import train
+
+    gen = ["stage.override_gate=true", "stage.data_source=generated"]
+    plan = train.plan(compose("stage=sft", "model=tiny_instruct", *gen))
+    ok = plan.state["trainable"]
+    assert plan.state["format"] == "chat_template" and ok["generation_format"] == "chat_template"
+    assert "<|im_end|>" in ok["template"]["end_of_turn_tokens"] and "q_proj" in ok["lora_targets"]
+    assert ok["longest_example_tokens"]["total"] <= 768 and ok["max_proposals"] >= ok["complete_rows_needed"]
+    assert train.plan(compose("stage=sft", "model=tiny_base", *gen)).state["trainable"]["generation_format"] is None
+    with pytest.raises(PosttrainError, match=r"no module named \['query_key_value'\]"):
+        train.plan(compose("stage=sft", "model=tiny_instruct", "stage.override_gate=true",
+                           "stage.lora_target_modules=query_key_value"))
+    # DPO: too few rows for the leakage check to test each negative type (17 pairs), unless overridden
+    with pytest.raises(PosttrainError, match="fewer than the 17 the leakage check needs"):
+        train.plan(compose("stage=dpo_only", "model=tiny_instruct", "stage.override_gate=true", "stage.num_examples=40"))
+    small = train.plan(compose("stage=dpo_only", "model=tiny_instruct", "stage.override_gate=true",
+                               "stage.num_examples=40", "stage.allow_leaky_negatives=true"))
+    assert small.state["trainable"]["negatives"]["pairs_per_type_at_most"] == pytest.approx(40 / 3)
+    with pytest.raises(PosttrainError, match="stage.max_length=128 is shorter"):
+        train.plan(compose("stage=sft", "model=tiny_instruct", *gen, "stage.max_length=128"))
+    with pytest.raises(PosttrainError, match="Raise stage.max_rounds"):
+        train.plan(compose("stage=sft", "model=tiny_instruct", *gen, "stage.max_rounds=2", "generation.batch_size=4"))
 
 
 def test_config_diff_between_dpo_variants(compose) -> None:
@@ -467,22 +515,56 @@ def test_label_mask_prompt_masked_and_end_of_turn_trained(tiny_models, compose, 
     assert stats["n_checked_tokens"] == sum(len(tr.train_dataset[i]["input_ids"]) for i in range(len(ex)))
     assert "[[ Nice to meet you" in text or "[[ Hello" in text or "[[ Sure" in text
 
-    # instruct model: messages with assistant_only_loss ({% generation %} markers of ChatML)
+    # instruct model: TRL's conversational prompt/completion in its own chat template (no
+    # assistant_only_loss, so {% generation %} markers are not used): one example per reply
     im = tiny_models["instruct"]
     ex = sft_examples(rows, "chat_template", cfg.prompt, kind="instruct")
-    ds = Dataset.from_list([{"messages": e["messages"]} for e in ex])
-    tr = SFTTrainer(model=im.model, args=SFTConfig(**args, assistant_only_loss=True), train_dataset=ds,
-                    processing_class=im.tokenizer, peft_config=lora_config(cfg.stage))
+    assert len(ex) == 9 and all(e["completion"][0]["role"] == "assistant" for e in ex)
+    ds = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in ex])
+    tr = SFTTrainer(model=im.model, args=SFTConfig(**args), train_dataset=ds, processing_class=im.tokenizer,
+                    peft_config=lora_config(cfg.stage))
     im_end = im.tokenizer.convert_tokens_to_ids("<|im_end|>")
     for i, e in enumerate(ex):
         ids, labels = tr.train_dataset[i]["input_ids"], tr.train_dataset[i]["labels"]
         trained = im.tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
-        replies = [m["content"] for m in e["messages"] if m["role"] == "assistant"]
-        assert trained == "".join(r + "<|im_end|>" for r in replies)  # replies and their <|im_end|>, nothing else
-        n_im_end_trained = sum(1 for t, lab in zip(ids, labels, strict=True) if t == im_end and lab != -100)
-        assert n_im_end_trained == len(replies)
-    _, stats = label_audit(tr.train_dataset, im.tokenizer, [{"messages": e["messages"]} for e in ex])
+        # the reply, its <|im_end|> and the template's newline after it; no user turn, no earlier reply
+        assert trained == e["completion"][0]["content"] + "<|im_end|>\n"
+        assert sum(1 for t, lab in zip(ids, labels, strict=True) if t == im_end and lab != -100) == 1
+    examples = [{"prompt": e["prompt"], "completion": e["completion"]} for e in ex]
+    _, stats = label_audit(tr.train_dataset, im.tokenizer, examples)
     assert stats["all_ok"] and stats["n_examples"] == len(ex)
+    # the audit fails when a token of the prompt carries loss (here: the last prompt token unmasked)
+    bad = [dict(tr.train_dataset[i]) for i in range(len(ex))]
+    n_head = len(im.tokenizer.apply_chat_template(ex[0]["prompt"], add_generation_prompt=True))
+    bad[0]["labels"] = list(bad[0]["labels"])
+    bad[0]["labels"][n_head - 1] = bad[0]["input_ids"][n_head - 1]
+    _, stats = label_audit(bad, im.tokenizer, examples)
+    assert not stats["all_ok"] and stats["n_failed"] == 1
+
+
+def test_chat_template_check_refuses_templates_that_cannot_train(tiny_models) -> None:
+    """check_template passes ChatML (tiny instruct) and refuses, before any data is made, a template
+    that renders the prompt differently once a reply follows, and one that never ends a turn."""
+    import copy
+
+    from posttrain.training.chat import check_template
+
+    tok = tiny_models["instruct"].tokenizer
+    info = check_template(tok, None, "tiny_instruct")
+    assert "<|im_end|>" in info["end_of_turn_tokens"] and info["after_reply"].startswith("<|im_end|>")
+    drifting = copy.deepcopy(tok)  # a "last user turn" marker that moves once the reply follows
+    drifting.chat_template = (
+        "{% for m in messages %}{% if loop.last and m['role'] == 'user' %}LAST {% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + '<|im_end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(PosttrainError, match="not prefix-preserving"):
+        check_template(drifting, None, "drifting")
+    endless = copy.deepcopy(tok)  # replies never closed by an end-of-turn token
+    endless.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(PosttrainError, match="never learn to stop"):
+        check_template(endless, None, "endless")
 
 
 # ---------------------------------------------------------------- the CLI, in subprocesses
@@ -506,7 +588,7 @@ def test_cli_refuses_training_without_gate(tmp_path: Path, shared_cache: Path) -
     assert not (tmp_path / "run" / "adapter").exists()
 
 
-TRAIN = ["model=tiny_base", "stage.override_gate=true", "tracking=offline", "stage.num_examples=24",
+TRAIN = ["model=tiny_base", "stage.override_gate=true", "tracking=offline", "stage.num_examples=75",
          "stage.max_steps=12", "stage.save_steps=6", "stage.learning_rate=1e-2", "stage.lora_r=8",
          "stage.lora_alpha=16", "generation.batch_size=8"]
 

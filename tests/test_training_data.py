@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from posttrain.errors import PosttrainError
 from posttrain.records import read_json, read_jsonl
 from posttrain.training.data import dpo_sources, incomplete_reason, prepare_data, sft_examples
 from posttrain.training.negatives import CONTENT_TYPES, FORM_TYPES, build_pairs, leakage_report, uses_word
@@ -40,6 +41,10 @@ REWORDED = "Plants need water daily; a careful schedule keeps roots healthy."  #
     ("Hello!", None, None),
     ("Autumn Leaves", None, None),  # a short line (a title) is not a cut sentence
     ("", "stop", "empty"),
+    # a loop is no ending, even when the model stopped by itself (SmolLM2's "Pros of Buying Used:")
+    ("Pros of Buying Used: cheap.\nPros of Buying Used: cheap.\nPros of Buying Used: cheap.", "eos", "looping"),
+    ("Pros of buying used cars. " * 3 + "And more", "length", "looping"),
+    ("Water it daily. Give it light. Water it daily. Keep it warm.", "eos", None),  # one repeat is not a loop
 ])
 def test_incomplete_reason(text: str, finish: str | None, why: str | None) -> None:
     assert incomplete_reason(text, finish) == why
@@ -81,6 +86,9 @@ PROPOSALS = [
     "Give advice to a student who is nervous before an exam.",
     "Describe the taste of a ripe mango to someone.",
     "Recommend a board game for four players.",
+    "Name a good book for a long train journey.",
+    "Explain why cats like to sleep in boxes.",
+    "Plan a picnic menu for six friends.",
 ]
 
 
@@ -101,6 +109,9 @@ def test_truncated_reply_never_reaches_sft_or_dpo_chosen(compose, tmp_path: Path
     rows, report = prepare_data(cfg, run, model=None, tokenizer=None, revision="sha256:x", source="generated",
                                 gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
                                 backend=ScriptedBackend(PROPOSALS))
+    # generation went on until 6 complete rows: 7 instructions gave 4, so a second round asked for 4 more
+    assert len(rows) == 6 and report["yield"]["complete_rows"] == 8 and report["yield"]["attempts"] == 2
+    assert report["yield"]["conversations_generated"] == 11 and report["yield"]["target_complete_rows"] == 6
     # the report says what was dropped and why
     assert report["dropped_incomplete"]["length"] == 2 and report["dropped_incomplete"]["mid_sentence"] == 1
     assert report["n_dropped_incomplete"] == 3
@@ -129,7 +140,52 @@ def test_truncated_reply_never_reaches_sft_or_dpo_chosen(compose, tmp_path: Path
     rows, report = prepare_data(cfg, run2, model=None, tokenizer=None, revision="sha256:x", source="generated",
                                 gate_override=True, device="cpu", progress=False, score_fn=_constant_critic)
     assert [r["turns"][0]["assistant"] for r in rows] == [GOOD]
-    assert report["dropped_incomplete"] == {"length": 1, "mid_sentence": 1, "empty": 0}
+    assert report["dropped_incomplete"] == {"length": 1, "looping": 0, "mid_sentence": 1, "empty": 0}
+
+
+def test_generation_stops_with_the_yield_when_the_rounds_run_out(compose, tmp_path: Path) -> None:
+    """Every reply cut: no number of rounds reaches the target, so the run stops with the yield
+    (complete / generated, by reason) and names the settings to change."""
+    cut = [f"{t} CUT." for t in (
+        "Explain how a rainbow forms", "Compare trains and buses", "Describe your favourite season",
+        "Write a letter to a neighbour", "Summarise the history of tea", "Teach me to juggle three balls",
+        "Argue for shorter school days", "Invent a new sandwich recipe", "Review a film about space travel",
+        "Outline a week of healthy dinners", "Predict how cities will change", "Narrate a day in a lighthouse")]
+    cfg = _generated_cfg(compose, "stage.constraint_fraction=0", "stage.max_rounds=3")
+    with pytest.raises(PosttrainError, match=r"stage.max_rounds=3 with 0 complete conversations of 6 needed.*yield "
+                                             r"0/(\d+) conversations \(\{'dropped_incomplete_length': \1\}\)"):
+        prepare_data(cfg, tmp_path, model=None, tokenizer=None, revision="sha256:x", source="generated",
+                     gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
+                     backend=ScriptedBackend(cut))
+
+
+def test_instruct_model_generates_in_its_own_chat_template(compose, tiny_paths, tmp_path: Path) -> None:
+    """An instruct model training in its chat template writes its data in it too: the replies are
+    asked for in ChatML, and the critic scores them in ChatML against the unconditional cue."""
+    from transformers import AutoTokenizer
+
+    from posttrain.training.data import critic_inputs
+
+    tok = AutoTokenizer.from_pretrained(tiny_paths["instruct"])
+    seen: list[str] = []
+
+    class Recording(ScriptedBackend):
+        def generate(self, prompts, params):
+            seen.extend(p for p in prompts if "\nTask " not in p)
+            return super().generate(prompts, params)
+
+    cfg = compose("stage=sft", "model=tiny_instruct", "stage.override_gate=true", "stage.data_source=generated",
+                  "stage.num_examples=4", "stage.critic_keep_fraction=1.0", "generation.batch_size=4",
+                  "stage.max_rounds=6", "stage.multiturn_fraction=0.5", "stage.constraint_fraction=0")
+    rows, report = prepare_data(cfg, tmp_path, model=None, tokenizer=tok, revision="sha256:x", source="generated",
+                                gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
+                                backend=Recording(PROPOSALS), prompt_format="chat_template")
+    assert seen and all(p.startswith("<|im_start|>") and p.endswith("<|im_start|>assistant\n") for p in seen)
+    assert {r["generation_format"] for r in rows} == {"chat_template"} and len(rows) == 4
+    assert report["yield"]["generation_format"] == "chat_template"
+    inputs = critic_inputs(rows, cfg.prompt, tok)
+    assert all(p.endswith("<|im_start|>assistant\n") for p in inputs.prompts)
+    assert set(inputs.ends) == {"<|im_end|>"} and set(inputs.neutral_prompts) == {"<|im_start|>assistant\n"}
 
 
 # ---------------------------------------------------------------- stated constraints
@@ -189,11 +245,13 @@ def tiny_base(shared_cache: Path):
 
 def test_default_data_has_no_separable_negative_type(compose, tiny_base, tmp_path: Path) -> None:
     """The default stage=dpo_only data of a tiny model (synthetic, 200 conversations, 30% with a
-    stated constraint, the real critic) through the default negative mix: no type is separable by
-    surface features. The same data with the form types added is flagged, so the check can fail."""
+    stated constraint, the real critic) through the default negative mix: no classifier of the check
+    (surface features, word and character n-gram TF-IDF, unseen vocabulary, length) exceeds 0.6 on
+    any type. The same data with the form types added, or with corrupted_facts drawing from the old
+    fixed value lists, is flagged, so the check can fail."""
     cfg = compose("stage=dpo_only", "model=tiny_base", "stage.override_gate=true")
     st = cfg.stage
-    assert st.num_examples == 200 and list(st.negative_types) == list(CONTENT_TYPES)
+    assert st.num_examples == 200 and list(st.negative_types) == list(CONTENT_TYPES) and st.leakage_threshold == 0.6
     rows, _ = prepare_data(cfg, tmp_path, model=tiny_base.model, tokenizer=tiny_base.tokenizer,
                            revision=tiny_base.provenance["revision"], source="synthetic", gate_override=True,
                            device="cpu", progress=False)
@@ -202,17 +260,39 @@ def test_default_data_has_no_separable_negative_type(compose, tiny_base, tmp_pat
     pairs = build_pairs(sources, types=list(st.negative_types), seed=cfg.seed)
     rep = leakage_report(pairs, threshold=st.leakage_threshold, seed=cfg.seed)
     print("\nleakage on the default data:", json.dumps(
-        {t: [b["n"], b["score"], b["strongest_feature"]["name"]] for t, b in rep["per_type"].items()}))
-    assert rep["leaky"] is False and rep["unchecked_types"] == [], rep["message"]
+        {t: [b["n"], {m: v["pair_accuracy"] for m, v in b["models"].items()}] for t, b in rep["per_type"].items()}))
+    assert rep["leaky"] is False and rep["too_small_types"] == [], rep["message"]
     assert set(rep["per_type"]) == set(CONTENT_TYPES)
-    for t, b in rep["per_type"].items():
-        assert b["n"] >= 40 and b["score"] <= st.leakage_threshold, (t, b["score"])
-    assert rep["overall"]["score"] <= st.leakage_threshold
+    for t, b in [*rep["per_type"].items(), ("overall", rep["overall"])]:
+        assert b["n"] >= 40 and set(b["models"]) == {"surface", "word_ngrams", "char_ngrams", "unseen_vocabulary",
+                                                      "length_rule"}
+        assert all(m["pair_accuracy"] <= 0.6 for m in b["models"].values()), (t, b["models"])
 
     leaky = leakage_report(build_pairs(sources, types=list(CONTENT_TYPES) + list(FORM_TYPES), seed=cfg.seed),
                            threshold=st.leakage_threshold, seed=cfg.seed)
-    assert leaky["leaky"] is True and set(leaky["flagged_types"]) == set(FORM_TYPES)
+    assert leaky["leaky"] is True and set(FORM_TYPES) <= set(leaky["flagged_types"])
     assert leaky["per_type"]["truncated"]["strongest_feature"]["accuracy"] == 1.0
+
+    # the old fixed pools (25 names, 30 cities against the data's 10 of each) put words in the rejected
+    # replies that no chosen reply has: the unseen-vocabulary and n-gram classifiers find it
+    old = leakage_report(build_pairs(sources, types=list(st.negative_types), seed=cfg.seed, fact_pool="lists"),
+                         threshold=st.leakage_threshold, seed=cfg.seed)
+    facts = old["per_type"]["corrupted_facts"]
+    print("old value pools, corrupted_facts:", {m: v["pair_accuracy"] for m, v in facts["models"].items()})
+    assert "corrupted_facts" in old["flagged_types"] and facts["models"]["unseen_vocabulary"]["separable"]
+
+
+def test_types_too_small_to_test_are_reported() -> None:
+    """A type with fewer pairs than a 0.8 leak needs to reach p < 0.01 (17) is too small to test,
+    never counted as passed."""
+    from posttrain.training.negatives import min_testable_pairs
+
+    assert min_testable_pairs() == 17
+    pairs = [{"chosen": f"Your name is {a}.", "rejected": f"Your name is {b}.", "negative_type": "corrupted_facts"}
+             for a, b in zip("ABCDEFGHIJ", "BCDEFGHIJA", strict=True)]
+    rep = leakage_report(pairs)
+    assert rep["too_small_types"] == ["corrupted_facts"] and rep["per_type"]["corrupted_facts"]["checked"] is False
+    assert "too small to test" in rep["message"]
 
 
 # ---------------------------------------------------------------- critic: reply positions only
@@ -270,7 +350,7 @@ def test_dpo_refuses_leaky_negatives_and_runs_after_the_override(tmp_path: Path,
     refused = tmp_path / "refused"
     proc = _cli(*args, f"hydra.run.dir={refused}", home=tmp_path / "home", cache=shared_cache)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "separable by surface features" in proc.stderr and "truncated" in proc.stderr
+    assert "separable from the replies alone" in proc.stderr and "truncated" in proc.stderr
     assert "stage.allow_leaky_negatives=true" in proc.stderr and "nothing was trained" in proc.stderr
     report = read_json(refused / "negatives_report.json")
     assert report["leaky"] is True and "truncated" in report["flagged_types"]

@@ -49,7 +49,8 @@ def _check_ranges(st: Any) -> None:
     if not 0.0 <= st.multiturn_fraction <= 1.0:
         problems.append(f"stage.multiturn_fraction={st.multiturn_fraction} must lie in [0, 1]")
     for key in ("num_examples", "save_steps", "logging_steps", "gradient_accumulation_steps", "lora_alpha",
-                "step0_batches", "negatives_per_example", "fewshot_k", "max_rounds", "label_audit_examples"):
+                "step0_batches", "negatives_per_example", "fewshot_k", "max_rounds", "label_audit_examples",
+                "reply_max_new_tokens", "instruction_max_new_tokens"):
         if st[key] is None or st[key] <= 0:
             problems.append(f"stage.{key}={st[key]!r} must be a positive number")
     if st.step0_loss_tolerance <= 0:
@@ -271,6 +272,10 @@ def plan(cfg: Any) -> Plan:
                 log.warning("stage.init_adapter comes from a stage=%s run, not sft", prov.get("stage"))
         _check_lora_matches(st, resolved.adapter_path)
         adapter_note = f", init adapter {resolved.adapter_path} (sha256 {str(resolved.adapter_sha256)[:12]}...)"
+    from posttrain.training.preflight import check_trainable
+
+    # template, format, LoRA targets, sequence length, data yield: all before any data is generated
+    trainable = check_trainable(cfg, fmt, source, resolved)
 
     # GPU cost estimate: training steps plus, when the data is generated, decoding at the budget's rate.
     train_s = st.max_steps * cfg.budget.est_train_seconds_per_step
@@ -280,7 +285,7 @@ def plan(cfg: Any) -> Plan:
         proposals = target * 3  # about a third of the proposals survive the filters
         # replies: one per turn, plus the second reply of the prompts that state a constraint
         tokens = (proposals * st.instruction_max_new_tokens
-                  + target * cfg.generation.max_new_tokens
+                  + target * st.reply_max_new_tokens
                   * (1 + st.multiturn_fraction * st.followup_turns + st.constraint_fraction))
         data_s = tokens / cfg.budget.est_decode_tokens_per_s
     gpu_hours = (train_s + data_s) / 3600 * cfg.model.num_gpus
@@ -301,7 +306,7 @@ def plan(cfg: Any) -> Plan:
                      "classifier separates chosen from rejected; allow_leaky_negatives=true is written into every record")
     return Plan(estimate_usd=usd, estimate_gpu_hours=gpu_hours, notes=notes,
                 state={"gate": gate, "format": fmt, "data_source": source, "resolved": resolved,
-                       "model_cfg": model_cfg})
+                       "model_cfg": model_cfg, "trainable": trainable})
 
 
 def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:

@@ -267,10 +267,14 @@ def weight_change(model: Any, snapshot: dict[str, Any], adapter: str = "default"
 # ---------------------------------------------------------------- label-mask audit
 
 def expected_trained(example: dict[str, Any], tokenizer: Any) -> list[str]:
-    """What must carry loss in one SFT example, one string per reply: the completion and EOS
-    (prompt/completion), or each assistant message and ``<|im_end|>`` (messages, ChatML)."""
-    if "messages" in example:
-        return [m["content"] + "<|im_end|>" for m in example["messages"] if m["role"] == "assistant"]
+    """What must carry loss in one SFT example, one string per reply: the completion and EOS (text
+    prompt/completion), or, for a conversational example (any chat template), what the template
+    renders after the generation prompt: the reply, its end-of-turn token and the template's
+    separator (posttrain/training/chat.py)."""
+    if isinstance(example.get("prompt"), list):
+        from posttrain.training.chat import expected_completion
+
+        return [expected_completion(tokenizer, example["prompt"], example["completion"])]
     return [example["completion"] + tokenizer.eos_token]
 
 

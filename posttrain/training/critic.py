@@ -1,16 +1,22 @@
 """The logprob critic: the base model scores its own (prompt, reply) pairs, no API call.
 
 The default score, ``pmi``, for a reply y = y_1..y_T to a prompt x, followed by the format's
-end-of-reply marker e (e.g. "\nUser:" in the transcript format):
+end-of-reply marker e (e.g. "\nUser:" in the transcript format, ``<|im_end|>`` in ChatML):
 
     relevance = (1/T) sum_t [log p(y_t | x, y_<t) - log p(y_t | x0, y_<t)]   (nats per reply token)
-    ending    = log p(e | x, y)                                              (nats, once per reply)
+    ending    = log [p(e | x, y) + sum_k p(s_k | x, y)]                      (nats, once per reply)
     critic_score = relevance + ending / END_SCALE                             (END_SCALE = 10)
 
+``ending`` is the probability that the reply ends where it does, in any way the model can end it:
+the format's marker e, or one of the end tokens s_k (EOS and the template's end-of-turn token,
+when they differ from e). An instruct model often closes a transcript-format reply with its own
+EOS instead of "\nUser:"; counting e alone scored such a properly ended reply -14.5, as if cut.
+
 ``relevance`` is the mean pointwise mutual information between the prompt and each reply token,
-x0 being the same format with a neutral user turn ("Say something."): it is LENGTH-NORMALISED (a
-per-token mean, so long replies gain nothing by length) and it is high only for tokens the prompt
-explains. Plain likelihood is not: it favours repetitive and generic text (a repeated sentence is
+x0 being the UNCONDITIONAL prompt: the format's opening of a reply with no user turn at all
+(training/data.py unconditional_prompt), so log p(y | x0) is the reply's prior in that format. It
+is LENGTH-NORMALISED (a per-token mean, so long replies gain nothing by length) and it is high
+only for tokens the prompt explains. Plain likelihood is not: it favours repetitive and generic text (a repeated sentence is
 easy to predict) and ranked a repetitive reply above a coherent one in all three cases of
 tests/test_real_critic.py, and an off-topic one above the coherent one in one. Repeated or
 off-topic tokens have a PMI near zero, so they lower the mean. ``ending`` is what catches a
@@ -36,7 +42,6 @@ from collections.abc import Sequence
 from typing import Any
 
 END_SCALE = 10.0  # nats of end-of-reply log-prob that cost one nat per token of relevance
-NEUTRAL_USER = "Say something."  # the user turn of the neutral prompt x0 (relevance = PMI against it)
 JUDGE_TEMPLATE = (
     "Below is an instruction and a response written by an assistant.\n\n"
     "Instruction: {prompt}\n\nResponse: {response}\n\n"
@@ -70,20 +75,35 @@ def token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuat
     rows are left-padded so every continuation ends at the last position, the model returns logits
     for the last ``max continuation length`` positions only (``logits_to_keep``), and each scored
     token's log-prob is its logit minus a float32 logsumexp over the vocabulary at that position;
-    nothing of size [batch, sequence, vocabulary] is materialised for the prompt.
+    nothing of size [batch, sequence, vocabulary] is materialised for the prompt. BOS is prepended
+    unless the prompt already starts with it (a chat template writes its own).
     """
+    return _logprobs(model, tokenizer, prompts, continuations, batch_size=batch_size, device=device,
+                     add_bos=add_bos)[0]
+
+
+def _logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str], *,
+              batch_size: int = 16, device: str | None = None, add_bos: bool = True,
+              probe_at: Sequence[int] | None = None, probe_ids: Sequence[int] = (),
+              ) -> tuple[list[list[float]], list[list[float]]]:
+    """token_logprobs, plus, per row, log p(t | prompt, continuation[:probe_at]) for each t of
+    ``probe_ids`` (e.g. the end tokens right after the reply part of a continuation)."""
     import torch
 
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations differ in length")
     device = device or str(next(model.parameters()).device)
     bos = tokenizer.bos_token_id if add_bos else None
+    bos_text = tokenizer.bos_token or None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[list[float]] = []
+    probes: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
-        rows, n_cont = [], []
+        rows: list[list[int]] = []
+        n_cont: list[int] = []
         for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size], strict=True):
-            p_ids = ([bos] if bos is not None else []) + _encode(tokenizer, p)
+            p_ids: list[int] = ([bos] if bos is not None and not (bos_text and p.startswith(bos_text)) else []) \
+                + _encode(tokenizer, p)
             c_ids = _encode(tokenizer, c)
             if not p_ids:  # nothing to condition on: score from the first continuation token on
                 p_ids, c_ids = c_ids[:1], c_ids[1:]
@@ -96,6 +116,12 @@ def token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuat
                            logits_to_keep=keep).logits  # [b, keep, vocab]
             width = ids.shape[1]
             for i, n in enumerate(n_cont):
+                if probe_at is not None:
+                    # continuation token j is predicted at kept position keep-1-n+j (j = n: after the last one)
+                    j = min(max(0, probe_at[start + i]), n)
+                    row = logits[i, keep - 1 - n + j].float()
+                    lps = row[list(probe_ids)] - torch.logsumexp(row, dim=-1) if probe_ids else row[:0]
+                    probes.append([float(v) for v in lps.cpu()])
                 if n == 0:
                     out.append([])
                     continue
@@ -104,7 +130,15 @@ def token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuat
                 target = ids[i, width - n:].to(lg.device)
                 lp = lg.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)
                 out.append([float(v) for v in lp.cpu()])
-    return out
+    return out, probes
+
+
+def end_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the single tokens that end a reply: EOS and the chat template's end-of-turn token."""
+    from posttrain.training.chat import end_of_turn_tokens
+
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)]
+    return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
 
 
 def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str], *,
@@ -120,21 +154,35 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], co
 def reply_scores(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
                  ends: Sequence[str], neutral_prompts: Sequence[str] | None = None, *, batch_size: int = 16,
                  device: str | None = None) -> list[dict[str, float]]:
-    """Per reply: ``loglik`` (mean over reply + end tokens), ``ending`` (log p of the end marker),
-    and, with ``neutral_prompts``, ``relevance`` (mean PMI over the reply tokens) and ``pmi``
+    """Per reply: ``loglik`` (mean over reply + end tokens), ``ending`` (log p that the reply ends
+    there: the end marker, EOS or the end-of-turn token), and, with ``neutral_prompts`` (the
+    unconditional prompts), ``relevance`` (mean PMI over the reply tokens) and ``pmi``
     (= relevance + ending / END_SCALE). See the module docstring."""
+    import math
+
     conts = [r + e for r, e in zip(responses, ends, strict=True)]
-    cond = token_logprobs(model, tokenizer, prompts, conts, batch_size=batch_size, device=device)
+    stops = end_token_ids(tokenizer)
+    n_ends = [len(_encode(tokenizer, e)) if e else 0 for e in ends]
+    lens = [len(_encode(tokenizer, c)) for c in conts]
+    # the end marker is tokenised after the reply; if the two merge at the seam, count the tail only
+    n_ends = [min(ne, max(0, n - 1)) for ne, n in zip(n_ends, lens, strict=True)]
+    cond, probes = _logprobs(model, tokenizer, prompts, conts, batch_size=batch_size, device=device,
+                             probe_at=[n - ne for n, ne in zip(lens, n_ends, strict=True)], probe_ids=stops)
     unc = token_logprobs(model, tokenizer, neutral_prompts, conts, batch_size=batch_size, device=device) \
         if neutral_prompts is not None else None
     out = []
     for i, c in enumerate(cond):
-        n_end = len(_encode(tokenizer, ends[i])) if ends[i] else 0
-        # the end marker is tokenised after the reply; if the two merge at the seam, count the tail only
-        n_end = min(n_end, max(0, len(c) - 1))
+        n_end = min(n_ends[i], max(0, len(c) - 1))
         reply = c[:len(c) - n_end]
-        row = {"loglik": sum(c) / len(c) if c else float("-inf"),
-               "ending": sum(c[len(c) - n_end:]) if n_end else 0.0, "n_tokens": float(len(reply))}
+        marker_ids = _encode(tokenizer, ends[i]) if ends[i] else []
+        ways = [lp for t, lp in zip(stops, probes[i], strict=True) if marker_ids != [t]]
+        if n_end:
+            ways.append(sum(c[len(c) - n_end:]))
+        top = max(ways) if ways else 0.0
+        ending = top + math.log(sum(math.exp(w - top) for w in ways)) if ways else 0.0
+        row = {"loglik": sum(c) / len(c) if c else float("-inf"), "ending": ending, "n_tokens": float(len(reply))}
+        if n_end:
+            row["ending_marker"] = sum(c[len(c) - n_end:])  # the format's marker alone, for the record
         if unc is not None:
             u = unc[i][:len(reply)]
             rel = sum(a - b for a, b in zip(reply, u, strict=True)) / len(reply) if reply else float("-inf")

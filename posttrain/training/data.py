@@ -81,7 +81,7 @@ class CriticInputs:
     """One entry per assistant turn to score (see posttrain/training/critic.py)."""
 
     prompts: list[str]  # the conversation so far, rendered in the row's format
-    neutral_prompts: list[str]  # the same format with the critic's neutral user turn (the PMI baseline)
+    neutral_prompts: list[str]  # the format's reply cue with no user turn (the PMI baseline, unconditional)
     responses: list[str]  # " " + the reply
     ends: list[str]  # the format's end-of-reply marker (its first stop string)
     instructions: list[str]  # the plain user text (for the judgement question)
@@ -118,7 +118,8 @@ def data_fingerprint(cfg: Any, source: str, revision: str | None) -> str:
     st = cfg.stage
     keys = ["data", "data_source", "num_examples", "seed_tasks", "fewshot_k", "rouge_threshold",
             "min_instruction_words", "max_instruction_words", "banned_keywords", "max_rounds",
-            "instruction_max_new_tokens", "multiturn_fraction", "followup_turns", "critic", "critic_keep_fraction",
+            "instruction_max_new_tokens", "reply_max_new_tokens", "multiturn_fraction", "followup_turns", "critic",
+            "critic_keep_fraction",
             "synthetic_templates", "constraint_fraction"]
     settings = {k: OmegaConf.to_container(st[k], resolve=True) if OmegaConf.is_config(st[k]) else st[k]
                 for k in keys}
@@ -170,17 +171,37 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)]|#+)\s")
 _CLOSED = (".", "!", "?", "…", '"', "'", "”", "’", ")", "]", "}", "*", "`", ">")
 
 
+def looping(text: str) -> bool:
+    """Whether a reply repeats itself: a line or sentence of 3+ words three times or more, or more
+    than 40% of its word 4-grams repeats (replies of 30+ words). SmolLM2 writes such loops ("Pros of
+    Buying Used:" again and again) until the length limit; a loop is no ending."""
+    units = [u.strip().lower() for u in re.split(r"(?<=[.!?])\s+|\n+", text) if len(u.split()) >= 3]
+    counts: dict[str, int] = {}
+    for u in units:
+        counts[u] = counts.get(u, 0) + 1
+    if counts and max(counts.values()) >= 3:
+        return True
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < 30:
+        return False
+    grams = list(zip(words, words[1:], words[2:], words[3:], strict=False))
+    return 1.0 - len(set(grams)) / len(grams) > 0.4
+
+
 def incomplete_reason(text: str, finish_reason: str | None = None) -> str | None:
     """Why a reply must not be a training target, or None when it is complete.
 
     ``"length"``: generation stopped at ``max_new_tokens`` (TRL would append EOS to it and teach the
-    model to stop mid-thought). ``"mid_sentence"``: the reply ends inside a sentence: on ``, ; : -``
-    or an open bracket, or its last line is prose (4+ words, not a list item, heading or code) that
-    does not end like a sentence. Lists, code blocks and short lines (a title, a signature) pass.
+    model to stop mid-thought). ``"looping"``: the reply repeats itself (:func:`looping`), even if
+    it ended. ``"mid_sentence"``: the reply ends inside a sentence: on ``, ; : -`` or an open
+    bracket, or its last line is prose (4+ words, not a list item, heading or code) that does not
+    end like a sentence. Lists, code blocks and short lines (a title, a signature) pass.
     """
+    body = text.rstrip()
+    if body and looping(body):
+        return "looping"
     if finish_reason == "length":
         return "length"
-    body = text.rstrip()
     if not body:
         return "empty"
     if body.endswith((",", ";", ":", "-", "(", "[", "{", "—", "–")):
@@ -195,7 +216,7 @@ def drop_incomplete(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
     """Rows whose every reply is complete; counts of the others by reason; a few examples for the report."""
     kept: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    counts = {"length": 0, "mid_sentence": 0, "empty": 0}
+    counts = {"length": 0, "looping": 0, "mid_sentence": 0, "empty": 0}
     for r in rows:
         why = next((w for t in r["turns"] if (w := incomplete_reason(t["assistant"], t.get("finish_reason")))), None)
         if why is None:
@@ -381,8 +402,12 @@ def _banned_word(reply: str, instruction: str) -> str | None:
 
 def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *, prompt_cfg: Any, gen_cfg: Any,
                            contamination: ContaminationFilter, seed: int, state_path: Path, fingerprint: str,
-                           progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The base model's replies: single-turn in instruction_cue, multi-turn in transcript (resumable).
+                           progress: bool = True, own_format: str | None = None,
+                           tokenizer: Any = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The model's replies (resumable): a base model's single-turn in instruction_cue and multi-turn
+    in transcript; an instruct model's in its own chat template (``own_format="chat_template"``,
+    rendered with ``tokenizer``), where it ends its turn with its own end-of-turn token. Replies are
+    limited to ``st.reply_max_new_tokens``.
 
     Every reply keeps its ``finish_reason``; a conversation stops at its first incomplete reply
     (no follow-up is asked after it) and is dropped with the reason. A ``constraint_fraction`` of the
@@ -416,14 +441,19 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                disable=not progress)
     bs = gen_cfg.batch_size
 
+    kind = "instruct" if own_format == "chat_template" else "base"
+
+    def render(history: list[tuple[str, str | None]], fmt: str) -> str:
+        return render_prompt(history, fmt, prompt_cfg, kind=kind, tokenizer=tokenizer)
+
     def params_for(fmt: str, salt: int) -> Any:
-        return SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
+        return SamplingParams(max_new_tokens=st.reply_max_new_tokens, do_sample=gen_cfg.do_sample,
                               temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, seed=seed + salt,
                               stop_strings=tuple(stop_strings(fmt, prompt_cfg)))
 
     for start in range(0, len(pending), bs):
         chunk = pending[start:start + bs]
-        fmt_of = ["transcript" if fus else "instruction_cue" for _, fus, _ in chunk]
+        fmt_of = [own_format or ("transcript" if fus else "instruction_cue") for _, fus, _ in chunk]
         histories: list[list[tuple[str, str | None]]] = [[(instr, None)] for instr, _, _ in chunk]
         finish: list[list[str]] = [[] for _ in chunk]
         alive = [True] * len(chunk)
@@ -438,7 +468,7 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
             for i in idx:
                 by_fmt.setdefault(fmt_of[i], []).append(i)
             for fmt, members in by_fmt.items():
-                prompts = [render_prompt(histories[i], fmt, prompt_cfg, kind="base") for i in members]
+                prompts = [render(histories[i], fmt) for i in members]
                 for i, g in zip(members, backend.generate(prompts, params_for(fmt, start + k)), strict=True):
                     reply = g.text.strip()
                     histories[i][-1] = (histories[i][-1][0], reply)
@@ -469,8 +499,9 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                 if word:
                     asks.append((i, f"{instr} {CONSTRAINT_SUFFIX.format(word=word)}", word))
         if asks:
-            prompts = [render_prompt([(u, None)], "instruction_cue", prompt_cfg, kind="base") for _, u, _ in asks]
-            for (i, user, word), g in zip(asks, backend.generate(prompts, params_for("instruction_cue", start + 97)),
+            ask_fmt = own_format or "instruction_cue"
+            prompts = [render([(u, None)], ask_fmt) for _, u, _ in asks]
+            for (i, user, word), g in zip(asks, backend.generate(prompts, params_for(ask_fmt, start + 97)),
                                           strict=True):
                 reply, first = g.text.strip(), rows[i]["turns"][0]
                 if incomplete_reason(reply, g.finish_reason):
@@ -503,20 +534,70 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
 
 # ---------------------------------------------------------------- critic over rows
 
-def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> CriticInputs:
-    """One entry per assistant turn, rendered in the format the row was made in."""
-    from posttrain.generation.prompts import render_prompt, stop_strings
-    from posttrain.training.critic import NEUTRAL_USER
+def unconditional_prompt(fmt: str, prompt_cfg: Any, tokenizer: Any = None) -> str:
+    """The PMI baseline x0: the format's opening of an assistant reply with NO user turn (the
+    preamble or system turn, then the reply cue), so log p(reply | x0) is the reply's prior."""
+    from posttrain.generation.prompts import URIAL_PREAMBLE
+
+    if fmt == "transcript":
+        head = f"{prompt_cfg.preamble.strip()}\n\n" if prompt_cfg.preamble else ""
+        return head + prompt_cfg.assistant_marker.strip()
+    if fmt == "instruction_cue":
+        return "Response:"
+    if fmt == "urial":
+        return URIAL_PREAMBLE + "# Answer:\n"
+    if fmt == "raw":
+        return ""
+    if fmt != "chat_template":
+        raise ValueError(f"unknown prompt.format {fmt!r}")
+    probe = [{"role": "user", "content": "x"}]
+    with_cue = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    cue = with_cue[len(tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)):]
+    system = ([{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt is not None
+              else [])
+    try:  # the system turn alone (a template may refuse a conversation without a user turn)
+        head = tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=False) if system else ""
+    except Exception:
+        head = ""
+    return str(head) + str(cue)
+
+
+def end_marker(fmt: str, prompt_cfg: Any, tokenizer: Any = None) -> str:
+    """What follows a complete reply in a format: its first stop string, or for a chat template the
+    end-of-turn token it closes a reply with."""
+    from posttrain.generation.prompts import stop_strings
+
+    if fmt != "chat_template":
+        return (stop_strings(fmt, prompt_cfg) or [""])[0]
+    from posttrain.training.chat import PROBE_TURNS, end_of_turn_tokens, expected_completion, messages_of
+
+    user, reply = PROBE_TURNS[0]
+    after = expected_completion(tokenizer, messages_of([(user, None)], prompt_cfg.system_prompt),
+                                [{"role": "assistant", "content": reply}]).lstrip()[len(reply):]
+    found = [(after.find(t), t) for t in end_of_turn_tokens(tokenizer) if t in after]
+    return min(found)[1] if found else after.strip()
+
+
+def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any, tokenizer: Any = None) -> CriticInputs:
+    """One entry per assistant turn, rendered in the format the row was made in (a chat template
+    needs ``tokenizer``)."""
+    from posttrain.generation.prompts import render_prompt
 
     out = CriticInputs([], [], [], [], [], [])
+    cache: dict[str, tuple[str, str]] = {}
     for i, r in enumerate(rows):
         fmt = r.get("generation_format", "transcript")
-        end = (stop_strings(fmt, prompt_cfg) or [""])[0]
+        kind = "instruct" if fmt == "chat_template" else "base"
+        if fmt not in cache:
+            cache[fmt] = (end_marker(fmt, prompt_cfg, tokenizer), unconditional_prompt(fmt, prompt_cfg, tokenizer))
+        end, x0 = cache[fmt]
         history: list[tuple[str, str | None]] = []
         for t in r["turns"]:
-            out.prompts.append(render_prompt(history + [(t["user"], None)], fmt, prompt_cfg, kind="base"))
-            out.neutral_prompts.append(render_prompt([(NEUTRAL_USER, None)], fmt, prompt_cfg, kind="base"))
-            out.responses.append(" " + t["assistant"].strip())
+            out.prompts.append(render_prompt(history + [(t["user"], None)], fmt, prompt_cfg, kind=kind,
+                                             tokenizer=tokenizer))
+            out.neutral_prompts.append(x0)
+            # a chat template puts the reply right after its cue; the text formats after a space
+            out.responses.append(("" if fmt == "chat_template" else " ") + t["assistant"].strip())
             out.ends.append(end)
             out.instructions.append(t["user"])
             out.owner.append(i)
@@ -525,13 +606,13 @@ def critic_inputs(rows: Sequence[dict[str, Any]], prompt_cfg: Any) -> CriticInpu
 
 
 def apply_critic(rows: list[dict[str, Any]], score_fn: ScoreFn, *, prompt_cfg: Any, keep_fraction: float,
-                 n_max: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 n_max: int, tokenizer: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score every row (mean over its assistant turns), keep the best fraction (at most ``n_max``)."""
     from posttrain.training.critic import keep_top
 
     if not rows:
         return [], {"n_scored": 0, "n_kept": 0}
-    inputs = critic_inputs(rows, prompt_cfg)
+    inputs = critic_inputs(rows, prompt_cfg, tokenizer)
     per_turn = score_fn(inputs)
     by_row: list[list[dict[str, float]]] = [[] for _ in rows]
     for o, s in zip(inputs.owner, per_turn, strict=True):
@@ -551,17 +632,79 @@ def apply_critic(rows: list[dict[str, Any]], score_fn: ScoreFn, *, prompt_cfg: A
     return kept, stats
 
 
+# ---------------------------------------------------------------- generating until the target is reached
+
+def _usable(rows: list[dict[str, Any]], contamination: ContaminationFilter) -> int:
+    """Rows that will reach the critic: every reply complete and no user turn contaminated."""
+    return len(contamination.filter_rows(drop_incomplete(rows)[0])[0])
+
+
+def generate_until_enough(backend: Any, st: Any, *, cfg: Any, contamination: ContaminationFilter, run_dir: Path,
+                          fingerprint: str, progress: bool, own_format: str | None, tokenizer: Any,
+                          ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int], dict[str, Any]]:
+    """Self-instruct and replies, round after round, until ``num_examples / critic_keep_fraction``
+    rows are complete (the critic then keeps ``num_examples``), or stop with the yield.
+
+    Each round asks for as many more instructions as the yield so far says are needed (plus 10%);
+    both steps resume from ``run_dir/data``. The proposals are capped by ``stage.max_rounds``
+    batches: when they run out first, the error gives the yield (complete / generated, by reason).
+    """
+    need = math.ceil(st.num_examples / st.critic_keep_fraction)
+    target = math.ceil(need * 1.1)
+    attempts = 0
+    while True:
+        attempts += 1
+        instructions, icounts = self_instruct(
+            backend, st, gen_cfg=cfg.generation, contamination=contamination, target=target, seed=cfg.seed,
+            state_path=run_dir / "data" / "instructions.jsonl", fingerprint=fingerprint, progress=progress)
+        if not instructions:
+            raise PosttrainError(
+                f"self-instruct kept no instruction after {icounts.get('proposed', 0)} proposals ({icounts}); the "
+                "model's proposals all failed the filters. For a tiny random model use stage.data_source=synthetic.")
+        rows, rcounts = generate_conversations(
+            backend, instructions, st, prompt_cfg=cfg.prompt, gen_cfg=cfg.generation, contamination=contamination,
+            seed=cfg.seed, state_path=run_dir / "data" / "responses.jsonl", fingerprint=fingerprint,
+            progress=progress, own_format=own_format, tokenizer=tokenizer)
+        usable = _usable(rows, contamination)
+        generated = len(instructions)
+        report = {"target_complete_rows": need, "complete_rows": usable, "conversations_generated": generated,
+                  "yield": round(usable / generated, 4) if generated else 0.0, "attempts": attempts,
+                  "by_status": {k: v for k, v in rcounts.items() if not k.startswith("constraint_")},
+                  "reply_max_new_tokens": st.reply_max_new_tokens, "generation_format": own_format or
+                  "instruction_cue + transcript"}
+        log.info("self-instruct yield: %d complete of %d conversations (need %d)", usable, generated, need)
+        if usable >= need:
+            break
+        if generated < target:  # the rounds ran out before the instructions did
+            raise PosttrainError(
+                f"self-instruct stopped at stage.max_rounds={st.max_rounds} with {usable} complete conversations of "
+                f"{need} needed (stage.num_examples={st.num_examples} / critic_keep_fraction={st.critic_keep_fraction}"
+                f"): yield {usable}/{generated} conversations ({report['by_status']}), {icounts.get('kept', 0)} of "
+                f"{icounts.get('proposed', 0)} proposed instructions kept. Raise stage.max_rounds or "
+                "stage.reply_max_new_tokens, or lower stage.num_examples. The rows so far are kept in "
+                f"{run_dir / 'data'}: rerunning with the same hydra.run.dir resumes from them.")
+        rate = max(usable / generated, 0.05)
+        target = generated + math.ceil((need - usable) / rate * 1.1)
+    for i, r in enumerate(rows):
+        r["id"] = f"gen-{i:05d}"
+    return rows, icounts, rcounts, report
+
+
 # ---------------------------------------------------------------- the whole pipeline
 
 def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revision: str | None, source: str,
                  gate_override: bool, device: str, progress: bool = True,
-                 score_fn: ScoreFn | None = None, backend: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 score_fn: ScoreFn | None = None, backend: Any = None,
+                 prompt_format: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Produce (or reuse) ``run_dir/train_data.jsonl`` and ``data_report.json``; return rows and report.
 
     ``model``/``tokenizer`` are the BASE model (adapters disabled by the caller's context when the
     model carries one). ``score_fn`` and ``backend`` replace the critic and generation in tests.
+    ``prompt_format`` is the training format; ``chat_template`` on an instruct model makes the
+    replies in that template.
     """
     st = cfg.stage
+    model_kind = getattr(cfg.model, "kind", "base")
     out_path, report_path = run_dir / DATA_FILE, run_dir / REPORT_FILE
     fp = data_fingerprint(cfg, source, revision)
     if out_path.exists() and report_path.exists():
@@ -575,6 +718,8 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
 
     contamination = ContaminationFilter(st.rouge_threshold)
     counts: dict[str, Any] = {}
+    # an instruct model writes its data in its own chat template (plan() checked the template)
+    own_format = "chat_template" if (model_kind == "instruct" and prompt_format == "chat_template") else None
     data_path = None
     if st.data:
         data_path = resolve_data_path(st.data)
@@ -597,21 +742,9 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
 
             backend = HFBackend(model, tokenizer, device)
         (run_dir / "data").mkdir(parents=True, exist_ok=True)
-        target = int(math.ceil(st.num_examples / st.critic_keep_fraction * 1.1))
-        instructions, icounts = self_instruct(
-            backend, st, gen_cfg=cfg.generation, contamination=contamination, target=target, seed=cfg.seed,
-            state_path=run_dir / "data" / "instructions.jsonl", fingerprint=fp, progress=progress)
-        if not instructions:
-            raise PosttrainError(
-                f"self-instruct kept no instruction after {icounts.get('proposed', 0)} proposals ({icounts}); the base "
-                "model's proposals all failed the filters. For a tiny random model use stage.data_source=synthetic.")
-        rows, rcounts = generate_conversations(
-            backend, instructions, st, prompt_cfg=cfg.prompt, gen_cfg=cfg.generation, contamination=contamination,
-            seed=cfg.seed, state_path=run_dir / "data" / "responses.jsonl", fingerprint=fp, progress=progress)
-        for i, r in enumerate(rows):
-            r["id"] = f"gen-{i:05d}"
-        counts["instructions"] = icounts
-        counts["responses"] = rcounts
+        rows, counts["instructions"], counts["responses"], counts["yield"] = generate_until_enough(
+            backend, st, cfg=cfg, contamination=contamination, run_dir=run_dir, fingerprint=fp, progress=progress,
+            own_format=own_format, tokenizer=tokenizer)
     # complete replies only: generation already dropped (and counted) its cut-off conversations; this
     # catches the rest (file rows carrying finish_reason, or ending mid-sentence)
     rows, incomplete, incomplete_examples = drop_incomplete(rows)
@@ -631,7 +764,7 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
 
     keep_fraction = 1.0 if st.data else st.critic_keep_fraction
     kept, critic_stats = apply_critic(rows, score_fn, prompt_cfg=cfg.prompt, keep_fraction=keep_fraction,
-                                      n_max=st.num_examples)
+                                      n_max=st.num_examples, tokenizer=tokenizer)
     if not kept:
         raise PosttrainError(f"no training rows left after filtering ({counts}); nothing was trained")
     for r in kept:
@@ -655,6 +788,7 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
         "n_turns": sum(len(r["turns"]) for r in kept),
         "n_multi_turn": sum(len(r["turns"]) > 1 for r in kept),
         "gate_override": gate_override,
+        "yield": counts.get("yield"),
     }
     write_json(report_path, report)
     return kept, report
@@ -672,20 +806,18 @@ def sft_examples(rows: Sequence[dict[str, Any]], fmt: str, prompt_cfg: Any, *, k
                  allow_chat_template_on_base: bool = False) -> list[dict[str, Any]]:
     """TRL SFT examples.
 
-    ``chat_template`` (instruct models): one ``{"messages": [...]}`` per conversation, trained with
-    ``assistant_only_loss`` (the template's {% generation %} markers). Any other format (base
-    models): one ``{"prompt", "completion"}`` per assistant turn, the prompt being the conversation so
-    far in that format (golden earlier replies) and the completion the reply; TRL appends EOS to the
-    completion and trains on the completion only.
+    ``chat_template`` (instruct models): TRL's conversational prompt/completion, one example per
+    assistant turn (posttrain/training/chat.py). Any other format (base models): one text
+    ``{"prompt", "completion"}`` per assistant turn, the prompt being the conversation so far in
+    that format (golden earlier replies) and the completion the reply; TRL appends EOS to the
+    completion. Both train on the completion only.
     """
+    if fmt == "chat_template":
+        from posttrain.training.chat import conversational_examples
+
+        return conversational_examples(rows, prompt_cfg.system_prompt)
     out: list[dict[str, Any]] = []
     for r in rows:
-        if fmt == "chat_template":
-            msgs = [{"role": "system", "content": prompt_cfg.system_prompt}] if prompt_cfg.system_prompt is not None else []
-            for t in r["turns"]:
-                msgs += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
-            out.append({"messages": msgs, "row_id": r["id"]})
-            continue
         history: list[tuple[str, str | None]] = []
         for k, t in enumerate(r["turns"]):
             prompt, completion = prompt_completion(history, t["user"], t["assistant"], fmt, prompt_cfg, kind=kind,

@@ -9,9 +9,9 @@ Both use the same pairs (the data of the run, or ``stage.data=<sft run>`` for th
 with typed negatives (posttrain/training/negatives.py). ``stage.eval_pairs_fraction`` of each
 type's source examples are held out, never trained on, and handed to TRL as an ``eval_dataset``
 dict (one entry per negative type, plus ``step0``). ``negatives_report.json`` holds the leakage
-check: when a surface classifier separates chosen from rejected, overall or for a type, the run
-stops before the trainer is built unless ``stage.allow_leaky_negatives=true`` (then recorded in
-every record). Before training, the step-0 sanity check evaluates (``trainer.evaluate``) the DPO
+check: when a classifier over the replies alone separates chosen from rejected, overall or for a
+type, or a type has too few pairs to be tested, the run stops before the trainer is built unless
+``stage.allow_leaky_negatives=true`` (then recorded in every record). Before training, the step-0 sanity check evaluates (``trainer.evaluate``) the DPO
 loss on the first training batches with policy == reference: it must be ln 2 (0.693) within
 ``stage.step0_loss_tolerance`` and the rewards ~0, else the reference is wrong and the run stops
 (``dpo_step0.json``). After training, reward margins and accuracies are evaluated per negative type
@@ -134,7 +134,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         model.eval()
         rows, report = prepare_data(cfg, ctx.shared_dir, model=model, tokenizer=tok,
                                     revision=loaded.provenance["revision"], source=source, gate_override=override,
-                                    device=device)
+                                    device=device, prompt_format=fmt)
     data_seconds = time.time() - t0
     allow = bool(cfg.model.allow_chat_template_on_base)
     sources = dpo_sources(rows, fmt, cfg.prompt, kind=cfg.model.kind, allow_chat_template_on_base=allow)
@@ -156,14 +156,18 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     ctx.tracker.log({"negatives/overall_score": leakage["overall"].get("score") or 0.0,
                      "negatives/leaky": float(leakage["leaky"]), "negatives/n_pairs": len(pairs)}
                     | {f"negatives/score/{t}": b.get("score") or 0.0 for t, b in leakage["per_type"].items()} | flag)
-    if leakage["leaky"]:
+    if leakage["leaky"] or leakage["too_small_types"]:
         if not st.allow_leaky_negatives:
+            small = (f" A type too small to test counts as unchecked, not as passed: raise stage.num_examples so "
+                     f"each type gets {leakage['min_testable_pairs']} pairs, or drop it from stage.negative_types."
+                     if leakage["too_small_types"] else "")
             raise PosttrainError(
                 f"stage={st.name}: {leakage['message']} (negatives_report.json). Drop the flagged types from "
                 f"stage.negative_types (content-only types: {', '.join(CONTENT_TYPES)}), or set "
-                "stage.allow_leaky_negatives=true to train anyway (recorded in every record of the run). The data "
-                "was prepared; nothing was trained.")
-        log.warning("negatives leakage, trained anyway (stage.allow_leaky_negatives=true): %s", leakage["message"])
+                f"stage.allow_leaky_negatives=true to train anyway (recorded in every record of the run).{small} The "
+                "data was prepared; nothing was trained.")
+        log.warning("negatives leaky or untested, trained anyway (stage.allow_leaky_negatives=true): %s",
+                    leakage["message"])
     if not train_pairs:
         raise PosttrainError(f"stage={st.name}: no training pairs (types {list(st.negative_types)} applied to none "
                              f"of the {len(rows)} conversations); nothing was trained")

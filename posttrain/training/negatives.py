@@ -22,8 +22,12 @@ length distribution, final punctuation and register:
   this type (it never invents one).
 - ``corrupted_facts``: one fact changed into a plausible wrong one of the same kind: a first
   name for a first name, a city for a city, a weekday for a weekday, a number for a number of
-  the same number of digits (list numbering is never touched). Replies without a recognisable
-  fact get no negative of this type.
+  the same number of digits (list numbering is never touched). The replacement is drawn from the
+  values of that kind in the data's own chosen replies, in proportion to how often they occur
+  there, so the rejected replies use no word the chosen ones lack (a fixed pool of 25 names and
+  30 cities against the data's 10 of each put an unseen word in 36 of 69 rejected replies, which
+  a one-line rule separated at 0.76). Replies without a recognisable fact, or whose fact has no
+  other value in the data, get no negative of this type.
 
 Two more types are available but left out of the default mix (``stage.negative_types``), because
 their defect *is* the form, so a surface classifier separates them by construction (the leakage
@@ -34,15 +38,17 @@ check flags them and DPO refuses them unless ``stage.allow_leaky_negatives=true`
 - ``padded_repetitive``: the chosen reply followed by its last sentence two or three times (longer,
   repeated).
 
-The leakage check (:func:`leakage_report`) fits, per type and overall, a logistic regression WITH
-an intercept on surface features of each single reply (label: rejected), cross-validated in five
-folds that keep a pair's two replies together, and scores it as a DPO shortcut would be used:
-the share of held-out pairs in which it scores the rejected reply above the chosen one. A feature
-set on each reply (rather than on the pair difference) and a squared length deviation let it see
-shortcuts whose direction flips between types (truncated is shorter, padded longer). A type is
-*separable* when that pair accuracy, or the better length rule, exceeds ``threshold`` and is
-significantly above chance (one-sided binomial test, p < 0.01, so that a handful of pairs cannot
-trip it by luck).
+The leakage check (:func:`leakage_report`) fits, per type and overall, four scikit-learn logistic
+regressions over the replies alone (never the conversation), each labelling a single reply
+rejected or chosen: 16 surface features (plus a squared length deviation, for shortcuts whose
+direction flips between types), word 1-2-gram TF-IDF, character 2-5-gram TF-IDF, and an
+unseen-vocabulary feature (words no chosen reply of the training folds uses). Each is
+cross-validated with GroupKFold by pair (a pair's two replies are held out together) and scored
+as a DPO shortcut would be used: the share of held-out pairs in which it scores the rejected reply
+above the chosen one; a length rule is scored beside them. A type is *separable* when any of them
+exceeds ``threshold`` (0.6 by default) and is significantly above chance (one-sided binomial test,
+p < 0.01). A type with too few pairs for a leak of 0.8 to reach p < 0.01 (17) is *too small to
+test*; DPO treats it as blocking (stages' ``allow_leaky_negatives`` overrides, recorded).
 """
 
 from __future__ import annotations
@@ -231,21 +237,55 @@ def _other_number(s: str, rng: np.random.Generator) -> str:
     return str(v + 1)
 
 
-def corrupted_facts(chosen: str, rng: np.random.Generator) -> Negative | None:
-    """One fact changed into a plausible wrong one of the same kind, or None if no fact is found."""
+def fact_values(chosens: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The facts of the chosen replies by kind (numbers by digit shape), each with its count: the
+    pool corrupted_facts draws replacements from."""
+    pool: dict[str, dict[str, int]] = {}
+    for text in chosens:
+        for kind, value in _facts(text):
+            key = _number_kind(value) if kind == "number" else kind
+            pool.setdefault(key, {})
+            pool[key][value] = pool[key].get(value, 0) + 1
+    return pool
+
+
+def _number_kind(value: str) -> str:
+    whole, _, frac = value.partition(".")
+    return f"number:{len(whole)}.{len(frac)}" if frac else f"number:{len(whole)}"
+
+
+def _facts(chosen: str) -> list[tuple[str, str]]:
+    """(kind, surface) of every fact in a reply, list numbering excluded, first mention order."""
     list_spans = {(m.start(), m.end()) for m in _LIST_MARKER.finditer(chosen)}
-    facts: list[tuple[str, str]] = []  # (kind, surface)
-    for m in _FACT_WORD.finditer(chosen):
-        facts.append((_KIND_OF[m.group(1)], m.group(1)))
+    facts: list[tuple[str, str]] = [(_KIND_OF[m.group(1)], m.group(1)) for m in _FACT_WORD.finditer(chosen)]
     for m in _NUMBER.finditer(chosen):
-        if any(a <= m.start() < b for a, b in list_spans):
-            continue
-        facts.append(("number", m.group(1)))
-    facts = list(dict.fromkeys(facts))
+        if not any(a <= m.start() < b for a, b in list_spans):
+            facts.append(("number", m.group(1)))
+    return list(dict.fromkeys(facts))
+
+
+def corrupted_facts(chosen: str, rng: np.random.Generator,
+                    values: dict[str, dict[str, int]] | None = None) -> Negative | None:
+    """One fact changed into a plausible wrong one of the same kind, or None if no fact is found.
+
+    ``values`` (from :func:`fact_values` over the data's chosen replies) is where replacements come
+    from, weighted by their counts; None draws from the fixed FACT_KINDS lists and random numbers
+    (the old behaviour, kept to show the leakage check catches it: tests/test_training_data.py)."""
+    list_spans = {(m.start(), m.end()) for m in _LIST_MARKER.finditer(chosen)}
+    facts = _facts(chosen)
     if not facts:
         return None
     kind, old = facts[int(rng.integers(len(facts)))]
-    if kind == "number":
+    if values is not None:
+        pool = values.get(_number_kind(old) if kind == "number" else kind, {})
+        others = sorted(w for w in pool if w != old and not uses_word(chosen, w))
+        if not others:
+            return None
+        weights = np.array([pool[w] for w in others], dtype=float)
+        new = others[int(rng.choice(len(others), p=weights / weights.sum()))]
+        pattern = re.compile(rf"(?<![\w.,]){re.escape(old)}(?![\w]|\.\d)" if kind == "number"
+                             else rf"\b{re.escape(old)}\b")
+    elif kind == "number":
         new = _other_number(old, rng)
         pattern = re.compile(rf"(?<![\w.,]){re.escape(old)}(?![\w]|\.\d)")
     else:
@@ -273,7 +313,7 @@ def corrupted_facts(chosen: str, rng: np.random.Generator) -> Negative | None:
 # ---------------------------------------------------------------- pairs
 
 def _candidates(i: int, ex: dict[str, Any], users: Sequence[str], chosens: Sequence[str], types: Sequence[str],
-                rng: np.random.Generator) -> dict[str, Negative]:
+                rng: np.random.Generator, values: dict[str, dict[str, int]] | None) -> dict[str, Negative]:
     out: dict[str, Negative | None] = {}
     for t in types:
         if t == "truncated":
@@ -283,20 +323,22 @@ def _candidates(i: int, ex: dict[str, Any], users: Sequence[str], chosens: Seque
         elif t == "constraint_violation":
             out[t] = constraint_violation(users[i], chosens[i], ex.get("violation"), ex.get("constraint"), rng)
         elif t == "corrupted_facts":
-            out[t] = corrupted_facts(chosens[i], rng)
+            out[t] = corrupted_facts(chosens[i], rng, values)
         else:
             out[t] = padded_repetitive(chosens[i], rng)
     return {t: n for t, n in out.items() if n is not None and n.text.strip() and n.text.strip() != chosens[i].strip()}
 
 
 def build_pairs(examples: Sequence[dict[str, Any]], *, types: Sequence[str] = CONTENT_TYPES, seed: int = 0,
-                per_example: int = 1) -> list[dict[str, Any]]:
+                per_example: int = 1, fact_pool: str = "data") -> list[dict[str, Any]]:
     """Preference pairs from examples ``{"id", "prompt", "user", "chosen"[, "violation", "constraint"]}``.
 
     Each example gets ``per_example`` negatives of distinct types among those that apply to it
     (constraint_violation needs a stated constraint, corrupted_facts a fact). Types are balanced
     greedily: examples with the fewest applicable types are served first, each taking the type used
     least so far (ties broken by a seeded shuffle). An example to which no type applies gives no pair.
+    ``fact_pool="data"`` draws corrupted facts from the chosen replies' own values; ``"lists"`` from
+    the fixed FACT_KINDS lists (leaky: only to show that the leakage check catches it).
     """
     unknown = sorted(set(types) - set(NEGATIVE_TYPES))
     if unknown:
@@ -307,7 +349,10 @@ def build_pairs(examples: Sequence[dict[str, Any]], *, types: Sequence[str] = CO
     users = [str(e["user"]) for e in examples]
     chosens = [str(e["chosen"]) for e in examples]
     order = [int(i) for i in rng.permutation(len(examples))]
-    options = {i: _candidates(i, examples[i], users, chosens, types, rng) for i in order}
+    if fact_pool not in ("data", "lists"):
+        raise ValueError(f"fact_pool={fact_pool!r}: choose data or lists")
+    values = fact_values(chosens) if fact_pool == "data" else None
+    options = {i: _candidates(i, examples[i], users, chosens, types, rng, values) for i in order}
     order.sort(key=lambda i: len(options[i]))  # stable: the seeded order among equals
     used = dict.fromkeys(types, 0)
     tie = {t: k for k, t in enumerate(rng.permutation(list(types)))}
@@ -403,59 +448,82 @@ def surface_features(text: str) -> list[float]:
     ]
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> np.ndarray:
-    """Logistic regression WITH an intercept (column 0, not penalised), Newton's method (IRLS) with a
-    ridge penalty ``l2`` on the standardised features (it keeps a separable set from diverging)."""
-    xb = np.hstack([np.ones((len(x), 1)), x])
-    w = np.zeros(xb.shape[1])
-    pen = l2 * np.eye(xb.shape[1])
-    pen[0, 0] = 0.0
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30, 30)))
-        grad = xb.T @ (p - y) + pen @ w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + pen + 1e-9 * np.eye(xb.shape[1])
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return w
+def _pair_accuracy(sc: np.ndarray, sr: np.ndarray) -> float:
+    """Share of pairs whose rejected reply scores above its chosen one (ties count half)."""
+    return float(np.sum(sr > sc) + 0.5 * np.sum(sr == sc))
 
 
-def _design(fc: np.ndarray, fr: np.ndarray) -> np.ndarray:
-    """Replies' features plus the squared deviation of log length from the median (direction-free length)."""
-    x = np.vstack([fc, fr])
-    dev = (x[:, :1] - np.median(x[:, 0])) ** 2
-    return np.hstack([x, dev])
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"\w+", text)]
 
 
-def cv_pair_accuracy(fc: np.ndarray, fr: np.ndarray, *, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """Cross-validated (pair accuracy, reply accuracy) of a logistic regression that labels single
-    replies rejected (1) or chosen (0); a pair's two replies are always in the same fold.
+def _unseen_features(texts: Sequence[str], vocabulary: set[str]) -> np.ndarray:
+    """Per reply: how many of its words, and what share, no chosen reply of the training folds uses."""
+    out = []
+    for t in texts:
+        words = _words(t)
+        unseen = sum(w not in vocabulary for w in words)
+        out.append([float(unseen), unseen / len(words) if words else 0.0])
+    return np.array(out)
 
-    Pair accuracy: share of held-out pairs whose rejected reply scores above its chosen one (ties
-    count half); reply accuracy: share of held-out replies labelled right.
+
+LEAKAGE_MODELS: tuple[str, ...] = ("surface", "word_ngrams", "char_ngrams", "unseen_vocabulary")
+
+
+def cv_pair_accuracies(chosen: Sequence[str], rejected: Sequence[str], *, folds: int = 5,
+                       seed: int = 0) -> dict[str, float]:
+    """Cross-validated pair accuracy of each classifier in LEAKAGE_MODELS, over the replies alone.
+
+    Every classifier is a scikit-learn LogisticRegression (with an intercept) that labels a single
+    reply chosen (0) or rejected (1); folds are GroupKFold by pair, so a pair's two replies are
+    always held out together and nothing fitted has seen either. Its pair accuracy is the share of
+    held-out pairs in which it scores the rejected reply above the chosen one, as DPO would use a
+    shortcut. The conversation is never read: relevance to it is what DPO should learn, not a tell.
+
+    - ``surface``: the 16 FEATURES plus the squared deviation of log length from the median;
+    - ``word_ngrams``: TF-IDF of word 1-2-grams (a reply's vocabulary, e.g. a name no chosen reply has);
+    - ``char_ngrams``: TF-IDF of character 2-5-grams within words (spelling, affixes, punctuation);
+    - ``unseen_vocabulary``: the count and share of a reply's words that no chosen reply of the
+      training folds uses (a replacement drawn from outside the data's own values).
     """
-    n = len(fc)
-    x = _design(fc, fr)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(chosen)
+    texts = list(chosen) + list(rejected)
     y = np.concatenate([np.zeros(n), np.ones(n)])
-    k = min(folds, n)
-    idx = np.random.default_rng(seed).permutation(n)
-    pair_correct = reply_correct = 0.0
-    for f in range(k):
-        test = np.sort(idx[f::k])
-        train = np.setdiff1d(idx, test)
-        rows = np.concatenate([train, train + n])
-        mu, sd = x[rows].mean(axis=0), x[rows].std(axis=0)
-        sd[sd == 0] = 1.0
-        w = _fit_logistic((x[rows] - mu) / sd, y[rows])
-
-        def score(r: np.ndarray, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd) -> np.ndarray:
-            return w[0] + ((x[r] - mu) / sd) @ w[1:]
-
-        sc, sr = score(test), score(test + n)
-        pair_correct += float(np.sum(sr > sc) + 0.5 * np.sum(sr == sc))
-        reply_correct += float(np.sum(sc < 0) + np.sum(sr > 0))
-    return pair_correct / n, reply_correct / (2 * n)
+    groups = np.concatenate([np.arange(n), np.arange(n)])
+    feats = np.array([surface_features(t) for t in texts])
+    feats = np.hstack([feats, (feats[:, :1] - np.median(feats[:, 0])) ** 2])
+    # GroupKFold is deterministic in group order: shuffle the pair ids once, seeded
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled_groups = order[groups]
+    correct = dict.fromkeys(LEAKAGE_MODELS, 0.0)
+    for train, test in GroupKFold(n_splits=min(folds, n)).split(texts, y, shuffled_groups):
+        test_pairs = np.unique(groups[test])
+        tc, tr = test_pairs, test_pairs + n  # rows of the held-out chosen / rejected replies
+        if len(np.unique(y[train])) < 2:
+            continue
+        scores: dict[str, np.ndarray] = {}
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        clf.fit(feats[train], y[train])
+        scores["surface"] = clf.decision_function(feats)
+        for name, vec in (("word_ngrams", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
+                          ("char_ngrams", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))):
+            x_train = vec.fit_transform([texts[i] for i in train])
+            model = LogisticRegression(C=1.0, max_iter=1000).fit(x_train, y[train])
+            scores[name] = model.decision_function(vec.transform(texts))
+        vocabulary = {w for i in train if y[i] == 0 for w in _words(texts[i])}
+        unseen = _unseen_features(texts, vocabulary)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        clf.fit(unseen[train], y[train])
+        scores["unseen_vocabulary"] = clf.decision_function(unseen)
+        for name, sc in scores.items():
+            correct[name] += _pair_accuracy(sc[tc], sc[tr])
+    return {name: c / n for name, c in correct.items()}
 
 
 def _binom_p(correct: float, n: int) -> float:
@@ -465,61 +533,94 @@ def _binom_p(correct: float, n: int) -> float:
     return float(binomtest(int(math.floor(correct)), n, 0.5, alternative="greater").pvalue)
 
 
-MIN_PAIRS = 6
+DETECTABLE = 0.8  # a type is testable when a classifier right on this share of its pairs would be significant
+
+
+def min_testable_pairs(alpha: float = 0.01, detectable: float = DETECTABLE) -> int:
+    """The fewest pairs at which (and beyond which) ``detectable`` pair accuracy gives p < ``alpha``.
+
+    Fewer pairs cannot show a leak of that size, so such a type is *too small to test*: it blocks
+    DPO (a passing check on it would mean nothing) unless ``stage.allow_leaky_negatives=true``.
+    With alpha 0.01 and 0.8 this is 17 pairs (14 of 17 right: p = 0.0064; 13 of 16: p = 0.0106).
+    """
+    n_ok = None
+    for n in range(1, 200):
+        ok = _binom_p(math.ceil(detectable * n), n) < alpha
+        if ok and n_ok is None:
+            n_ok = n
+        elif not ok:
+            n_ok = None
+    return n_ok or 200
 
 
 def _block(pairs: Sequence[dict[str, Any]], threshold: float, seed: int, alpha: float) -> dict[str, Any]:
     n = len(pairs)
-    if n < MIN_PAIRS:
-        return {"n": n, "checked": False, "separable": False,
-                "note": f"fewer than {MIN_PAIRS} pairs: too few to measure (not counted as a pass or a failure)"}
-    fc = np.array([surface_features(p["chosen"]) for p in pairs])
-    fr = np.array([surface_features(p["rejected"]) for p in pairs])
+    need = min_testable_pairs(alpha)
+    if n < need:
+        return {"n": n, "checked": False, "separable": False, "too_small": True,
+                "note": f"{n} pairs, fewer than the {need} at which a leak of {DETECTABLE:.0%} pair accuracy would be "
+                        f"significant (p < {alpha}): too small to test, so it blocks DPO unless "
+                        "stage.allow_leaky_negatives=true"}
+    chosen = [str(p["chosen"]) for p in pairs]
+    rejected = [str(p["rejected"]) for p in pairs]
+    fc = np.array([surface_features(t) for t in chosen])
+    fr = np.array([surface_features(t) for t in rejected])
     lc, lr = fc[:, 1], fr[:, 1]
     longer = float(np.mean((lc > lr) + 0.5 * (lc == lr)))
-    length_acc = max(longer, 1.0 - longer)
-    pair_acc, reply_acc = cv_pair_accuracy(fc, fr, seed=seed)
+    models = cv_pair_accuracies(chosen, rejected, seed=seed)
+    models["length_rule"] = max(longer, 1.0 - longer)
     # single features: the share of pairs each orders the right way round (the better direction)
     per_feature = {}
     for j, name in enumerate(FEATURES):
         up = float(np.mean((fr[:, j] > fc[:, j]) + 0.5 * (fr[:, j] == fc[:, j])))
         per_feature[name] = {"accuracy": round(max(up, 1 - up), 4),
                              "direction": "rejected higher" if up > 0.5 else ("chosen higher" if up < 0.5 else "none")}
-    name, best = max(per_feature.items(), key=lambda kv: kv[1]["accuracy"])
-    score = max(pair_acc, length_acc)
-    p_value = _binom_p(score * n, n)
+    feature, best = max(per_feature.items(), key=lambda kv: kv[1]["accuracy"])
+    per_model = {m: {"pair_accuracy": round(a, 4), "p_value": _binom_p(a * n, n),
+                     "separable": bool(a > threshold and _binom_p(a * n, n) < alpha)} for m, a in models.items()}
+    top = max(per_model, key=lambda m: per_model[m]["pair_accuracy"])
     return {
-        "n": n, "checked": True,
-        "score": round(score, 4), "p_value": p_value,
-        "surface_cv_pair_accuracy": round(pair_acc, 4), "surface_cv_reply_accuracy": round(reply_acc, 4),
-        "length_only_accuracy": round(length_acc, 4), "longer_is_chosen": round(longer, 4),
-        "strongest_feature": {"name": name} | best,
+        "n": n, "checked": True, "too_small": False,
+        "score": per_model[top]["pair_accuracy"], "p_value": per_model[top]["p_value"], "best_model": top,
+        "models": per_model,
+        "length_only_accuracy": round(models["length_rule"], 4), "longer_is_chosen": round(longer, 4),
+        "strongest_feature": {"name": feature} | best,
         "per_feature": per_feature,
         "mean_chars_chosen": float(np.expm1(lc).mean()), "mean_chars_rejected": float(np.expm1(lr).mean()),
-        "separable": bool(score > threshold and p_value < alpha),
+        "separable": any(m["separable"] for m in per_model.values()),
     }
 
 
-def leakage_report(pairs: Sequence[dict[str, Any]], *, threshold: float = 0.75, seed: int = 0,
+def leakage_report(pairs: Sequence[dict[str, Any]], *, threshold: float = 0.6, seed: int = 0,
                    alpha: float = 0.01) -> dict[str, Any]:
-    """How well surface features tell chosen from rejected, overall and per type; ``leaky`` when any is
-    separable (see the module docstring)."""
+    """How well classifiers over the replies alone tell chosen from rejected, overall and per type.
+
+    ``leaky`` when any block is separable (any model above ``threshold`` with p < ``alpha``);
+    ``too_small_types`` lists the types with too few pairs to test (DPO treats them as blocking).
+    """
     overall = _block(pairs, threshold, seed, alpha)
     types = sorted({p["negative_type"] for p in pairs})
     per_type = {t: _block([p for p in pairs if p["negative_type"] == t], threshold, seed, alpha)
                 | {"own_tells": list(TYPE_TELLS.get(t, ()))} for t in types}
     flagged = [t for t, b in per_type.items() if b.get("separable")]
+    too_small = [t for t, b in per_type.items() if b.get("too_small")]
     leaky = bool(overall.get("separable")) or bool(flagged)
+
+    def why(b: dict[str, Any]) -> str:
+        return f"{b['score']:.2f} by {b['best_model']} (p = {b['p_value']:.1e})"
+
     if leaky:
-        parts = [f"{t}: {per_type[t]['score']:.2f} (strongest feature {per_type[t]['strongest_feature']['name']})"
-                 for t in flagged]
+        parts = [f"{t}: {why(per_type[t])}" for t in flagged]
         if overall.get("separable"):
-            parts.insert(0, f"overall: {overall['score']:.2f} (strongest feature {overall['strongest_feature']['name']})")
-        message = (f"chosen and rejected replies are separable by surface features alone (above {threshold}, "
-                   f"p < {alpha}): " + "; ".join(parts) + ". DPO would learn the surface difference instead of the "
-                   "content.")
+            parts.insert(0, f"overall: {why(overall)}")
+        message = (f"chosen and rejected replies are separable from the replies alone (a classifier above {threshold}, "
+                   f"p < {alpha}): " + "; ".join(parts) + ". DPO would learn that difference instead of the content.")
     else:
-        message = f"no negative type is separable by surface features above {threshold}"
-    return {"threshold": threshold, "alpha": alpha, "features": list(FEATURES) + ["log_length_deviation_sq"],
+        message = f"no classifier separates chosen from rejected above {threshold} in any tested block"
+    if too_small:
+        message += (f"; too small to test (fewer than {min_testable_pairs(alpha)} pairs): "
+                    + ", ".join(f"{t} ({per_type[t]['n']})" for t in too_small))
+    return {"threshold": threshold, "alpha": alpha, "models": list(LEAKAGE_MODELS) + ["length_rule"],
+            "features": list(FEATURES) + ["log_length_deviation_sq"], "min_testable_pairs": min_testable_pairs(alpha),
             "overall": overall, "per_type": per_type, "flagged_types": flagged, "leaky": leaky,
-            "unchecked_types": [t for t, b in per_type.items() if not b["checked"]], "message": message}
+            "too_small_types": too_small, "unchecked_types": too_small, "message": message}

@@ -1,9 +1,10 @@
 """stage=sft: LoRA (QLoRA on CUDA) supervised fine-tuning of the base model with TRL's SFTTrainer.
 
-Loss on the reply tokens only: base models train on ``{"prompt", "completion"}`` pairs in their
-evaluation format (transcript by default; TRL appends EOS and masks the prompt), instruct models
-on ``{"messages"}`` with ``assistant_only_loss`` (their template's {% generation %} markers). The
-label-mask audit (label_audit.txt) shows the trained spans of a few examples and the run stops if
+Loss on the reply tokens only, one example per assistant turn: base models train on text
+``{"prompt", "completion"}`` pairs in their evaluation format (transcript by default; TRL appends
+EOS and masks the prompt), instruct models on TRL's conversational prompt/completion examples in
+their own chat template (TRL masks the rendered prompt; no {% generation %} markers and no
+template edits needed; posttrain/training/chat.py, checked in plan()). The label-mask audit (label_audit.txt) shows the trained spans of a few examples and the run stops if
 any token of any training sequence is trained that should not be (prompt, user turns, markup) or
 masked that should be trained (each reply and its end-of-turn token).
 
@@ -48,18 +49,18 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         model.eval()
         rows, report = prepare_data(cfg, ctx.shared_dir, model=model, tokenizer=tok,
                                     revision=loaded.provenance["revision"], source=source, gate_override=override,
-                                    device=device)
+                                    device=device, prompt_format=fmt)
     data_seconds = time.time() - t0
     examples = sft_examples(rows, fmt, cfg.prompt, kind=cfg.model.kind, tokenizer=tok,
                             allow_chat_template_on_base=bool(cfg.model.allow_chat_template_on_base))
-    columns = ("messages",) if fmt == "chat_template" else ("prompt", "completion")
+    columns = ("prompt", "completion")  # text, or conversational (lists of messages) for chat_template
     dataset = Dataset.from_list([{k: e[k] for k in columns} for e in examples])
     log.info("sft: %d conversations -> %d training examples (format %s)", len(rows), len(examples), fmt)
 
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**common.common_args(cfg, ctx.shared_dir, device),
-                     assistant_only_loss=(fmt == "chat_template"), packing=False)
+    # completion-only loss (TRL's default for prompt/completion data) masks the prompt in both formats
+    args = SFTConfig(**common.common_args(cfg, ctx.shared_dir, device), completion_only_loss=True, packing=False)
     callback = common.make_tracker_callback(ctx, override)
     model.train()
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
@@ -81,7 +82,7 @@ def run_sft(cfg: Any, ctx: RunContext) -> dict[str, Any]:
             f"{audit['failures'][:1]}): some token is trained that should be masked (prompt, user turn) or masked "
             "that should be trained (a reply or its end-of-turn token, e.g. cut by stage.max_length). Training "
             "would teach the model to write prompts or never to stop; check the prompt format / chat template "
-            "({% generation %} markers) and stage.max_length. Nothing was trained.")
+            "and stage.max_length. Nothing was trained.")
 
     snapshot = common.lora_snapshot(trainer.model)
     result, train_seconds, change, resumed_step = common.train_resumable(trainer, ctx.shared_dir, snapshot, "sft")
