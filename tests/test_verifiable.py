@@ -77,8 +77,10 @@ def test_an_empty_reply_fails(reply: str) -> None:
 
 
 def test_a_language_it_cannot_tell_is_an_error_not_a_pass() -> None:
-    row = _verdict(Expectation(constraints=(Constraint("language", "es"),), verifiable=True), "Sí, claro.")
+    expect = Expectation(must_include=(("claro",),), constraints=(Constraint("language", "es"),), verifiable=True)
+    row = _verdict(expect, "Sí, claro.")
     assert row["verdict"] == "error" and "language" in row["error"]
+    assert _verdict(expect, "No.")["verdict"] == "fail"  # another check decides it anyway
 
 
 def test_not_scored_is_recorded_counted_and_named() -> None:

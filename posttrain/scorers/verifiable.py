@@ -139,20 +139,21 @@ def _score_turn(item: Item, i: int, reply: str) -> dict[str, Any]:
     """One verifiable turn: ``{"verdict": pass|fail|undecided, "checks", "rationale", ["ifeval"]}``."""
     expect = item.turns[i].expect
     assert expect is not None and expect.verifiable
+    out: dict[str, Any] = {}
+    ifeval_checks: list[dict[str, Any]] = []
+    if item.meta.get("ifeval"):  # always scored, so an empty reply counts in IFEval's metrics (as a miss)
+        ifeval_checks, out["ifeval"] = _ifeval_checks(item, reply)
     empty = wordless_verdict(reply)
     if empty is not None:  # an empty reply fails whatever the checks would say of it
-        return empty
-    checks = check_expectation(reply, expect)
-    out: dict[str, Any] = {}
-    if item.meta.get("ifeval"):
-        ifeval_checks, out["ifeval"] = _ifeval_checks(item, reply)
-        checks += ifeval_checks
+        return {**empty, **out}
+    checks = check_expectation(reply, expect) + ifeval_checks
     if not checks:  # verifiability_problems refuses this at load; never pass a turn nothing tested
         return {"verdict": "undecided", "checks": [], "rationale": "no check applies to this turn"}
-    if any(c.kind == "language" for c in expect.constraints) and detect_language(reply)[0] is None:
+    failed = [c for c in checks if not c["passed"]]
+    # A language the detector cannot tell decides nothing; a reply another check fails is failed anyway.
+    if not failed and any(c.kind == "language" for c in expect.constraints) and detect_language(reply)[0] is None:
         return {"verdict": "undecided", "checks": checks,
                 "rationale": "the reply is too short or has too few function words to tell its language"}
-    failed = [c for c in checks if not c["passed"]]
     rationale = "; ".join(f"{c['name']}: {c['detail']}" for c in failed) if failed else f"all {len(checks)} checks passed"
     return {"verdict": "fail" if failed else "pass", "checks": checks, "rationale": rationale, **out}
 
