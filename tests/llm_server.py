@@ -30,12 +30,19 @@ file). An unknown or mistyped field is answered with the 400 each API gives. A s
 (:data:`ANTHROPIC_MODELS`, :data:`OPENAI_MODELS`) adds what depends on the model: a retired model gets the
 real not-found error, Claude Sonnet 5.5-class models refuse forced tool use and manual thinking modes,
 OpenAI reasoning models refuse ``max_tokens`` and ``temperature``; ``GET /v1/models/{id}`` answers with
-the model's lifecycle (Anthropic ``ModelInfo``) or shutdown date (OpenAI ``Model``). Models not in the
-table are served as active and permissive, unless ``strict_models=True`` (then they are unknown: 404).
+the model's lifecycle (Anthropic ``ModelInfo``) or shutdown date (OpenAI ``Model``). A model not in the
+table is unknown (the API's 404), as on the real APIs; ``strict_models=False`` serves it as active and
+permissive, and ``fake-judge`` is the table's permissive model for tests that need one.
+
+The validation is pydantic's, against the SDK's request TypedDict (:func:`contract_problems`), so required
+fields count (a body without ``max_tokens`` is a 400) and types are strict. ``truncate=True`` (or the
+"truncated" fault) answers as a model that ran into its output cap: cut JSON with ``stop_reason:
+"max_tokens"`` / ``finish_reason: "length"`` and the whole cap billed as output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -43,10 +50,10 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 FAULT_KINDS = (
     "429",  # rate limited, with a retry-after header (seconds)
@@ -58,6 +65,7 @@ FAULT_KINDS = (
     "refusal",  # the model refuses (Anthropic stop_reason "refusal"; OpenAI message.refusal)
     "missing_verdict",  # a verdict object without the "verdict" field
     "bad_json",  # a 200 whose answer text is cut-off JSON (OpenAI content; Anthropic text, no tool call)
+    "truncated",  # the answer ran into the output cap: stop_reason "max_tokens" / finish_reason "length"
 )
 
 _REPLY_RE = re.compile(r"<<<REPLY-([0-9a-f]+)>>>\n(.*?)\n<<<END-REPLY-\1>>>", re.S)
@@ -77,12 +85,14 @@ ANTHROPIC_MODELS: dict[str, dict[str, Any]] = {
     "claude-sonnet-5-5": {"lifecycle": "active", "forced_tool": False, "thinking_types": ("adaptive", "between_tools")},
     "claude-opus-5-5": {"lifecycle": "active", "forced_tool": False, "thinking_types": ("adaptive", "between_tools")},
     "claude-sonnet-5": {"lifecycle": "active", "forced_tool": True, "thinking_types": ("adaptive", "disabled")},
+    "fake-judge": {"lifecycle": "active"},  # the tests' permissive model: any request shape the contract allows
 }
 OPENAI_MODELS: dict[str, dict[str, Any]] = {
     "gpt-4": {"shutdown_date": "2026-10-23"},  # shut down: requests fail with model_not_found
     "gpt-4.1": {"shutdown_date": "2027-01-14"},  # deprecated (OpenAI deprecations page, notice 2026-10-14)
     "gpt-6.2-sol": {"reasoning": True},
     "gpt-6.1-sol": {"reasoning": True},
+    "fake-judge": {},  # the tests' permissive model
 }
 TODAY = "2026-12-01"  # the date the table was written for; shutdown dates before it are past
 
@@ -99,112 +109,103 @@ OPENAI_UNSUPPORTED = {
 
 
 # ---------------------------------------------------------------------------------------------
-# The request contract: walk the installed SDK's request TypedDicts
+# The request contract: validate each body against the installed SDK's request type with pydantic
+
+# Under Python 3.11 the SDKs' request TypedDicts report an empty ``__required_keys__`` (their
+# ``Required[...]`` markers come from typing_extensions), so a hand-written walker never saw a missing
+# ``max_tokens``; pydantic's schema builder reads the markers and does.
 
 
 @cache
-def _hints(td: type) -> dict[str, Any]:
-    import typing
+def _body_model(td: Any) -> Any:
+    """A pydantic model whose one field is the SDK's request TypedDict, with unknown keys forbidden.
 
-    try:
-        return typing.get_type_hints(td, include_extras=True)
-    except Exception:  # noqa: BLE001 - an unresolvable forward reference: accept that field's value
-        return {k: Any for k in getattr(td, "__annotations__", {})}
+    ``TypeAdapter(td, config=...)`` refuses a config for a TypedDict, but a TypedDict without its own
+    config inherits the enclosing model's, all the way down, so ``extra="forbid"`` reaches every nested
+    block (a message, a content block, ``output_config.format``).
+    """
+    from pydantic import ConfigDict, create_model
 
-
-def _wire_name(name: str, hint: Any) -> str:
-    """The JSON key the SDK sends for a field (its PropertyInfo alias, if any)."""
-    for meta in getattr(hint, "__metadata__", ()):
-        alias = getattr(meta, "alias", None)
-        if alias:
-            return str(alias)
-    return name
+    return create_model(f"Body_{td.__name__}", __config__=ConfigDict(extra="forbid"), body=(td, ...))
 
 
-def _unwrap(hint: Any) -> Any:
-    import typing
+def _drain(value: Any, path: tuple[Any, ...], errors: list[dict[str, Any]]) -> None:
+    """Consume the lazy validators pydantic returns for ``Iterable[...]`` fields, collecting their errors.
 
-    import typing_extensions as te
-
-    while True:
-        origin = get_origin(hint)
-        if origin in (typing.Annotated, te.Annotated) or hasattr(hint, "__metadata__"):
-            hint = hint.__origin__
-        elif origin in (te.Required, te.NotRequired, getattr(typing, "Required", None),
-                        getattr(typing, "NotRequired", None)) and origin is not None:
-            hint = get_args(hint)[0]
-        elif hasattr(hint, "__value__"):  # a PEP 695 type alias
-            hint = hint.__value__
-        else:
-            return hint
-
-
-def _is_typeddict(hint: Any) -> bool:
-    return isinstance(hint, type) and issubclass(hint, dict) and hasattr(hint, "__required_keys__")
-
-
-def contract_problems(hint: Any, value: Any, path: str = "") -> list[str]:
-    """Why ``value`` does not fit ``hint`` (a TypedDict from the SDK, or any type inside one); [] if it fits.
-
-    Unknown keys, missing required keys, wrong JSON types and values outside a Literal are problems;
-    types this walker does not know (SDK classes for files, say) accept anything.
+    The SDKs type ``messages``, ``tools`` and a batch's ``requests`` as ``Iterable``; pydantic validates
+    such a field only when it is iterated, so a body is not checked until every one is drained.
     """
     import collections.abc as abc
-    import types
 
-    hint = _unwrap(hint)
-    where = path or "body"
-    if hint is Any or hint is object:
-        return []
-    if _is_typeddict(hint):
-        if not isinstance(value, dict):
-            return [f"{where}: Input should be an object"]
-        fields = {_wire_name(k, h): h for k, h in _hints(hint).items()}
-        required = {_wire_name(k, _hints(hint).get(k)) for k in hint.__required_keys__}
-        out = [f"{path + '.' if path else ''}{k}: Field required" for k in sorted(required - value.keys())]
-        out += [f"{path + '.' if path else ''}{k}: Extra inputs are not permitted"
-                for k in value if k not in fields]
+    from pydantic import ValidationError
+
+    if isinstance(value, dict):
         for k, v in value.items():
-            if k in fields:
-                out += contract_problems(fields[k], v, f"{path + '.' if path else ''}{k}")
-        return out
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return []
-        branches = [contract_problems(a, value, path) for a in args if a is not type(None)]
-        if any(not b for b in branches):
-            return []
-        # a tagged union: report the branch whose "type" matched, else the shortest complaint
-        return min(branches, key=len) if branches else [f"{where}: Input should not be null"]
-    if origin is Literal:
-        return [] if value in args else [f"{where}: Input should be {' or '.join(repr(a) for a in args)}"]
-    if value is None:
-        return [f"{where}: Input should not be null"]
-    if origin in (list, abc.Iterable, abc.Sequence, tuple) or (origin is not None and getattr(origin, "__name__", "")
-                                                               in ("SequenceNotStr", "Iterable", "Sequence")):
-        if not isinstance(value, list):
-            return [f"{where}: Input should be a valid list"]
-        item = args[0] if args else Any
-        return [p for i, v in enumerate(value) for p in contract_problems(item, v, f"{where}.{i}")]
-    if origin in (dict, abc.Mapping):
-        if not isinstance(value, dict):
-            return [f"{where}: Input should be an object"]
-        return [p for k, v in value.items() for p in contract_problems(args[1] if len(args) == 2 else Any, v,
-                                                                          f"{where}.{k}")]
-    if hint is str:
-        return [] if isinstance(value, str) else [f"{where}: Input should be a valid string"]
-    if hint is bool:
-        return [] if isinstance(value, bool) else [f"{where}: Input should be a valid boolean"]
-    if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return [] if ok else [f"{where}: Input should be a valid integer"]
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return [] if ok else [f"{where}: Input should be a valid number"]
-    if getattr(hint, "__name__", "") == "SequenceNotStr":
-        return [] if isinstance(value, list) else [f"{where}: Input should be a valid list"]
-    return []
+            _drain(v, (*path, k), errors)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _drain(v, (*path, i), errors)
+    elif isinstance(value, abc.Iterator):
+        i = 0
+        while True:
+            try:
+                item = next(value)
+            except StopIteration:
+                return
+            except ValidationError as exc:  # the item's loc starts with its index
+                errors += [{**e, "loc": (*path, *e["loc"])} for e in exc.errors()]
+                return
+            _drain(item, (*path, i), errors)
+            i += 1
+
+
+def _readable(errors: list[dict[str, Any]], body: Any) -> list[str]:
+    """pydantic errors as the APIs word them (``output_config.format.type: Input should be ...``).
+
+    A union (a user or an assistant message, a text or an image block) reports a failure per branch;
+    the branch names are not keys of the body. Keep the branch whose tag matched (fewest literal
+    errors, then fewest errors) and drop the branch names from the paths.
+    """
+    groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]] = {}
+    for e in errors:
+        node, keys, branches = {"body": body}, [], []
+        for part in e["loc"]:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+                keys.append(str(part))
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+                keys.append(str(part))
+            elif isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-")):
+                branches.append(part)  # a union branch (a class name or a tagged-union tag)
+            else:
+                keys.append(str(part))  # a missing or unknown key: part of the path
+        where = ".".join(keys[1:]) or "body"
+        groups.setdefault(tuple(branches), []).append((where, e))
+
+    def rank(item: tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]) -> tuple[int, int]:
+        return sum(e["type"] == "literal_error" for _, e in item[1]), len(item[1])
+
+    best = min(groups.items(), key=rank)[1] if groups else []
+    return [f"{where}: {e['msg']}" for where, e in best]
+
+
+def contract_problems(td: Any, value: Any) -> list[str]:
+    """Why ``value`` does not fit ``td`` (the SDK's request TypedDict); [] if it fits.
+
+    A missing required field, an unknown key, a wrong JSON type (strict: ``"1"`` is not an integer)
+    and a value outside a Literal are problems, at any depth.
+    """
+    from pydantic import ValidationError
+
+    errors: list[dict[str, Any]] = []
+    try:
+        parsed = _body_model(td).model_validate({"body": value}, strict=True)
+    except ValidationError as exc:
+        errors = list(exc.errors())
+    else:
+        _drain(parsed.body, ("body",), errors)
+    return _readable(errors, value)
 
 
 @cache
@@ -227,20 +228,9 @@ def request_types() -> dict[str, Any]:
 
 @cache
 def _warm_contract() -> None:
-    """Walk a typical body of each endpoint once, so the type hints are resolved before any request."""
-    msg = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
-           "tools": [{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
-           "tool_choice": {"type": "tool", "name": "t"}, "thinking": {"type": "adaptive"},
-           "output_config": {"format": {"type": "json_schema", "schema": {}}, "effort": "low"}}
-    chat = {"model": "m", "max_completion_tokens": 1, "messages": [{"role": "user", "content": "x"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": {}, "strict": True}}}
-    types = request_types()
-    for endpoint, body in (("POST /v1/messages", msg), ("POST /v1/chat/completions", chat),
-                           ("POST /v1/messages/batches", {"requests": [{"custom_id": "a", "params": msg}]}),
-                           ("POST /v1/responses", {"model": "m", "input": "x"}),
-                           ("POST /v1/batches", {"input_file_id": "f", "endpoint": "/v1/chat/completions",
-                                                 "completion_window": "24h"})):
-        contract_problems(types[endpoint], body)
+    """Build each endpoint's validator once, before any request (not inside a client's first timeout)."""
+    for td in request_types().values():
+        _body_model(td)
 
 
 def _past(date: str | None) -> bool:
@@ -260,23 +250,70 @@ def _mentions(text: str, variant: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(variant)}(?!\w)", text, re.I) is not None
 
 
-def sensible_verdict(prompt: str) -> dict[str, Any]:
-    """Judge the fenced reply against the prompt's required and forbidden lists."""
+_NAMED_CHECKS = re.compile(r'each named by its label: ((?:"[^"\n]+"(?:, )?)+)\.$', re.M)
+
+
+def _evidence(reply: str) -> str | None:
+    """A word-for-word passage of the reply to quote: its first words, up to one holding a double quote."""
+    words = []
+    for w in reply.split():
+        if '"' in w or len(words) == 8:
+            break
+        words.append(w)
+    return " ".join(words) if any(c.isalnum() for c in "".join(words)) else None
+
+
+def sensible_verdict(prompt: str, force: bool | None = None) -> dict[str, Any]:
+    """Judge the fenced reply against the prompt's required and forbidden lines, as a checklist judge would.
+
+    Checklist prompts (conv-judge-v2, v3): one check per label the prompt asks for, in order, named by
+    it. A required line passes when a variant occurs in the reply (quoting it), a forbidden line fails
+    when its word occurs; every other line passes, quoting the reply's first words (this fake judges
+    only the required and forbidden lines). A fact the code failed makes the verdict "fail". v1 prompts
+    get one check per required and forbidden line. ``force`` True passes every check, False fails the
+    first: a scripted verdict that still validates.
+    """
     m = _REPLY_RE.search(prompt)
     reply = m.group(2) if m else ""
     tail = prompt[m.end():] if m else prompt  # the expectations come after the fenced reply
-    checks = []
-    for group in _section(tail, "Required content"):
-        ok = any(_mentions(reply, v) for v in group)
-        checks.append({"name": f"includes {group[0]}", "passed": ok, "detail": "found" if ok else "missing"})
-    for group in _section(tail, "Forbidden content"):
-        ok = not any(_mentions(reply, v) for v in group)
-        checks.append({"name": f"avoids {group[0]}", "passed": ok, "detail": "absent" if ok else "present"})
-    # conv-judge-v2 also labels each constraint, note and the consistency line: one check each, passed
-    # (this fake judges only the required and forbidden lines)
-    for label in re.findall(r"^- \[((?:constraint|note) \d+|consistency)\]", tail, re.M):
-        checks.append({"name": label, "passed": True, "detail": "not judged by this fake"})
-    passed = m is not None and all(c["passed"] for c in checks)
+    named = _NAMED_CHECKS.findall(tail)
+    labels = (re.findall(r'"([^"\n]+)"', named[-1]) if named
+              else re.findall(r"^- \[([a-z]+(?: \d+)?)\]", tail, re.M))
+    if not labels:  # conv-judge-v1
+        checks = []
+        for group in _section(tail, "Required content"):
+            ok = any(_mentions(reply, v) for v in group)
+            checks.append({"name": f"includes {group[0]}", "passed": ok, "detail": "found" if ok else "missing"})
+        for group in _section(tail, "Forbidden content"):
+            ok = not any(_mentions(reply, v) for v in group)
+            checks.append({"name": f"avoids {group[0]}", "passed": ok, "detail": "absent" if ok else "present"})
+    else:
+        lines = {mm.group(1): [json.loads(x) for x in _JSON_STR.findall(mm.group(2))]
+                 for mm in re.finditer(r"^- \[([a-z]+(?: \d+)?)\](.*)$", tail, re.M)}
+        evidence = _evidence(reply)
+        checks = []
+        for label in labels:
+            variants = lines.get(label, [])
+            found = next((mm.group(0) for v in variants
+                          if (mm := re.search(rf"(?<!\w){re.escape(v)}(?!\w)", reply, re.I))), None)
+            if force is not None:
+                ok = force or bool(checks)
+            elif label.startswith("required"):
+                ok = found is not None
+            elif label.startswith("forbidden"):
+                ok = found is None
+            else:
+                ok = evidence is not None
+            if not ok:
+                detail = (f"the reply uses \"{found}\"" if label.startswith("forbidden") and found else
+                          f"missing any of {variants}" if label.startswith("required") else "not what the line asks")
+            elif label.startswith("required") and found:
+                detail = f"\"{found}\" is in the reply"
+            else:
+                detail = f"\"{evidence}\" shows it" if evidence else "the reply has nothing to quote"
+            checks.append({"name": label, "passed": ok, "detail": detail})
+    code_failed = re.search(r"^- \[[^\]\n]+\] \(code: FAILED\)", tail, re.M) is not None
+    passed = m is not None and all(c["passed"] for c in checks) and (force or not code_failed)
     return {"verdict": "pass" if passed else "fail", "checks": checks,
             "rationale": "all checks passed" if passed else "a check failed"}
 
@@ -310,11 +347,15 @@ class FakeLLMServer:
         seed: seeds the fault draws.
         slow_s: how long a "slow" call waits before answering.
         latency_s: a delay added to every model call, as a real API has (benchmarks of concurrency).
-        strict_models: models missing from the model table are unknown (404) instead of active.
+        strict_models: models missing from the model table are unknown (404, the default) instead of active.
+        truncate: every answer runs into the output cap (cut JSON, stop_reason "max_tokens" /
+            finish_reason "length"), batch answers included.
+        model_faults: scripted faults ("429", "529", "500") for ``GET /v1/models/{id}`` (the preflight), in order.
         fail_with: answer model calls with this error instead: "not_found", "invalid_request",
             "authentication" or "spend_limit" (the provider's own status and body).
         fail_after: answer this many model calls per endpoint normally before ``fail_with`` starts.
-        retry_after: the retry-after header value sent with a 429.
+        retry_after: the retry-after header value (seconds) sent with a 429, 529 or 500; the SDKs wait
+            that long before their retry (the tests' default: 1 ms).
         batch_polls: how many retrieves a batch reports as in progress before it ends.
         batch_faults: per batch request, in submission order: None, "errored" (the request failed),
             "refusal" or "missing_verdict".
@@ -330,11 +371,13 @@ class FakeLLMServer:
         fault_kinds: Sequence[str] = FAULT_KINDS,
         seed: int = 0,
         slow_s: float = 1.5,
-        retry_after: str = "0",
+        retry_after: str = "0.001",
         batch_polls: int = 1,
         batch_faults: Sequence[str | None] = (),
         latency_s: float = 0.0,
-        strict_models: bool = False,
+        strict_models: bool = True,
+        truncate: bool = False,
+        model_faults: Sequence[str] = (),
         fail_with: str | None = None,
         fail_after: int = 0,
     ) -> None:
@@ -354,6 +397,8 @@ class FakeLLMServer:
         self.batch_faults = list(batch_faults)
         self.hold_batches = False  # while True, batches never end (a test flips it to resume)
         self.strict_models = strict_models
+        self.truncate = truncate
+        self.model_faults = list(model_faults)
         self.fail_with = fail_with
         self.fail_after = fail_after
         self.anthropic_models = {k: dict(v) for k, v in ANTHROPIC_MODELS.items()}
@@ -369,6 +414,7 @@ class FakeLLMServer:
         self._batches: dict[str, dict[str, Any]] = {}
         self._files: dict[str, bytes] = {}
         self._ids = 0
+        self._active = 0  # requests being handled now (wait_idle)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -407,6 +453,27 @@ class FakeLLMServer:
         return self.url + "/v1"
 
     # ---- bookkeeping -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no request is being handled: a request the client gave up on (a timeout) may still
+        be queued or sleeping here, and would be counted after the caller's snapshot of the counts."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            with self._lock:
+                if self._active == 0:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError(f"the fake server is still handling {self._active} request(s) after {timeout_s} s")
+
     def count(self, endpoint: str) -> int:
         """Requests received at ``"METHOD /path"`` (ids written as ``{id}``)."""
         with self._lock:
@@ -512,7 +579,13 @@ class FakeLLMServer:
         thinks = kind in ("adaptive", "enabled") or (kind is None and row.get("forced_tool") is False)
         content: list[dict[str, Any]] = ([{"type": "thinking", "thinking": "Checking each listed line in turn.",
                                            "signature": "sig-fake"}] if thinks else [])
-        if fault == "refusal":
+        output_tokens = _tokens(json.dumps(data)) + (40 if thinks else 0)
+        if fault == "truncated" or self.truncate:
+            # the cap was reached mid-answer: the text stops short and the whole cap is billed
+            if fmt or tool is None:
+                content.append({"type": "text", "text": json.dumps(data)[: len(json.dumps(data)) // 2]})
+            stop, output_tokens = "max_tokens", int(body["max_tokens"])
+        elif fault == "refusal":
             content.append({"type": "text", "text": "I can't help with grading this."})
             stop = "refusal"
         elif fault == "bad_json":
@@ -524,11 +597,9 @@ class FakeLLMServer:
         else:
             content.append({"type": "tool_use", "id": self._new_id("toolu_"), "name": tool["name"], "input": data})
             stop = "tool_use"
-        thinking_tokens = 40 if thinks else 0
         return {"id": self._new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
                 "content": content, "stop_reason": stop, "stop_sequence": None,
-                "usage": {"input_tokens": _tokens(prompt),
-                          "output_tokens": _tokens(json.dumps(data)) + thinking_tokens}}
+                "usage": {"input_tokens": _tokens(prompt), "output_tokens": output_tokens}}
 
     def openai_completion(self, body: dict[str, Any], fault: str | None = None) -> dict[str, Any]:
         prompt = "".join(m["content"] for m in body["messages"])
@@ -542,11 +613,16 @@ class FakeLLMServer:
             message = {"role": "assistant", "content": None, "refusal": "I can't help with grading this."}
         if fault == "bad_json":
             message["content"] = json.dumps(data)[:25]
+        finish, completion_tokens = "stop", _tokens(json.dumps(data))
+        if fault == "truncated" or self.truncate:  # the cap was reached mid-answer; the whole cap is billed
+            message["content"] = json.dumps(data)[: len(json.dumps(data)) // 2]
+            finish = "length"
+            completion_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096)
         return {"id": self._new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(json.dumps(data)),
-                          "total_tokens": _tokens(prompt) + _tokens(json.dumps(data))}}
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": completion_tokens,
+                          "total_tokens": _tokens(prompt) + completion_tokens}}
 
     # ---- batches ---------------------------------------------------------------------------
     def _next_batch_fault(self) -> str | None:
@@ -660,9 +736,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "429":
             self._error(429, "rate_limit_error", {"retry-after": self.owner.retry_after})
         elif fault == "529":
-            self._error(529, "overloaded_error")
+            self._error(529, "overloaded_error", {"retry-after": self.owner.retry_after})
         elif fault == "500":
-            self._error(500, "api_error")
+            self._error(500, "api_error", {"retry-after": self.owner.retry_after})
         elif fault == "slow":
             time.sleep(self.owner.slow_s)
             self._send(200, answer())
@@ -763,6 +839,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- routes ----------------------------------------------------------------------------
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        with self.owner._busy():
+            self._post()
+
+    def do_GET(self) -> None:  # noqa: N802
+        with self.owner._busy():
+            self._get()
+
+    def _post(self) -> None:
         endpoint, ids = self._endpoint()
         with self.owner._lock:
             self.owner.counts[endpoint] += 1
@@ -834,7 +918,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, "not_found_error")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def _get(self) -> None:
         endpoint, ids = self._endpoint()
         parts = self.path.split("?", 1)[0].strip("/").split("/")
         # Both SDKs ask GET /v1/models/{id}; the Anthropic client sends anthropic-version.
@@ -845,6 +929,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner.counts[endpoint] += 1
         o = self.owner
         if len(parts) == 3 and parts[:2] == ["v1", "models"]:
+            with o._lock:
+                fault = o.model_faults.pop(0) if o.model_faults else None
+            if fault and self._fault(fault, dict):
+                return
             info = o.model_info(provider, parts[2])
             if info is not None:
                 self._send(200, info)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posttrain.judges.clients import RawVerdict, read_answer
-from posttrain.judges.retry import JudgeCallError, SpendLimitError, call_with_retries
+from posttrain.judges.retry import JudgeCallError, SpendLimitError, counted_call
 from posttrain.records import write_json
 
 if TYPE_CHECKING:
@@ -55,22 +55,21 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 # Provider calls: submit -> id; poll -> ended?; fetch -> {custom_id: response dict | error text}
 
 
-async def _retrying(ctx: AskContext, send: Any, *, transient: bool = True) -> Any:
-    result, _ = await call_with_retries(send, max_retries=int(ctx.cfg.max_retries),
-                                        transient=ctx.judge.provider.transient if transient else (),
-                                        backoff_base_s=ctx.judge.backoff_base_s, rng=ctx.judge.rng)
+async def _retrying(ctx: AskContext, send: Any) -> Any:
+    """One SDK call with the SDK's retries (a timeout is not retried: see judges/retry.py)."""
+    result, _ = await counted_call(send, provider_errors=ctx.judge.provider.errors)
     return result
 
 
 async def _submit(ctx: AskContext, prompts: dict[str, str]) -> str:
-    client, provider = ctx.judge.client(), ctx.judge.provider
-    failures: tuple[type[BaseException], ...] = (JudgeCallError, *provider.transient)
-    # Creating a batch is not idempotent: a timed-out create may have been accepted, so only
-    # status errors (which mean the server refused it) are retried, never timeouts.
+    client = ctx.judge.client()
+    provider = ctx.judge.provider
+    # Creating a batch is not idempotent: a timed-out create may have been accepted. A timeout is
+    # never retried (judges/retry.py), and status errors, which mean the server refused it, are.
     try:
         if ctx.cfg.provider == "anthropic":
             requests = [{"custom_id": key, "params": provider.params(p)} for key, p in prompts.items()]
-            batch = await _retrying(ctx, lambda: client.messages.batches.create(requests=requests), transient=False)
+            batch = await _retrying(ctx, lambda: client.messages.batches.create(requests=requests))
             return str(batch.id)
         lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
                              "body": provider.params(p)}) for key, p in prompts.items()]
@@ -78,11 +77,11 @@ async def _submit(ctx: AskContext, prompts: dict[str, str]) -> str:
         upload = await _retrying(ctx, lambda: client.files.create(file=("judge_batch.jsonl", data,
                                                                         "application/jsonl"), purpose="batch"))
         batch = await _retrying(ctx, lambda: client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"), transient=False)
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"))
         return str(batch.id)
     except SpendLimitError:
         raise  # the runner stops the run with the provider's message
-    except failures as exc:
+    except JudgeCallError as exc:
         raise BatchSubmitError(f"could not submit the judge batch ({exc}); if it timed out, check the provider "
                                "console for a batch before rerunning, since it may have been accepted") from exc
 

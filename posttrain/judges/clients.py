@@ -1,9 +1,15 @@
-"""Judge clients for the Anthropic and OpenAI APIs, with our own retries and re-asks.
+"""Judge clients for the Anthropic and OpenAI APIs: the SDKs' retries, our re-asks.
 
 ``make_judge(cfg)`` returns a :class:`Judge` whose ``judge(prompt)`` never raises for API trouble:
 it returns a :class:`RawVerdict` holding the validated object, or an error text once retries and
-re-asks are spent. The SDKs' own retries are off (``max_retries=0``) so that every attempt is counted
-here and the backoff is ours: exponential with jitter, honouring ``retry-after``.
+re-asks are spent. Retries are the SDKs' own (``max_retries=judge.max_retries``), counted through a
+hook on their http client; a spend limit and a timeout are never retried (``judges/retry.py``).
+
+Transport for thinking models (docs/judging.md, "Transport"): requests are not streamed; the timeout is
+the one the SDK sizes for a non-streaming request (``judge.timeout_s: null``), and a ``max_tokens`` the
+SDK would refuse to send without streaming is refused before anything is spent. A truncated answer
+(``stop_reason: max_tokens`` / ``finish_reason: length``) is reported as such, re-asked at most once,
+and counted (``RawVerdict.n_truncated``).
 
 Structured output (docs/judging.md, "Request shapes"): Anthropic through ``output_config.format`` (a
 JSON schema; the answer is the text block, thinking blocks are skipped), because forced tool use
@@ -19,13 +25,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from posttrain.errors import PosttrainError
 from posttrain.judges.prompt import TEMPLATES, VERDICT_SPEC, OutputSpec, VerdictError, reask_suffix
-from posttrain.judges.retry import DEFAULT_BACKOFF_BASE_S, JudgeCallError, SpendLimitError, call_with_retries
+from posttrain.judges.retry import (
+    DEFAULT_BACKOFF_BASE_S,
+    JudgeCallError,
+    SpendLimitError,
+    counted_call,
+    make_http_client,
+)
 
 __all__ = ["DEFAULT_BACKOFF_BASE_S", "JudgeCallError", "JudgeConfigError", "JudgeStopped", "RawVerdict",
            "SpendLimitError", "check_judge_ready", "make_judge", "make_provider", "read_answer", "resolved_base_url"]
@@ -34,6 +45,15 @@ _PROVIDERS = ("anthropic", "openai")
 _DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 _DEFAULT_BASE_URL = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
+
+# The anthropic SDK's rule for a non-streaming request (_calculate_nonstreaming_timeout): it expects
+# at worst 128,000 output tokens an hour, and refuses to send one expected to take over 10 minutes
+# ("Streaming is required ..."), i.e. max_tokens > 600 s x 128,000 / 3,600 s = 21,333. Below that it
+# waits 600 s for the answer (connect 5 s); the openai SDK's default timeout is the same 600 s.
+SDK_TOKENS_PER_HOUR = 128_000
+SDK_NONSTREAMING_S = 600.0
+MAX_NONSTREAMING_TOKENS = int(SDK_NONSTREAMING_S * SDK_TOKENS_PER_HOUR / 3600)  # 21,333
+MAX_TRUNCATED_ASKS = 2  # a truncated answer is re-asked once; a second truncation ends the turn
 
 
 class JudgeConfigError(ValueError):
@@ -73,6 +93,7 @@ class RawVerdict:
     output_tokens: int = 0
     n_parse_failures: int = 0
     n_api_errors: int = 0
+    n_truncated: int = 0  # answers cut at max_tokens (stop_reason max_tokens / finish_reason length)
     error: str | None = None
     client_error: str | None = None  # the final 4xx ("STATUS: message") when the call ended on one
 
@@ -85,6 +106,7 @@ class Parsed:
     problem: str | None
     input_tokens: int
     output_tokens: int
+    truncated: bool = False  # the answer ran into judge.max_tokens
 
 
 class Judge(Protocol):
@@ -114,21 +136,53 @@ def check_judge_ready(cfg: Any) -> None:
                         f"(judge.api_key_env names the variable)")
     if cfg.price_input_per_mtok is None or cfg.price_output_per_mtok is None:
         problems.append("set judge.price_input_per_mtok and judge.price_output_per_mtok (USD per 1M tokens)")
+    problems += transport_problems(cfg)
     if problems:
         raise JudgeConfigError("judge not ready (nothing was spent):\n  - " + "\n  - ".join(problems))
+
+
+def transport_problems(cfg: Any) -> list[str]:
+    """Settings the API would refuse, or that the transport cannot carry: found before anything is spent.
+
+    - Forced tool use with thinking: Claude refuses the combination (and Sonnet 5.5-class models refuse
+      forced tool use altogether).
+    - A ``max_tokens`` the SDK would not send without streaming (``MAX_NONSTREAMING_TOKENS``), when the
+      SDK sizes the timeout (``judge.timeout_s: null``); batch requests have no such limit.
+    """
+    problems = []
+    if cfg.structured_output == "forced_tool" and cfg.thinking not in (None, "disabled"):
+        problems.append(f"judge.structured_output=forced_tool with judge.thinking={cfg.thinking!r}: Claude refuses "
+                        "forced tool use while thinking; use judge.structured_output=json_schema (the default), "
+                        "or judge.thinking=disabled on a model that still accepts forced tools")
+    if (cfg.timeout_s is None and cfg.mode != "batch" and cfg.max_tokens is not None
+            and int(cfg.max_tokens) > MAX_NONSTREAMING_TOKENS):
+        problems.append(f"judge.max_tokens={cfg.max_tokens} is more than a non-streaming request may ask for "
+                        f"({MAX_NONSTREAMING_TOKENS}: the SDK expects {SDK_TOKENS_PER_HOUR:,} tokens an hour at "
+                        f"worst and refuses requests over {SDK_NONSTREAMING_S:.0f} s); lower judge.max_tokens, "
+                        "use judge.mode=batch, or set judge.timeout_s to the seconds you will wait")
+    return problems
+
+
+def request_timeout_s(cfg: Any) -> float | None:
+    """The client timeout: ``judge.timeout_s`` as given, or None to let the SDK size it (see the constants)."""
+    return None if cfg.timeout_s is None else float(cfg.timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------
 # Providers: request parameters and reading a response (a dict, so batch results reuse it)
 
 
-def _client_kwargs(cfg: Any) -> dict[str, Any]:
+def _client_kwargs(cfg: Any, backoff_base_s: float = DEFAULT_BACKOFF_BASE_S) -> dict[str, Any]:
     env = cfg.api_key_env or _DEFAULT_KEY_ENV[cfg.provider]
     key = os.environ.get(env)
     if not key:
         raise JudgeConfigError(f"set {env} to the {cfg.provider} API key (nothing was spent)")
-    # None lets the SDK read ANTHROPIC_BASE_URL / OPENAI_BASE_URL
-    return {"api_key": key, "base_url": cfg.base_url or None, "max_retries": 0, "timeout": float(cfg.timeout_s)}
+    # base_url None lets the SDK read ANTHROPIC_BASE_URL / OPENAI_BASE_URL; no timeout lets it size its own
+    kwargs: dict[str, Any] = {"api_key": key, "base_url": cfg.base_url or None, "max_retries": int(cfg.max_retries)}
+    timeout = request_timeout_s(cfg)
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    return kwargs
 
 
 @dataclass(frozen=True)
@@ -138,16 +192,18 @@ class AnthropicProvider:
     cfg: Any
     spec: OutputSpec
 
-    def make_client(self) -> Any:
+    def make_client(self, backoff_base_s: float = DEFAULT_BACKOFF_BASE_S) -> Any:
         import anthropic
 
-        return anthropic.AsyncAnthropic(**_client_kwargs(self.cfg))
+        return anthropic.AsyncAnthropic(**_client_kwargs(self.cfg), http_client=make_http_client("anthropic",
+                                                                                                   backoff_base_s))
 
     @property
-    def transient(self) -> tuple[type[BaseException], ...]:
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """Every error the SDK raises for an API call (status, connection, timeout, our final timeout)."""
         import anthropic
 
-        return (anthropic.APIConnectionError,)
+        return (anthropic.AnthropicError,)
 
     def params(self, prompt: str) -> dict[str, Any]:
         # No temperature: the API version this SDK pins refuses sampling parameters with a 400, and
@@ -180,6 +236,8 @@ class AnthropicProvider:
         stop = message.get("stop_reason")
         if stop == "refusal":
             return Parsed(None, "the judge refused (stop_reason=refusal)", tin, tout)
+        if stop == "max_tokens":  # before the tool call or text: a cut answer is never read as a verdict
+            return Parsed(None, truncation_text(self.cfg, "stop_reason=max_tokens"), tin, tout, truncated=True)
         blocks = message.get("content") or []
         if self.cfg.structured_output == "forced_tool":
             for block in blocks:
@@ -188,9 +246,6 @@ class AnthropicProvider:
             return Parsed(None, f"no {self.spec.tool_name} tool call in the answer (stop_reason={stop})", tin, tout)
         # thinking and redacted_thinking blocks come first and are not the answer
         text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text").strip()
-        if stop == "max_tokens":
-            return Parsed(None, f"the answer was cut at judge.max_tokens={self.cfg.max_tokens} (thinking "
-                                "counts toward it); raise judge.max_tokens or lower judge.effort", tin, tout)
         if not text:
             return Parsed(None, f"no text block in the answer (stop_reason={stop})", tin, tout)
         try:
@@ -206,16 +261,17 @@ class OpenAIProvider:
     cfg: Any
     spec: OutputSpec
 
-    def make_client(self) -> Any:
+    def make_client(self, backoff_base_s: float = DEFAULT_BACKOFF_BASE_S) -> Any:
         import openai
 
-        return openai.AsyncOpenAI(**_client_kwargs(self.cfg))
+        return openai.AsyncOpenAI(**_client_kwargs(self.cfg), http_client=make_http_client("openai", backoff_base_s))
 
     @property
-    def transient(self) -> tuple[type[BaseException], ...]:
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """Every error the SDK raises for an API call (status, connection, timeout, our final timeout)."""
         import openai
 
-        return (openai.APIConnectionError,)
+        return (openai.OpenAIError,)
 
     def params(self, prompt: str) -> dict[str, Any]:
         # max_completion_tokens: max_tokens is deprecated and refused by reasoning models (openai SDK 3.57
@@ -243,6 +299,8 @@ class OpenAIProvider:
         if not choices:
             return Parsed(None, "no choices in the answer", tin, tout)
         message = choices[0].get("message") or {}
+        if choices[0].get("finish_reason") == "length":  # reasoning tokens count toward the cap too
+            return Parsed(None, truncation_text(self.cfg, "finish_reason=length"), tin, tout, truncated=True)
         if message.get("refusal"):
             return Parsed(None, f"the judge refused: {str(message['refusal'])[:120]}", tin, tout)
         text = (message.get("content") or "").strip()
@@ -255,6 +313,12 @@ class OpenAIProvider:
 
 
 Provider = AnthropicProvider | OpenAIProvider
+
+
+def truncation_text(cfg: Any, signal: str) -> str:
+    """What a truncated answer is reported as (the same words for both providers)."""
+    return (f"the answer was cut at judge.max_tokens={cfg.max_tokens} ({signal}; thinking counts toward the "
+            "cap); raise judge.max_tokens or lower judge.effort")
 
 
 def make_provider(cfg: Any, spec: OutputSpec = VERDICT_SPEC) -> Provider:
@@ -281,6 +345,7 @@ def read_answer(provider: Provider, response: dict[str, Any], into: RawVerdict, 
     parsed = provider.parse(response)
     into.input_tokens += parsed.input_tokens
     into.output_tokens += parsed.output_tokens
+    into.n_truncated += int(parsed.truncated)
     if parsed.problem is not None:
         return parsed.problem
     try:
@@ -297,7 +362,6 @@ class SdkJudge:
     cfg: Any
     provider: Provider
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
-    rng: random.Random = field(default_factory=random.Random)
     _client: Any = None
     _loop: Any = None
 
@@ -305,18 +369,20 @@ class SdkJudge:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # an httpx client is bound to the loop that first used it; asyncio.run makes a new one
-            self._client, self._loop = self.provider.make_client(), loop
+            self._client, self._loop = self.provider.make_client(self.backoff_base_s), loop
         return self._client
 
     async def call(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """One request with retries: (response dict, failed attempts). Raises JudgeCallError."""
+        """One request, the SDK's retries inside: (response dict, failed attempts). Raises JudgeCallError."""
         client = self.client()
-        return await call_with_retries(lambda: self.provider.send(client, params),
-                                       max_retries=int(self.cfg.max_retries), transient=self.provider.transient,
-                                       backoff_base_s=self.backoff_base_s, rng=self.rng)
+        return await counted_call(lambda: self.provider.send(client, params), provider_errors=self.provider.errors)
 
     async def judge(self, prompt: str, *, reasks_left: int | None = None) -> RawVerdict:
-        """Ask until a valid answer, re-asking refusals and invalid answers up to ``cfg.max_reasks`` times."""
+        """Ask until a valid answer, re-asking refusals and invalid answers up to ``cfg.max_reasks`` times.
+
+        A truncated answer is re-asked once at most (``MAX_TRUNCATED_ASKS``): the same cap is likely to
+        cut the answer again, and each cut answer bills the whole cap.
+        """
         out = RawVerdict(None)
         text, problem = prompt, "no answer"
         reasks = int(self.cfg.max_reasks) if reasks_left is None else reasks_left
@@ -336,6 +402,9 @@ class SdkJudge:
                 return out
             problem = unusable
             out.n_parse_failures += 1
+            if out.n_truncated >= MAX_TRUNCATED_ASKS:
+                out.error = f"cut at max_tokens {out.n_truncated} times, not asked again: {problem}"
+                return out
             text = prompt + reask_suffix(problem)
         out.error = f"no valid answer after {reasks + 1} asks; last: {problem}"
         return out
@@ -353,11 +422,15 @@ def make_judge(cfg: Any, *, spec: OutputSpec = VERDICT_SPEC,
     Args:
         cfg: the judge config; provider, model, key variable, sampling and retry settings.
         spec: the output schema (verdicts by default; pairwise preferences with PAIR_SPEC).
-        backoff_base_s: the first retry's nominal wait; tests pass a tiny value.
+        backoff_base_s: the first retry's wait when the server sends no retry-after (the SDKs' 0.5 s by
+            default); tests pass a tiny value.
 
     Raises:
         JudgeConfigError: unknown provider or missing API key (nothing was spent).
     """
     provider = make_provider(cfg, spec)
     _client_kwargs(cfg)  # fail now, not at the first call, when the key is missing
+    problems = transport_problems(cfg)
+    if problems:
+        raise JudgeConfigError("judge not ready (nothing was spent): " + "; ".join(problems))
     return SdkJudge(cfg, provider, backoff_base_s=backoff_base_s)

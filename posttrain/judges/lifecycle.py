@@ -11,7 +11,10 @@ check an eval would load a model, generate every reply and then end with every j
   shut down. Our own table of the page's dates (:data:`DOCUMENTED`) fills in the replacement model.
 
 Retired or unknown (404) -> :class:`JudgeConfigError` naming a replacement (exit status 2, nothing
-spent). Deprecated -> a warning with the retirement date. Either way the outcome is a record that the
+spent). Deprecated -> a warning with the retirement date. A transient error (429, 5xx, 529 overloaded)
+is retried by the SDK (``judge.max_retries``); if it persists the check says it "could not check the
+model's lifecycle (HTTP 529 ...)" and refuses to go on, since ``judge.preflight=true`` asked for the
+check: the model is not called unknown, nor the key wrong. Either way the outcome is a record that the
 eval writes into summary.json (``judge_preflight``). When the provider cannot be reached the check
 falls back to the installed anthropic SDK's own deprecation table plus :data:`DOCUMENTED`, and says
 so in the record; ``judge.preflight=false`` skips the call, which is recorded too.
@@ -110,11 +113,29 @@ def _offline(provider: str, model: str, why: str, today: dt.date) -> dict[str, A
             "source": f"offline ({why}); {source or 'no table lists this model'}"}
 
 
+def _client_options(cfg: Any, key: str) -> dict[str, Any]:
+    """The SDK client's settings: its own retries for transient errors, a short timeout (a GET)."""
+    timeout = 15.0 if cfg.timeout_s is None else min(float(cfg.timeout_s), 15.0)
+    return {"api_key": key, "base_url": cfg.base_url or None, "max_retries": int(cfg.max_retries), "timeout": timeout}
+
+
+def _transient(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def _could_not_check(cfg: Any, status: int, message: str) -> JudgeConfigError:
+    return JudgeConfigError(
+        f"could not check the model's lifecycle (HTTP {status}: {message}) for {cfg.provider} model {cfg.model!r} "
+        f"after {int(cfg.max_retries) + 1} attempts (judge.max_retries={cfg.max_retries}). The provider is "
+        "overloaded or rate-limiting; this says nothing about the model or the key. Try again later, or set "
+        "judge.preflight=false to go on without the check. Nothing was spent: no model was loaded, nothing was "
+        "generated, no judge call was made.")
+
+
 def _ask_anthropic(cfg: Any, key: str, today: dt.date) -> dict[str, Any]:
     import anthropic
 
-    client = anthropic.Anthropic(api_key=key, base_url=cfg.base_url or None, max_retries=1,
-                                 timeout=min(float(cfg.timeout_s), 15.0))
+    client = anthropic.Anthropic(**_client_options(cfg, key))
     try:
         info = client.models.retrieve(cfg.model)
     except anthropic.NotFoundError as exc:
@@ -122,6 +143,8 @@ def _ask_anthropic(cfg: Any, key: str, today: dt.date) -> dict[str, Any]:
     except anthropic.APIConnectionError as exc:
         return _offline("anthropic", cfg.model, f"{type(exc).__name__}: {exc}", today)
     except anthropic.APIStatusError as exc:
+        if _transient(exc.status_code):
+            raise _could_not_check(cfg, exc.status_code, exc.api_message or str(exc)) from exc
         raise JudgeConfigError(_refused_text(cfg, exc.status_code, exc.api_message or str(exc))) from exc
     finally:
         client.close()
@@ -132,12 +155,13 @@ def _ask_anthropic(cfg: Any, key: str, today: dt.date) -> dict[str, Any]:
 def _ask_openai(cfg: Any, key: str, today: dt.date) -> dict[str, Any]:
     import openai
 
-    client = openai.OpenAI(api_key=key, base_url=cfg.base_url or None, max_retries=1,
-                           timeout=min(float(cfg.timeout_s), 15.0))
+    client = openai.OpenAI(**_client_options(cfg, key))
     try:
         try:
             model = client.models.retrieve(cfg.model)
         except openai.APIStatusError as exc:
+            if _transient(exc.status_code):
+                raise _could_not_check(cfg, exc.status_code, exc.message) from exc
             if exc.status_code in (401, 403):
                 raise JudgeConfigError(_refused_text(cfg, exc.status_code, str(exc))) from exc
             if "api.openai.com" in str(client.base_url):
@@ -146,7 +170,9 @@ def _ask_openai(cfg: Any, key: str, today: dt.date) -> dict[str, Any]:
             # an OpenAI-compatible server (vLLM, say) may serve only the list endpoint
             try:
                 served = [m.id for m in client.models.list()]
-            except openai.APIStatusError:
+            except openai.APIStatusError as list_exc:
+                if _transient(list_exc.status_code):
+                    raise _could_not_check(cfg, list_exc.status_code, list_exc.message) from list_exc
                 return {"status": "unknown", "retires_at": None,
                         "source": f"{client.base_url} models.retrieve: {exc.status_code}, models.list refused"}
             status = "active" if cfg.model in served else "unknown"
