@@ -42,7 +42,10 @@ def sweep_group(sweep_dir: str | Path) -> str:
 
 def _scalars(comparison: dict[str, Any]) -> dict[str, Any]:
     """Flat W&B summary values: the gate, each model's rate, each pair's p-values and h."""
-    out: dict[str, Any] = {"gate/verdict": comparison["gate"]["verdict"], "n_models": len(comparison["models"]),
+    out: dict[str, Any] = {"gate/verdict": comparison["gate"]["verdict"], "gate/kind": comparison["gate"].get("kind"),
+                           "gate/registered": comparison["gate"].get("registered"),
+                           "gate/attempt": max((a["attempt"] for a in comparison.get("attempts") or []), default=None),
+                           "n_models": len(comparison["models"]),
                            "n_missing_jobs": len(comparison["missing_jobs"])}
     for m in comparison["models"]:
         out |= {f"success_rate/{m['model']}": m["success_rate"], f"n_error/{m['model']}": m["n_error"]}

@@ -182,7 +182,7 @@ def test_case4_errors_that_decide_the_result() -> None:
     assert g["reasons"][0].startswith("10 error items could change the decision: rerun to resolve them")
     assert "base_success_rate 0.335 is not <= 0.3" in g["reasons"][0]
     md_pair = g["_comparison"]["pairs"][0]
-    assert md_pair["dropped"] == {"error": 10, "unpaired": 0}
+    assert md_pair["dropped"] == {"error": 10, "unpaired": 0, "not_scored": 0}
 
 
 def test_case5_mixed_scorers_inside_a_run() -> None:

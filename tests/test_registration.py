@@ -498,6 +498,8 @@ def test_real_sweep_decides_and_the_second_report_is_attempt_2(real_sweep: dict[
     g = comp["gate"]
     assert g["verdict"] == "FAIL" and g["registered"] is True and g["n_paired"] >= 100, g["reasons"]
     assert "Decided by the **superiority** rule" in out and "**Attempt 1 on this question**" in out
+    assert "**FAIL**: control `tiny_base` vs treatment `tiny_instruct` on 102 paired items" in out
+    assert "| treatment success, one-sided 95% lower bound | 0 | 0 |" in out
     comp, out = _report(sweep, capsys)
     assert comp["attempts"][0]["attempt"] == 2 and "**Attempt 2 on this question**" in out
     assert "Earlier verdicts: " in out and " FAIL (sweep " in out

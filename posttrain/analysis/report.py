@@ -241,25 +241,31 @@ def _rate_ci(rate: float | None, ci: list[float] | None) -> str:
     return f"{rate:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{rate:.3f}"
 
 
+def _roles(g: dict[str, Any]) -> tuple[str, str]:
+    """What the two arms are called: base/instruct under the gap rule, control/treatment under superiority."""
+    return ("control", "treatment") if g.get("kind") == "superiority" else ("base", "instruct")
+
+
 def _side_by_side(g: dict[str, Any]) -> list[str]:
     """The gate's numbers on the observed pairs and with every error item imputed against the claim."""
     obs, worst = g.get("observed"), g.get("worst_case")
     if not obs or not obs.get("n_paired"):
         return []
     cols = [obs, worst or obs]
+    b, i = _roles(g)
 
     def row(label: str, f: Any) -> list[Any]:
         return [label, *(f(a) for a in cols)]
 
     rows = [row("paired items", lambda a: a["n_paired"]),
             row("clusters", lambda a: a["n_clusters"] if g.get("clusters_recorded") else f"{a['n_clusters']} (none recorded)"),
-            row("base success [cluster 95% CI]", lambda a: _rate_ci(a["base_success"], a["base_ci95"])),
-            row("base success, one-sided 95% upper bound", lambda a: a.get("base_upper95")),
-            row("instruct success, one-sided 95% lower bound", lambda a: a.get("instruct_lower95")),
-            row("instruct success [cluster 95% CI]", lambda a: _rate_ci(a["instruct_success"], a["instruct_ci95"])),
-            row("instruct − base [cluster 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95"])),
-            row("instruct − base [item-level 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95_iid"])),
-            row("instruct only / base only", lambda a: f"{a['instruct_only']} / {a['base_only']}"),
+            row(f"{b} success [cluster 95% CI]", lambda a: _rate_ci(a["base_success"], a["base_ci95"])),
+            row(f"{b} success, one-sided 95% upper bound", lambda a: a.get("base_upper95")),
+            row(f"{i} success, one-sided 95% lower bound", lambda a: a.get("instruct_lower95")),
+            row(f"{i} success [cluster 95% CI]", lambda a: _rate_ci(a["instruct_success"], a["instruct_ci95"])),
+            row(f"{i} − {b} [cluster 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95"])),
+            row(f"{i} − {b} [item-level 95% CI]", lambda a: _rate_ci(a["diff"], a["diff_ci95_iid"])),
+            row(f"{i} only / {b} only", lambda a: f"{a['instruct_only']} / {a['base_only']}"),
             row("item-level exact McNemar p", lambda a: a["mcnemar_p"]),
             row("cluster-level p (" + str(obs.get("cluster_method")) + ")", lambda a: a["cluster_p"]),
             row("cluster-adjusted McNemar p (Obuchowski, reported only)", lambda a: a["obuchowski_p"]),
@@ -336,7 +342,8 @@ def render_markdown(c: dict[str, Any]) -> str:
     if g["verdict"] == "NOT_APPLICABLE":
         out += [f"**NOT_APPLICABLE**: {g['reason']}", ""]
     else:
-        out += [f"**{g['verdict']}**: base `{g['base_model']}` vs instruct `{g['instruct_model']}` "
+        b, i = _roles(g)
+        out += [f"**{g['verdict']}**: {b} `{g['base_model']}` vs {i} `{g['instruct_model']}` "
                 f"on {g['n_paired']} paired items (min_paired {g.get('min_paired')})", ""]
         out += [f"- {r}" for r in g["reasons"]] + [""]
         for r in g.get("primaries") or [g]:
