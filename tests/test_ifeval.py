@@ -67,6 +67,8 @@ def test_limit_and_the_path_setting(bench: Any) -> None:
     ({**GOOD, "kwargs": [{"num_words": 5}]}, "kwargs[0].num_words", "punctuation:no_comma takes no kwarg"),
     ({**GOOD, "instruction_id_list": ["detectable_format:number_bullet_lists"]}, "kwargs[0].num_bullets",
      "without it the checker would test a randomly drawn value"),
+    ({**GOOD, "instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": 0}]},
+     "kwargs[0].num_bullets", "lm-eval drops empty and zero kwargs"),
     ({**GOOD, "instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": "3"}]},
      "kwargs[0]", "cannot use these kwargs"),
     ({**GOOD, "instruction_id_list": ["length_constraints:number_words"],

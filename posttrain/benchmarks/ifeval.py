@@ -156,6 +156,11 @@ def _check_instruction(check: RowChecker, registry: Mapping[str, Any], iid: Any,
         # the checker would draw a random value for it (the code doubles as IFEval's prompt generator)
         raise check.fail(f"{kfield}.{missing[0]}", f"{iid} needs kwarg {missing[0]!r} (it takes {wanted}); "
                                                    "without it the checker would test a randomly drawn value")
+    falsy = [k for k in wanted if not given[k]]
+    if falsy:  # lm-eval drops falsy kwargs before building a checker: 0 or "" would become a random draw too
+        raise check.fail(f"{kfield}.{falsy[0]}", f"{iid} kwarg {falsy[0]!r} is {given[falsy[0]]!r}; lm-eval "
+                                                 "drops empty and zero kwargs, so the checker would test a "
+                                                 "randomly drawn value")
     try:
         checker.build_description(**given)
         args = checker.get_instruction_args()
