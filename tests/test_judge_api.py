@@ -94,7 +94,7 @@ def test_forced_tool_request_is_refused_by_sonnet_5_5_and_the_structured_output_
         assert body["thinking"] == {"type": "adaptive"} and body["output_config"]["effort"] == "medium"
         calls = srv.model_calls
         scores = judge(new, tmp_path / "new")
-        assert [s["verdict"] for s in scores] == ["pass"] and srv.model_calls == calls + 1
+        assert [s["verdict"] for s in scores] == ["pass"] and srv.model_calls == calls + 1, scores
         answer = srv.bodies[-1][1]
         assert answer["model"] == "claude-sonnet-5-5" and "temperature" not in answer
         # the answer carried a thinking block before the text; the settings are recorded in the row
@@ -155,6 +155,93 @@ def test_the_contract_refuses_a_mistyped_field_with_the_apis_400() -> None:
         assert srv.model_calls == 2 and len(srv.refusals) == 2 and srv.bodies == []
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_contract_refuses_a_body_without_its_required_cap_or_with_an_unknown_model(provider: str) -> None:
+    """pydantic sees the SDK's required fields (Python 3.11's TypedDicts hide them); unknown models are a 404.
+
+    The SDK methods check their own required arguments before sending, so the bodies without a cap go
+    out through the SDK's generic ``post``, as a hand-built request would.
+    """
+    import anthropic
+    import httpx2
+    import openai
+
+    msg = [{"role": "user", "content": "x"}]
+    with FakeLLMServer() as srv:
+        if provider == "anthropic":
+            client = anthropic.Anthropic(api_key="k", base_url=srv.anthropic_url, max_retries=0)
+            with pytest.raises(anthropic.BadRequestError, match="max_tokens: Field required"):
+                client.post("/v1/messages", body={"model": "claude-sonnet-5-5", "messages": msg}, cast_to=httpx2.Response)
+            with pytest.raises(anthropic.BadRequestError, match=r"requests\.0\.params\.max_tokens: Field required"):
+                client.post("/v1/messages/batches", cast_to=httpx2.Response, body={"requests": [
+                    {"custom_id": "a", "params": {"model": "claude-sonnet-5-5", "messages": msg}}]})
+            with pytest.raises(anthropic.BadRequestError, match=r"max_tokens: Input should be a valid integer"):
+                client.post("/v1/messages", body={"model": "claude-sonnet-5-5", "messages": msg, "max_tokens": "10"},
+                            cast_to=httpx2.Response)
+            with pytest.raises(anthropic.NotFoundError, match="no-such-claude"):
+                client.messages.create(model="no-such-claude", max_tokens=10, messages=msg)  # type: ignore[arg-type]
+            assert client.messages.create(model="claude-sonnet-5-5", max_tokens=10, messages=msg)  # type: ignore[arg-type]
+        else:
+            oclient = openai.OpenAI(api_key="k", base_url=srv.openai_url, max_retries=0)
+            with pytest.raises(openai.BadRequestError, match="'model'"):
+                oclient.post("/chat/completions", body={"messages": msg}, cast_to=httpx2.Response)
+            with pytest.raises(openai.NotFoundError, match="no-such-gpt") as err:
+                oclient.chat.completions.create(model="no-such-gpt", messages=msg)  # type: ignore[arg-type]
+            assert err.value.code == "model_not_found"
+            with pytest.raises(openai.BadRequestError, match="'max_tokens'"):  # the reasoning model's own rule
+                oclient.chat.completions.create(model="gpt-6.2-sol", messages=msg, max_tokens=5)  # type: ignore[arg-type]
+        assert len(srv.refusals) == 4 if provider == "anthropic" else len(srv.refusals) == 3
+        # only complete bodies passed the contract (the model table refused some of them afterwards)
+        assert [b["model"] for _, b in srv.bodies] == (["no-such-claude", "claude-sonnet-5-5"] if provider == "anthropic"
+                                                       else ["no-such-gpt", "gpt-6.2-sol"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport: truncation, timeouts, forced tool with thinking
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_truncated_answer_is_reported_reasked_once_and_counted(provider: str, tmp_path: Path) -> None:
+    from posttrain.judges import JudgeSpend
+
+    name = "claude" if provider == "anthropic" else "gpt4"
+    signal = "stop_reason=max_tokens" if provider == "anthropic" else "finish_reason=length"
+    with FakeLLMServer(truncate=True) as srv:  # every answer runs into the cap
+        spend = JudgeSpend()
+        [score] = judge(shipped(name, srv, max_reasks=2), tmp_path / "always", spend=spend)
+        assert srv.model_calls == 2  # asked once, re-asked once, then given up: not 3 x 16,000 tokens
+    assert score["verdict"] == "error" and "cut at max_tokens 2 times" in score["error"] and signal in score["error"]
+    assert spend.truncated == 2 and spend.as_dict()["truncated_answers"] == 2
+    assert score["output_tokens"] == 2 * 16000  # each cut answer billed the whole cap
+    with FakeLLMServer(faults=["truncated"]) as srv:  # cut once: the re-ask answers
+        spend = JudgeSpend()
+        [score] = judge(shipped(name, srv), tmp_path / "once", spend=spend)
+        assert srv.model_calls == 2 and srv.faults_served["truncated"] == 1
+    assert score["verdict"] == "pass" and score["n_parse_failures"] == 1 and spend.truncated == 1
+
+
+def test_forced_tool_with_thinking_is_refused_when_the_config_is_composed(compose: Any) -> None:
+    from posttrain.config import ConfigError, validate
+    from posttrain.judges.clients import check_judge_ready
+
+    cfg = compose("scorer=llm", "judge=claude", "judge.structured_output=forced_tool")
+    with pytest.raises(ConfigError, match=r"(?s)nothing was loaded.*forced_tool with judge\.thinking='adaptive'"):
+        validate(cfg)
+    with pytest.raises(JudgeConfigError, match="Claude refuses forced tool use while thinking"):
+        check_judge_ready(cfg.judge)
+    validate(compose("scorer=llm", "judge=claude", "judge.structured_output=forced_tool", "judge.thinking=disabled"))
+
+
+def test_a_cap_the_sdk_would_not_send_without_streaming_is_refused_before_any_call(tmp_path: Path) -> None:
+    with FakeLLMServer() as srv:
+        with pytest.raises(JudgeConfigError, match=r"(?s)nothing was spent.*judge\.max_tokens=32000 .*21333"):
+            judge(shipped("claude", srv, max_tokens=32000, timeout_s=None), tmp_path)
+        assert sum(srv.counts.values()) == 0
+        # batch requests have no such limit, and a timeout given explicitly is the user's choice
+        judge(shipped("claude", srv, max_tokens=32000, timeout_s=900.0), tmp_path)
+        assert srv.model_calls == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Model lifecycle
 
@@ -179,6 +266,20 @@ def test_preflight_warns_about_a_deprecated_model_with_its_date(caplog: pytest.L
         rec = preflight_judge(shipped("gpt4", srv, model="gpt-4.1"), today=TODAY)
         assert rec["status"] == "deprecated" and rec["retires_at"] == "2027-01-14" and rec["replacement"] == "gpt-6-luna"
         assert srv.count("GET /v1/models/{id} anthropic") == 1 and srv.count("GET /v1/models/{id} openai") == 1
+
+
+def test_preflight_retries_a_transient_error_and_says_it_could_not_check_when_it_persists() -> None:
+    with FakeLLMServer(model_faults=["529"]) as srv:  # once: the SDK's retry gets the answer
+        rec = preflight_judge(shipped("claude", srv, max_retries=2), today=TODAY)
+        assert rec["status"] == "active" and srv.count("GET /v1/models/{id} anthropic") == 2
+    for name, kind in (("claude", "anthropic"), ("gpt4", "openai")):
+        with FakeLLMServer(model_faults=["529"] * 3) as srv:
+            with pytest.raises(JudgeConfigError) as err:
+                preflight_judge(shipped(name, srv, max_retries=2), today=TODAY)
+            assert srv.count(f"GET /v1/models/{{id}} {kind}") == 3 and srv.model_calls == 0
+        text = str(err.value)
+        assert "could not check the model's lifecycle (HTTP 529" in text and "judge.preflight=false" in text
+        assert "unknown model" not in text and "check the key" not in text and "Nothing was spent" in text
 
 
 def test_preflight_offline_falls_back_to_the_tables_and_can_be_skipped() -> None:

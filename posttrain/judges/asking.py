@@ -52,9 +52,11 @@ class JudgeSpend:
     usd: float = 0.0
     calls: int = 0
     cache_hits: int = 0
+    truncated: int = 0  # answers cut at judge.max_tokens (each billed the whole cap); re-asked once at most
 
     def as_dict(self) -> dict[str, Any]:
-        return {"spent_usd": self.usd, "paid_answers": self.calls, "cache_hits": self.cache_hits}
+        return {"spent_usd": self.usd, "paid_answers": self.calls, "cache_hits": self.cache_hits,
+                "truncated_answers": self.truncated}
 
 
 def cost_usd(cfg: Any, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float:
@@ -143,6 +145,7 @@ async def ask(prompt: str, ctx: AskContext, *, reasks_left: int | None = None) -
                      raw.n_api_errors, raw.error)
         ctx.spend.usd += ans.cost_usd
         ctx.spend.calls += 1
+        ctx.spend.truncated += raw.n_truncated
         if ans.data is not None:
             ctx.cache.put(key, ans.data, input_tokens=ans.input_tokens, output_tokens=ans.output_tokens,
                           cost_usd=ans.cost_usd, n_parse_failures=ans.n_parse_failures,

@@ -179,6 +179,7 @@ async def run_batch(prompts: dict[str, str], ctx: AskContext, *, state_path: Pat
                                   n_parse_failures=int(problem is not None), error=problem)
             ctx.spend.usd += usd
             ctx.spend.calls += 1
+            ctx.spend.truncated += raw.n_truncated
             if raw.data is not None:
                 ctx.cache.put(key, raw.data, input_tokens=raw.input_tokens, output_tokens=raw.output_tokens,
                               cost_usd=usd, meta={**ident, "batch_id": entry["id"]})
