@@ -6,6 +6,10 @@ verdicts, checks and evidence; primary.json through the sweep callback's own ``w
 then copied per test, so a test that confirms or forges changes only its copy. The judge instrument
 is calibrated in each test's POSTTRAIN_HOME with 30 human labels (kappa 1.0).
 
+Two tests run the real entrypoint and sit in the ``e2e`` tier (``make e2e``): SFT after a confirmed
+PASS (about 50 s), and the Done-when cases on a sweep of real judged runs (two evals of the 200
+conversations judged through the anthropic SDK by the loopback judge: about 2 min 15 s on 2 busy cores).
+
 The ``browser`` tests render review.html in Debian's headless chromium (``make test-browser``);
 without chromium they FAIL with the command that installs it.
 """
@@ -39,12 +43,12 @@ def _instrument() -> dict[str, str]:
             "template_sha256": template_sha256("conv-judge-v2")}
 
 
-def _calibrate() -> None:
+def _calibrate(inst: dict[str, str] | None = None) -> None:
     """A stored human calibration of the instrument: 30 labels, 15 pass / 15 fail, all agreeing (kappa 1)."""
     from posttrain.judges.calibration import instrument_key, kappa_from_labels
     from posttrain.paths import calibration_dir
 
-    inst = _instrument()
+    inst = inst or _instrument()
     labels = [{"sample_id": f"s{k:02d}", "judge": "claude", "judge_provider": inst["provider"],
                "judge_model": inst["model"], "template_version": inst["template_version"],
                "template_sha256": inst["template_sha256"], "judge_verdict": v, "human_label": v}
@@ -414,7 +418,7 @@ def test_gate_differences_name_fields_and_take_nan() -> None:
     assert gate_differences(a, json.loads(json.dumps(a))) == []
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sft_runs_after_a_confirmed_pass_and_records_the_review(pass_sweep: Path, tmp_path: Path,
                                                                 shared_cache: Path, posttrain_home: Path) -> None:
     """The real entrypoint: stage=sft with the confirmed sweep trains, and its records carry the gate's
@@ -541,3 +545,83 @@ def test_review_page_renders_every_discordant_item_and_loads_nothing(browser: An
     browser(path.as_uri(), f"--screenshot={shot}", "--window-size=1400,1600", "--hide-scrollbars")
     assert shot.stat().st_size > 10_000
     assert not browser.proxy.page_hosts(), browser.proxy.requests
+
+
+# ---------------------------------------------------------------- the same, from real judged runs (e2e)
+
+# Both arms decode alike (sampled at temperature 10, seeded: the tiny models' greedy replies are blank
+# lines, which the non_empty check fails without asking the judge) and are judged through the real
+# anthropic SDK by the loopback judge; only the judge's scripted coin differs between the arms.
+JUDGED = ["stage.sentinel=false", "generation.max_new_tokens=8", "generation.batch_size=16",
+          "generation.do_sample=true", "generation.temperature=10.0", "generation.top_p=1.0",
+          "scorer=llm", "judge=claude", "judge.spot_check=0", "tracking=disabled", PRIMARY]
+
+
+def _coin(pass_per_mille: int) -> Callable[[str], dict[str, Any]]:
+    """A verdict keyed on the prompt's hash: each judged turn passes with probability ~pass_per_mille/1000;
+    the answer is the fake judge's own checklist forced to pass or fail, so it holds the evidence rules."""
+    import hashlib
+
+    from tests.llm_server import sensible_verdict
+
+    def verdict(prompt: str) -> dict[str, Any]:
+        h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % 1000
+        return sensible_verdict(prompt, force=h < pass_per_mille)
+    return verdict
+
+
+@pytest.fixture(scope="session")
+def judged_sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
+    """tiny_base and tiny_instruct on all 200 conversations, judged by the loopback judge (base: ~1 turn
+    in 3 passes, instruct: ~97 in 100), in one sweep folder with primary.json registered first."""
+    if "review_judged_sweep" not in SESSION_RUNS:
+        from posttrain.callbacks import write_primary
+        from tests.helpers import posttrain
+        from tests.llm_server import FakeLLMServer
+
+        root = tmp_path_factory.mktemp("review-judged")
+        sweep, home = root / "sweep", root / "home"
+        sweep.mkdir()
+        write_primary(_compose(PRIMARY, "scorer=llm", "judge=claude"), sweep)
+        for num, (model, odds) in enumerate(((BASE, 330), (INSTRUCT, 970))):
+            with FakeLLMServer(verdict_fn=_coin(odds)) as srv:
+                posttrain(f"model={model}", *JUDGED, f"judge.base_url={srv.url}", f"hydra.run.dir={sweep}/{num}_{model}",
+                          home=home, cache=shared_cache, timeout=900)
+        SESSION_RUNS["review_judged_sweep"] = sweep
+    return SESSION_RUNS["review_judged_sweep"]
+
+
+@pytest.fixture()
+def judged(judged_sweep: Path, tmp_path: Path) -> Path:
+    """A copy of the judged sweep, its judge calibrated in this test's POSTTRAIN_HOME, its comparison written."""
+    from posttrain.analysis.report import write_comparison
+
+    sweep = Path(shutil.copytree(judged_sweep, tmp_path / "judged"))
+    _calibrate(read_json(sweep / f"0_{BASE}" / "summary.json")["judge_instrument"])
+    gate = write_comparison(sweep, plots=False)["gate"]
+    assert gate["verdict"] == "PASS", gate["reasons"]
+    return sweep
+
+
+@pytest.mark.e2e
+def test_judged_runs_pass_without_confirmation_refused_forgery_refused_confirmed_proceeds(judged: Path,
+                                                                                        compose: Any) -> None:
+    """The Done-when cases on real judged runs: the gate PASSes from the records; stage=sft without a
+    confirmation is refused; a forged comparison.json (one number changed) is refused naming it; the
+    honest one with a confirmation plans."""
+    from posttrain.analysis.review import write_review
+
+    with pytest.raises(PosttrainError, match="is PASS, but no person has confirmed it"):
+        _plan(compose, judged)
+    path, review = write_review(judged)
+    assert set(_discordant(judged)) <= {it.item_id for p in review.pairs for it in p.items}
+    honest = read_json(judged / "comparison.json")
+    forged = json.loads(json.dumps(honest))
+    forged["gate"]["n_paired"] += 50  # "more evidence" than the records hold
+    write_json(judged / "comparison.json", forged)
+    with pytest.raises(PosttrainError, match=r"gate\.n_paired: \d+ in comparison\.json, \d+ recomputed"):
+        _plan(compose, judged)
+    write_json(judged / "comparison.json", honest)
+    _confirm(judged, reviewed=10)
+    gate = _plan(compose, judged).state["gate"]
+    assert gate["gate_recomputed"] is True and gate["review"]["n_reviewed"] == 10
