@@ -5,6 +5,12 @@ conversation up to and including that turn; the conversation passes iff every ju
 it fails if any judged turn fails; otherwise, if any judged turn ended as "error" (retries and
 re-asks spent), it is "error", which is never counted as pass or fail.
 
+Under conv-judge-v3 a turn's checks are the judge's plus the facts the code decided (word limits,
+formats, patterns, absent forbidden words; ``prompt.code_facts``). A failed fact fails the turn
+whatever the judge said: where the judge's verdict was "pass", the turn records the disagreement
+(``code_disagreements``), and the eval summary counts them (:func:`code_decided_summary`). A turn
+whose judge call ended in error still fails when a fact failed: its outcome is known.
+
 Two failures stop the run instead of turning every turn into "error": a spend limit (more calls
 cannot succeed) and the same client error (4xx: model not found, invalid request, bad key) coming
 back ``judge.max_same_client_errors`` times. Either raises :class:`JudgeStopped` with the API's
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +38,13 @@ from posttrain.judges.clients import (
     make_provider,
     request_settings,
 )
-from posttrain.judges.prompt import render_turn_prompt, template_sha256
+from posttrain.judges.prompt import label_order, render_turn_prompt, template_sha256, turn_facts
 from posttrain.scorers.checks import wordless_verdict
 
 SCORE_KEYS = ("item_id", "category", "model", "verdict", "scorer", "judge", "judge_provider", "judge_model",
               "template_version", "template_sha256", "judge_settings",
               "turn_verdicts", "checks", "rationale", "input_tokens", "output_tokens", "cost_usd",
-              "n_parse_failures", "n_api_errors", "reply_chars", "error")
+              "n_parse_failures", "n_api_errors", "reply_chars", "code_disagreements", "error")
 _RATIONALE_CHARS = 600
 
 
@@ -57,6 +63,7 @@ class TurnJob:
     reply_chars: int
     error: str | None = None
     verdict: dict[str, Any] | None = None  # decided without a call (a wordless reply fails: non_empty)
+    facts: list[dict[str, Any]] = field(default_factory=list)  # the lines the code decided (v3)
 
 
 def row_replies(row: dict[str, Any]) -> tuple[list[str], list[int]]:
@@ -79,7 +86,7 @@ def plan_turns(item: Item, row: dict[str, Any], cfg: Any) -> list[TurnJob]:
             continue
         prompt = render_turn_prompt(item, replies, i, cfg.template_version)
         jobs.append(TurnJob(i, labels[i], prompt, cache_key(judge_request(cfg, provider, cfg.template_version, prompt)),
-                            len(replies[i])))
+                            len(replies[i]), facts=turn_facts(item, replies, i, cfg.template_version)))
     return jobs
 
 
@@ -112,19 +119,63 @@ def pair_rows(items: Sequence[Item], rows: Sequence[dict[str, Any]]) -> list[tup
     return [(by_id[r["item_id"]], r) for r in rows]
 
 
+def turn_verdict(job: TurnJob, ans: Answer) -> dict[str, Any]:
+    """One turn's verdict: the judge's answer with the code's facts merged in, which override it.
+
+    Checks are listed in the prompt's line order, each marked ``by`` "judge" or "code". The verdict is
+    "pass" iff every check passed; the validator already refused a judge "pass" with a failed check of
+    its own, so the code can only turn a judge's "pass" into "fail": each failed fact that does so is
+    a disagreement (``code_disagreements``: label and the code's detail), and ``judge_verdict`` keeps
+    what the judge said. Without an answer the turn is "error", unless a fact failed: then it is "fail",
+    with the judge's error in ``judge_error``.
+    """
+    if job.prompt is None and ans.data is not None:  # decided without a call (a wordless reply)
+        return {"turn": job.label, **ans.data}
+    facts = job.facts
+    failed = [f for f in facts if not f["passed"]]
+    if ans.data is None:
+        tv: dict[str, Any] = {"turn": job.label, "verdict": "fail" if failed else "error",
+                              "checks": [{**f} for f in facts], "rationale": f"judge error: {ans.error}"}
+        if failed:  # known without the judge; judge_error says the turn has no judge answer (asked on a rerun)
+            tv["rationale"] += "; failed by code: " + ", ".join(f["name"] for f in failed)
+            tv["judge_error"] = ans.error
+        return tv
+    judged = [{**c, "by": "judge"} for c in ans.data["checks"]]
+    if not facts:
+        return {"turn": job.label, "verdict": ans.data["verdict"], "checks": judged, "rationale": ans.data["rationale"]}
+    merged = sorted(judged + [{**f} for f in facts], key=lambda c: label_order(c["name"]))
+    verdict = "pass" if all(c["passed"] for c in merged) else "fail"
+    said = ans.data["verdict"]
+    return {"turn": job.label, "verdict": verdict, "judge_verdict": said, "checks": merged,
+            "rationale": ans.data["rationale"],
+            "code_disagreements": [{"label": f["name"], "code": f["detail"]} for f in failed] if said == "pass" else []}
+
+
+def code_decided_summary(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the code decided across a run's score rows (the eval summary's ``code_decided`` block).
+
+    ``facts``/``facts_failed``: lines decided by code, and how many failed; ``turns_overridden``: turns
+    whose judge said "pass" where a fact failed; ``disagreements``: the failed facts in those turns.
+    """
+    tvs = [tv for r in scores for tv in r.get("turn_verdicts") or [] if isinstance(tv, dict)]
+    facts = [c for tv in tvs for c in tv.get("checks") or [] if c.get("by") == "code"]
+    return {"turns_with_facts": sum(any(c.get("by") == "code" for c in tv.get("checks") or []) for tv in tvs),
+            "facts": len(facts), "facts_failed": sum(not c["passed"] for c in facts),
+            "turns_overridden": sum(bool(tv.get("code_disagreements")) for tv in tvs),
+            "disagreements": sum(len(tv.get("code_disagreements") or []) for tv in tvs)}
+
+
 def score_row(item: Item, row: dict[str, Any], jobs: Sequence[TurnJob], answers: Sequence[Answer],
               cfg: Any) -> dict[str, Any]:
     """Combine the turn answers of one conversation by the decision rule."""
-    turn_verdicts, checks, errors = [], [], []
+    turn_verdicts, checks, errors, disagreements = [], [], [], []
     for job, ans in zip(jobs, answers, strict=True):
-        if ans.data is not None:
-            tv = {"turn": job.label, "verdict": ans.data["verdict"], "checks": ans.data["checks"],
-                  "rationale": ans.data["rationale"]}
-        else:
+        tv = turn_verdict(job, ans)
+        if tv["verdict"] == "error":
             errors.append(f"turn {job.label}: {ans.error}")
-            tv = {"turn": job.label, "verdict": "error", "checks": [], "rationale": f"judge error: {ans.error}"}
         turn_verdicts.append(tv)
         checks += [{"turn": job.label, **c} for c in tv["checks"]]
+        disagreements += [{"turn": job.label, **d} for d in tv.get("code_disagreements", [])]
     verdicts = [tv["verdict"] for tv in turn_verdicts]
     if not jobs:
         verdict, errors = "error", ["the item has no turn with an expectation; nothing to judge"]
@@ -141,7 +192,7 @@ def score_row(item: Item, row: dict[str, Any], jobs: Sequence[TurnJob], answers:
         "input_tokens": sum(a.input_tokens for a in answers), "output_tokens": sum(a.output_tokens for a in answers),
         "cost_usd": sum(a.cost_usd for a in answers), "n_parse_failures": sum(a.n_parse_failures for a in answers),
         "n_api_errors": sum(a.n_api_errors for a in answers), "reply_chars": sum(j.reply_chars for j in jobs),
-        "error": "; ".join(errors) if verdict == "error" else None,
+        "code_disagreements": disagreements, "error": "; ".join(errors) if verdict == "error" else None,
     }
 
 
