@@ -202,7 +202,7 @@ def test_gate_over_heuristic_runs_is_not_eligible(sweep: Path, tmp_path: Path,
     assert "**NOT_ELIGIBLE**" in md and "heuristic_triage is triage only" in md
 
 
-INSTRUMENT = {"provider": "anthropic", "model": "claude-judge-1", "template_version": "conv-judge-v1",
+INSTRUMENT = {"provider": "anthropic", "model": "claude-judge-1", "template_version": "conv-judge-v2",
               "template_sha256": "ab" * 32}
 
 
@@ -217,7 +217,7 @@ def _llm_jobs() -> list[JobRecords]:
     jobs = []
     for name, v in (("qwen32b", base), ("qwen32b_instruct", instruct)):
         rows = [{"item_id": i, "category": _category(i), "verdict": x, "scorer": "llm", "judge": "claude",
-                 "judge_provider": "anthropic", "judge_model": "claude-judge-1", "template_version": "conv-judge-v1",
+                 "judge_provider": "anthropic", "judge_model": "claude-judge-1", "template_version": "conv-judge-v2",
                  "template_sha256": "ab" * 32} for i, x in v.items()]
         summary = {"model": name, "model_kind": "base" if name == "qwen32b" else "instruct", "scorer": "llm",
                    "judge": "claude", "judge_instrument": INSTRUMENT, "benchmark_info": bench,
@@ -234,7 +234,7 @@ def test_gate_with_an_uncalibrated_judge_says_what_to_run(posttrain_home: Path) 
     assert any("uncalibrated" in r or "calibrat" in r for r in g["reasons"])
     assert any("qwen32b" in r and "posttrain-calibrate" in r for r in g["reasons"]), g["reasons"]
     assert g["calibration"]["qwen32b"]["judge"] == "claude"
-    assert g["calibration"]["qwen32b"]["template_version"] == "conv-judge-v1"
+    assert g["calibration"]["qwen32b"]["template_version"] == "conv-judge-v2"
 
 
 def test_gate_passes_with_a_calibrated_judge() -> None:
@@ -251,7 +251,7 @@ def test_gate_passes_with_a_calibrated_judge() -> None:
     for j in jobs:
         j.summary["registration_sha256"] = registration_sha256(record)
     comp = build_comparison(jobs, calibration=lookup, registration=record)
-    assert seen and seen[0] == ("claude", "conv-judge-v1", 0.7)
+    assert seen and seen[0] == ("claude", "conv-judge-v2", 0.7)
     g = comp["gate"]
     assert g["verdict"] == "PASS" and g["n_paired"] == 200, g["reasons"]
     assert g["primary_source"] == "pre-registered" and g["clusters_recorded"] is True

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from posttrain.judges.calibration import main as calibrate
-from posttrain.judges.prompt import listed_checks
 from posttrain.records import read_jsonl
 from tests.conftest import CANARY_ANTHROPIC
 from tests.helpers import files_with_secrets, posttrain
-from tests.llm_server import FakeLLMServer
+from tests.llm_server import FakeLLMServer, sensible_verdict
 
 # The tiny model's greedy replies are only newlines, which fail without a judge call (non_empty); at
 # temperature 10 it writes words (seeded, so reruns generate the same text), which the judge then grades.
@@ -25,15 +24,17 @@ FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict"
 
 
 def coin_verdict(prompt: str) -> dict:
-    """Tiny models fail everything a sensible judge checks; a coin keyed on the prompt gives both classes."""
-    ok = hashlib.sha256(prompt.encode()).digest()[0] % 2 == 0
-    rest = [{"name": f"line {k}", "passed": True, "detail": "-"} for k in range(1, listed_checks(prompt))]
-    return {"verdict": "pass" if ok else "fail", "checks": [{"name": "coin", "passed": ok, "detail": "-"}, *rest],
-            "rationale": "scripted"}
+    """Tiny models fail everything a sensible judge checks; a coin keyed on the prompt gives both classes.
+
+    The answer is the sensible judge's checklist forced to pass or fail, so it holds the evidence rules
+    (named checks, quotes from the reply); a fact the code failed still fails the turn.
+    """
+    return sensible_verdict(prompt, force=hashlib.sha256(prompt.encode()).digest()[0] % 2 == 0)
 
 
 def error_turns(scores: list[dict]) -> int:
-    return sum(tv["verdict"] == "error" for s in scores for tv in s["turn_verdicts"])
+    """Turns with no judge answer: "error", or failed by a code fact while the judge call failed (judge_error)."""
+    return sum(tv["verdict"] == "error" or "judge_error" in tv for s in scores for tv in s["turn_verdicts"])
 
 
 def test_faulty_judge_records_every_item_once_and_rerun_is_free(tmp_path: Path, posttrain_home: Path,

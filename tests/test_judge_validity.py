@@ -57,6 +57,7 @@ from posttrain.scorers.triage import triage_item
 from tests.llm_server import FakeLLMServer, sensible_verdict
 
 V2 = "conv-judge-v2"
+V3 = "conv-judge-v3"  # the default
 FAST = 0.001
 WORDLESS = ["", "   \n\t ", "::::::", "::::::::::::::::", "!!! ... ???", "—–-"]
 
@@ -107,7 +108,7 @@ def test_notes_only_turn_gets_a_check_for_its_note() -> None:
     one = {"name": "note 1", "passed": True, "detail": "puppy food"}
     with pytest.raises(VerdictError, match="1 check\\(s\\) for 2 labelled"):
         validate_verdict({"checks": [one], "rationale": "fine", "verdict": "pass"}, prompt)
-    both = [one, {"name": "consistency", "passed": True, "detail": "-"}]
+    both = [one, {"name": "consistency", "passed": True, "detail": "nothing contradicts the earlier turns"}]
     assert validate_verdict({"checks": both, "rationale": "fine", "verdict": "pass"}, prompt)["verdict"] == "pass"
 
 
@@ -423,7 +424,7 @@ def test_spot_check_runs_with_the_primary_template(tmp_path: Path) -> None:
             del os.environ["OPENAI_BASE_URL"]
         assert srv.count("POST /v1/chat/completions") == 6
     assert block["status"] == "ran" and block["n"] == 6 and block["agreement"] == 1.0
-    assert result is not None and result["template_version"] == V2 and block["second_judge"] == "gpt4"
+    assert result is not None and result["template_version"] == V3 and block["second_judge"] == "gpt4"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,13 +450,13 @@ def test_eval_records_instrument_calibration_and_a_skipped_spot_check(tmp_path: 
     assert summary["judge_instrument"] == inst
     assert summary["calibration"] == {"key": None, "kappa": None, "n": None, "applies": False,
                                       "reason": summary["calibration"]["reason"]}
-    assert summary["calibration"]["reason"].startswith(f"no calibration for anthropic {inst['model']} {V2}")
+    assert summary["calibration"]["reason"].startswith(f"no calibration for anthropic {inst['model']} {V3}")
     assert summary["gate_eligible"] is False and summary["gate_ineligible_reason"] == summary["calibration"]["reason"]
     assert summary["spot_check"]["status"] == "skipped" and "OPENAI_API_KEY" in summary["spot_check"]["reason"]
     assert not (run / "spot_check.json").exists()
     for row in read_jsonl(run / "scores.jsonl"):
         assert (row["scorer"], row["judge"], row["judge_provider"], row["judge_model"], row["template_version"],
-                row["template_sha256"]) == ("llm", "claude", "anthropic", inst["model"], V2, inst["template_sha256"])
+                row["template_sha256"]) == ("llm", "claude", "anthropic", inst["model"], V3, inst["template_sha256"])
 
     triage = tmp_path / "triage"
     posttrain(*SAMPLED, "scorer=heuristic_triage", f"hydra.run.dir={triage}", home=posttrain_home,
