@@ -191,7 +191,7 @@ class JudgeConfig:
     max_reasks: int = 2  # re-ask when a verdict does not parse or fails validation
     timeout_s: float = 60.0
     mode: str = "sync"  # "sync" | "batch" | "pairwise"
-    template_version: str = "conv-judge-v2"
+    template_version: str = "conv-judge-v3"  # judges.prompt.TEMPLATE_VERSION (docs/judging.md)
     spot_check: float = 0.0  # fraction re-judged by the second judge
     second_judge: str | None = None  # judge config name used for the spot check
     cache_dir: str | None = None  # None: <data dir>/judge_cache

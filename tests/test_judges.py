@@ -38,6 +38,7 @@ from posttrain.judges import (  # noqa: E402
     spot_check,
     validate_verdict,
 )
+from posttrain.judges.prompt import code_facts  # noqa: E402
 from posttrain.paths import conf_dir  # noqa: E402
 
 FAST = 0.001  # backoff base for tests (seconds)
@@ -126,10 +127,12 @@ def test_golden_replies_replace_the_models_history() -> None:
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"checks": [], "rationale": "r"}, "missing"),
-    ({"verdict": "maybe", "checks": [], "rationale": "r"}, "pass' or 'fail"),
-    ({"verdict": "pass", "checks": [{"name": "a", "passed": "yes", "detail": ""}], "rationale": "r"}, "true or false"),
+    ({"checks": [], "rationale": "r"}, "'verdict' is a required property"),
+    ({"verdict": "maybe", "checks": [], "rationale": "r"}, r"verdict: 'maybe' is not one of \['pass', 'fail'\]"),
+    ({"verdict": "pass", "checks": [{"name": "a", "passed": "yes", "detail": ""}], "rationale": "r"},
+     r"checks\[0\]\.passed: 'yes' is not of type 'boolean'"),
     ({"verdict": "pass", "checks": [{"name": "a", "passed": False, "detail": ""}], "rationale": "r"}, "check failed"),
+    ({"verdict": "pass", "checks": [{"name": "a", "passed": True, "detail": "d"}], "rationale": " "}, "rationale is empty"),
     (["pass"], "JSON object"),
 ])
 def test_validate_verdict_rejects(bad: Any, match: str) -> None:
@@ -434,7 +437,8 @@ def _acceptance_set() -> tuple[list[Item], list[dict[str, Any]], dict[str, str]]
     """50 benchmark conversations (hand-built ones if the benchmarks package is absent), synthetic replies.
 
     Every third conversation gets a bad reply at its last judged turn that has a required or forbidden
-    list, so its true verdict is fail; all other replies are good.
+    list, so its true verdict is fail; all other replies are good (to the judge: a reply that breaks a
+    constraint the code decides fails whatever the judge says).
     """
     try:
         from posttrain.benchmarks import load_benchmark
@@ -453,7 +457,9 @@ def _acceptance_set() -> tuple[list[Item], list[dict[str, Any]], dict[str, str]]
             if turn.expect is not None and i != bad:  # the good reply must not trip a forbidden string
                 assert not any(f.lower() in reply.lower() for f in turn.expect.must_not_include), (item.id, i)
             replies.append(reply)
-        truth[item.id] = "fail" if bad is not None else "pass"
+        # conv-judge-v3: a constraint the code decides (a format, a word limit) that a reply breaks fails it too
+        broken = any(not f["passed"] for i in item.judged_turns for f in code_facts(item.turns[i].expect, replies[i]))
+        truth[item.id] = "fail" if bad is not None or broken else "pass"
         rows.append({"item_id": item.id, "category": item.category, "source": item.source, "model": "m-instruct",
                      "prompt_format": "chat_template",
                      "turns": [{"turn": i, "user": t.user, "prompt_sha256": "0" * 64, "reply": r, "n_prompt_tokens": 9,

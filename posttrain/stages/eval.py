@@ -193,6 +193,7 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         from posttrain.judges.calibration import calibration_status
         from posttrain.judges.clients import request_settings
         from posttrain.judges.prompt import judge_instrument
+        from posttrain.judges.runner import code_decided_summary
 
         spend = JudgeSpend()
         try:
@@ -202,6 +203,7 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         finally:  # a judge stopped part-way (spend limit, repeated 4xx) still paid for what it answered
             ctx.api_usd += spend.usd  # what this run paid; the rows carry what their verdicts cost when made
         extra["judge_spend"] = spend.as_dict()
+        extra["code_decided"] = code_decided_summary(scores)  # facts the code decided, and where they overrode
         extra["judge_preflight"] = ctx.plan.state.get("judge_preflight")
         extra["judge_settings"] = request_settings(cfg.judge)  # thinking, effort, sampling: as sent
         instrument = judge_instrument(cfg.judge)
