@@ -44,6 +44,8 @@ REWORDED = "Plants need water daily; a careful schedule keeps roots healthy."  #
     # a loop is no ending, even when the model stopped by itself (SmolLM2's "Pros of Buying Used:")
     ("Pros of Buying Used: cheap.\nPros of Buying Used: cheap.\nPros of Buying Used: cheap.", "eos", "looping"),
     ("Pros of buying used cars. " * 3 + "And more", "length", "looping"),
+    ("1. Tea\n2. Coffee\n" + "".join(f"{k}. Pasta\n" for k in range(3, 12)) + "12.", "length", "looping"),  # numbers too
+    ("1. Tea\n2. Coffee\n3. Pasta\n4. Lentils\n5. Milk\n6. Oats\n7. Soap\n8. Rice\n9. Bread", "eos", None),
     ("Water it daily. Give it light. Water it daily. Keep it warm.", "eos", None),  # one repeat is not a loop
 ])
 def test_incomplete_reason(text: str, finish: str | None, why: str | None) -> None:

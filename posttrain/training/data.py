@@ -173,16 +173,18 @@ _CLOSED = (".", "!", "?", "…", '"', "'", "”", "’", ")", "]", "}", "*", "`"
 
 def looping(text: str) -> bool:
     """Whether a reply repeats itself: a line or sentence of 3+ words three times or more, or more
-    than 40% of its word 4-grams repeats (replies of 30+ words). SmolLM2 writes such loops ("Pros of
-    Buying Used:" again and again) until the length limit; a loop is no ending."""
-    units = [u.strip().lower() for u in re.split(r"(?<=[.!?])\s+|\n+", text) if len(u.split()) >= 3]
+    than 40% of its word 4-grams repeats (replies of 20+ words), numbers counting as one word (so
+    "11. Pasta\n12. Pasta\n13. Pasta" repeats). SmolLM2 writes such loops ("Pros of Buying Used:"
+    again and again) until the length limit; a loop is no ending."""
+    norm = re.sub(r"\d+", "#", text.lower())
+    units = [u.strip() for u in re.split(r"(?<=[.!?])\s+|\n+", norm) if len(u.split()) >= 3]
     counts: dict[str, int] = {}
     for u in units:
         counts[u] = counts.get(u, 0) + 1
     if counts and max(counts.values()) >= 3:
         return True
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < 30:
+    words = re.findall(r"\w+|#", norm)
+    if len(words) < 20:
         return False
     grams = list(zip(words, words[1:], words[2:], words[3:], strict=False))
     return 1.0 - len(set(grams)) / len(grams) > 0.4
