@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,120 @@ def test_cli_round_trip_and_bad_input(runs: list[Path], tmp_path: Path, monkeypa
     _write_csv(out, rows)
     assert main(["import", str(out), "--store", str(tmp_path / "s2")]) == 2
     assert "row 2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# migrate: a retired judge's labelled conversations re-scored by a new judge (loopback server)
+
+
+def _labelled_store(tmp_path: Path, old_overrides: list[str], n: int = 30) -> tuple[Path, Path]:
+    """A run folder of ``n`` conversations (even ones answered well) and the old judge's calibration.
+
+    The humans label the good replies pass and the others fail; the old judge agreed on all but two.
+    """
+    from posttrain.judges.calibration import _judge_from_overrides, kappa_from_labels
+    from posttrain.judges.prompt import INSTRUMENT_ROW_FIELDS, judge_instrument
+    from posttrain.records import write_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    items = [Item(id=f"conv-{i:03d}", category="recall", turns=(
+        Turn(user=f"I moved to City{i} last spring."),
+        Turn(user="Which city do I live in?", expect=Expectation(must_include=((f"City{i}",),))))) for i in range(n)]
+    replies = [f"You live in City{i}." if i % 2 == 0 else "I do not know, sorry." for i in range(n)]
+    (run / "items.jsonl").write_text("".join(json.dumps(it.to_dict()) + "\n" for it in items))
+    (run / "generations.jsonl").write_text("".join(json.dumps({
+        "item_id": it.id, "category": it.category, "source": it.source, "model": "m-instruct",
+        "prompt_format": "chat_template", "turns": [
+            {"turn": t, "user": it.turns[t].user, "prompt_sha256": "0" * 64, "reply": r, "n_prompt_tokens": 5,
+             "n_new_tokens": 5, "finish_reason": "stop"} for t, r in enumerate(["Nice.", reply])]}) + "\n"
+        for it, reply in zip(items, replies, strict=True)))
+    old = _judge_from_overrides(old_overrides, "--from")
+    inst = judge_instrument(old)
+    labels = [{"sample_id": f"s{i + 1:03d}", "run": "run", "run_dir": str(run), "item_id": it.id,
+               "model": "m-instruct", "category": "recall", "judge": "claude",
+               **{f: inst[k] for k, f in INSTRUMENT_ROW_FIELDS.items()},
+               "judge_verdict": ("pass" if i % 2 == 0 else "fail") if i not in (3, 8) else ("pass" if i == 3 else "fail"),
+               "human_label": "pass" if i % 2 == 0 else "fail"} for i, it in enumerate(items)]
+    store = tmp_path / "calibrations"
+    csv_path = tmp_path / "sample.csv"
+    csv_path.write_text("sample_id,human_label\n" + "".join(f"{lab['sample_id']},{lab['human_label']}\n"
+                                                           for lab in labels))
+    record = {"key": instrument_key(inst), "instrument": inst, "judge": "claude", **kappa_from_labels(labels),
+              "date": "2026-06-01T00:00:00+00:00", "source_csv": str(csv_path), "labels": labels}
+    write_json(store / f"{record['key']}.json", record)
+    return store, csv_path
+
+
+OLD = ["judge=claude", "judge.model=claude-sonnet-4-5", "judge.prices_for=claude-sonnet-4-5"]
+
+
+@pytest.mark.usefixtures("judge_keys")
+def test_migrate_refuses_a_new_judge_that_disagrees_with_the_humans_and_writes_nothing(tmp_path: Path) -> None:
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_server import FakeLLMServer, sensible_verdict
+
+    from posttrain.judges.calibration import migrate
+    from posttrain.tracking.budget import BudgetExceeded
+
+    store, _ = _labelled_store(tmp_path, OLD)
+    before = sorted(p.name for p in store.iterdir())
+
+    def strict_judge(prompt: str) -> dict:
+        """Fails every fourth good reply (City0, City4, ...): a judge the humans would not trust."""
+        m = re.search(r"You live in City(\d+)\.", prompt)
+        return sensible_verdict(prompt, force=False) if m and int(m.group(1)) % 4 == 0 else sensible_verdict(prompt)
+
+    with FakeLLMServer(verdict_fn=strict_judge) as srv:
+        to = ["judge=gpt4", f"judge.base_url={srv.openai_url}", "judge.concurrency=4"]
+        with pytest.raises(BudgetExceeded, match="Nothing was started or spent"):  # the cost is checked first
+            migrate(OLD, to, store_dir=store, cap_usd=0.0001, backoff_base_s=0.001)
+        assert srv.model_calls == 0 and sum(srv.counts.values()) == 0
+        res = migrate(OLD, to, store_dir=store, backoff_base_s=0.001)
+        assert srv.model_calls == 30
+    assert res["written"] is False and res["path"] is None and res["record"] is None
+    # hand-worked: humans 15 pass / 15 fail; the new judge fails 8 of the 15 good replies (City0, 4, ..., 28)
+    # p_o = 22/30, p_e = 0.5 x 7/30 + 0.5 x 23/30 = 0.5, kappa = (22/30 - 0.5) / 0.5 = 0.467
+    assert res["n"] == 30 and res["kappa"] == pytest.approx(7 / 15)
+    assert "kappa 0.47 against the human labels < gate.min_kappa 0.70" in res["reason"]
+    assert sorted(d["item_id"] for d in res["disagreements"]) == [f"conv-{i:03d}" for i in range(0, 30, 4)]
+    assert all(d["human_label"] == "pass" and d["judge_verdict"] == "fail" for d in res["disagreements"])
+    assert res["kappa_vs_old"] is not None and res["kappa_vs_old"] < 0.7
+    assert sorted(p.name for p in store.iterdir()) == before  # nothing written
+
+
+@pytest.mark.usefixtures("judge_keys")
+def test_migrate_writes_a_calibration_with_lineage_when_the_new_judge_agrees(tmp_path: Path, capsys) -> None:
+    import hashlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_server import FakeLLMServer
+
+    from posttrain.judges.calibration import _judge_from_overrides, calibration_status, list_calibrations
+    from posttrain.judges.prompt import judge_instrument
+
+    store, csv_path = _labelled_store(tmp_path, OLD)
+    [old] = list_calibrations(store)
+    with FakeLLMServer() as srv:  # the sensible grader: agrees with the humans
+        to = ["judge=gpt4", f"judge.base_url={srv.openai_url}"]
+        code = main(["migrate", "--from", *OLD, "--to", *to, "--store", str(store)])
+        out = capsys.readouterr().out
+        assert code == 0 and srv.model_calls == 30 and srv.count("GET /v1/models/{id} openai") == 1  # preflight
+    assert "kappa against the human labels 1.00 on n=30" in out and "wrote" in out
+    new_inst = judge_instrument(_judge_from_overrides(to, "--to"))
+    st = calibration_status(store, new_inst)
+    assert st["applies"] is True and st["n"] == 30 and st["kappa"] == pytest.approx(1.0)
+    [new] = [c for c in list_calibrations(store) if c["key"] != old["key"]]
+    lineage = new["lineage"]
+    assert lineage["migrated_from"] == old["key"] and lineage["old_instrument"] == old["instrument"]
+    assert lineage["labels_sha256"] == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    assert datetime.fromisoformat(lineage["date"]).date() == datetime.now(UTC).date()
+    assert lineage["kappa_vs_old_judge"] == pytest.approx(old["kappa"])  # the old judge missed 2 of 30
+    assert new["instrument"]["provider"] == "openai" and new["instrument"]["model"] == "gpt-6.2-sol"
+    assert [lab["human_label"] for lab in new["labels"]] == [lab["human_label"] for lab in old["labels"]]
+    # the old judge's calibration is untouched
+    assert read_calibration(Path(old["path"]))["labels"] == old["labels"]

@@ -12,6 +12,10 @@ conversations and the two agree (Cohen's kappa >= ``gate.min_kappa``). The workf
    stores them under ``$POSTTRAIN_HOME/calibrations``, keyed by the judge instrument.
 4. ``posttrain-calibrate status [judge=NAME] [judge.model=...]`` lists the stored calibrations and
    says whether one applies to a judge config, and why not.
+5. ``posttrain-calibrate migrate --from judge=claude --to judge=gpt4 [judge.model=...]`` moves a
+   calibration to a new judge when the old one is retired (:func:`migrate`): the human labels stay
+   valid, so the labelled conversations are re-scored by the new judge, and the new instrument is
+   calibrated only if it agrees with the humans; the record names the calibration it came from.
 
 A calibration is bound to the instrument it calibrated: provider, model id, template version and the
 template's sha256 (:func:`posttrain.judges.prompt.template_sha256`: template text, rubric, renderer
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import re
@@ -503,9 +508,7 @@ def is_calibrated(store_dir: Path, instrument: Mapping[str, Any], *, min_kappa: 
 def _status_cli(store_dir: Path, overrides: Sequence[str], min_kappa: float | None,
                 min_items: int | None) -> int:
     """``posttrain-calibrate status``: list the store; with ``judge=NAME``, say whether one applies."""
-    from omegaconf import OmegaConf
-
-    from posttrain.config import GateConfig, load_group_option
+    from posttrain.config import GateConfig
     from posttrain.judges.prompt import judge_instrument
 
     stored = list_calibrations(store_dir)
@@ -519,15 +522,7 @@ def _status_cli(store_dir: Path, overrides: Sequence[str], min_kappa: float | No
               f"({str(c.get('date', ''))[:10]})")
     if not overrides:
         return 0
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("judge=")]
-    bad = [o for o in overrides if not (o.startswith("judge=") or o.startswith("judge.")) or "=" not in o]
-    if len(names) != 1 or bad:
-        raise CalibrationError(f"status takes judge=NAME and judge.FIELD=VALUE overrides, got {list(overrides)}")
-    cfg = load_group_option("judge", names[0])
-    for o in overrides:
-        if o.startswith("judge."):
-            field, value = o.split("=", 1)
-            OmegaConf.update(cfg, field.removeprefix("judge."), _parse_value(value), merge=False)
+    cfg = _judge_from_overrides(overrides, "status")
     gate = GateConfig()
     min_kappa = gate.min_kappa if min_kappa is None else min_kappa
     min_items = gate.min_calibration_items if min_items is None else min_items
@@ -542,6 +537,243 @@ def _status_cli(store_dir: Path, overrides: Sequence[str], min_kappa: float | No
     return 1
 
 
+# ---------------------------------------------------------------------------------------------
+# Migrating a calibration to a new judge ("my judge was retired")
+
+
+def _judge_from_overrides(overrides: Sequence[str], flag: str) -> Any:
+    """A judge config from ``judge=NAME`` plus ``judge.FIELD=VALUE`` overrides (as ``status`` reads them)."""
+    from omegaconf import OmegaConf
+
+    from posttrain.config import load_group_option
+
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("judge=")]
+    bad = [o for o in overrides if not (o.startswith("judge=") or o.startswith("judge.")) or "=" not in o]
+    if len(names) != 1 or bad:
+        raise CalibrationError(f"{flag} takes judge=NAME and judge.FIELD=VALUE overrides, got {list(overrides)}")
+    cfg = load_group_option("judge", names[0])
+    for o in overrides:
+        if o.startswith("judge."):
+            field, value = o.split("=", 1)
+            OmegaConf.update(cfg, field.removeprefix("judge."), _parse_value(value), merge=False)
+    return cfg
+
+
+def _source_calibration(store_dir: Path, old_cfg: Any) -> dict[str, Any]:
+    """The stored calibration of the old judge: same provider, model and template version.
+
+    The template hash is not required to match: the hash covers the renderer's source, which moves
+    with the code, and what migrate reuses is the human labels. An exact hash match is preferred,
+    then the newest record.
+    """
+    from posttrain.judges.prompt import judge_instrument
+
+    inst = judge_instrument(old_cfg)
+    valid = [c for c in list_calibrations(store_dir) if "error" not in c]
+    same = [c for c in valid if all(c["instrument"].get(k) == inst[k] for k in ("provider", "model",
+                                                                                 "template_version"))]
+    if not same:
+        have = ", ".join(f"{c['key']} (judge={c.get('judge')})" for c in valid) or "none"
+        raise CalibrationError(f"no stored calibration of {inst['provider']} {inst['model']} "
+                               f"{inst['template_version']} to migrate from (in {store_dir}: {have}); name the "
+                               "old judge as it was calibrated, e.g. --from judge=claude judge.model=<old model> "
+                               "judge.template_version=<its version>")
+    same.sort(key=lambda c: (c["instrument"]["template_sha256"] == inst["template_sha256"], str(c.get("date"))))
+    return same[-1]
+
+
+def _labels_sha256(source: dict[str, Any]) -> tuple[str, str]:
+    """sha256 of the labels file (the labelled CSV) if it is still there, else of the stored labels."""
+    csv_path = Path(str(source.get("source_csv") or ""))
+    if csv_path.is_file():
+        return hashlib.sha256(csv_path.read_bytes()).hexdigest(), str(csv_path)
+    rows = [{k: lab.get(k) for k in ("sample_id", "run", "item_id", "model", "human_label")}
+            for lab in source["labels"]]
+    blob = json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest(), "the stored label records (the labelled CSV is gone)"
+
+
+def _labelled_conversations(labels: Sequence[Mapping[str, Any]], items_path: Path | None
+                            ) -> dict[str, tuple[list[Item], list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per run folder: the items, the generation rows and the labels they belong to.
+
+    Raises:
+        CalibrationError: a run folder, generation row or item that is gone (the message names the label).
+    """
+    extra = {d["id"]: item_from_dict(d) for d in _read_jsonl(items_path)} if items_path else {}
+    out: dict[str, tuple[list[Item], list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    problems = []
+    for lab in labels:
+        run_dir = Path(str(lab.get("run_dir") or ""))
+        where = f"label {lab.get('sample_id')} ({lab.get('item_id')}, model {lab.get('model')}, run {run_dir})"
+        gen_path = run_dir / "generations.jsonl"
+        if not gen_path.is_file():
+            problems.append(f"{where}: {gen_path} is gone")
+            continue
+        gens = {(g.get("item_id"), g.get("model")): g for g in _read_jsonl(gen_path)}
+        known = dict(extra)
+        if (run_dir / "items.jsonl").is_file():
+            known = {d["id"]: item_from_dict(d) for d in _read_jsonl(run_dir / "items.jsonl")} | extra
+        gen, item = gens.get((lab.get("item_id"), lab.get("model"))), known.get(str(lab.get("item_id")))
+        if gen is None or item is None:
+            problems.append(f"{where}: its {'generation row' if gen is None else 'item'} is not in the run folder "
+                            "(pass --items ITEMS.jsonl for the items)")
+            continue
+        items, rows, labs = out.setdefault(str(run_dir), ([], [], []))
+        if item.id not in {it.id for it in items}:
+            items.append(item)
+        rows.append(gen)
+        labs.append(dict(lab))
+    if problems:
+        raise CalibrationError("cannot re-score the labelled conversations (nothing was spent): " + "; ".join(problems))
+    return out
+
+
+def migrate(old_overrides: Sequence[str], new_overrides: Sequence[str], *, store_dir: Path,
+            min_kappa: float | None = None, min_items: int | None = None, items_path: Path | None = None,
+            cap_usd: float | None = None, cache_dir: Path | None = None,
+            backoff_base_s: float | None = None) -> dict[str, Any]:
+    """Re-score the human-labelled conversations of the old judge's calibration with a new judge.
+
+    The human labels stay valid when a judge is retired; the calibration does not (it holds for one
+    instrument). So: find the old judge's calibration, estimate the new judge's cost on its labelled
+    conversations and check it against the budget ledger, preflight the new model, re-score, and
+    compare. Kappa is computed against the humans (the gate's number) and against the old judge.
+
+    A calibration of the new instrument is written only when kappa >= ``min_kappa`` on at least
+    ``min_items`` labelled conversations the new judge scored (an ``error`` verdict is left out and
+    listed). It keeps every label beside the new verdict (so :func:`read_calibration` recomputes
+    kappa) and ``lineage``: the old instrument and key, the labels file's sha256, the date, the
+    kappa against the old judge. Otherwise nothing is written and the result lists the disagreements.
+
+    Returns:
+        ``{"written", "path", "reason", "old", "new", "n", "kappa", "kappa_vs_old", "disagreements",
+        "excluded", "estimate_usd", "spent_usd", "record"}``.
+
+    Raises:
+        CalibrationError: no old calibration, a labelled conversation that is gone, a new model without
+            its prices; BudgetExceeded: the estimate exceeds what the ledger has left. Nothing was spent.
+        JudgeConfigError: the new judge cannot run (no key, a retired or unknown model). Nothing was spent.
+    """
+    from posttrain.config import BudgetConfig, GateConfig
+    from posttrain.judges.asking import JudgeSpend
+    from posttrain.judges.clients import DEFAULT_BACKOFF_BASE_S, check_judge_ready
+    from posttrain.judges.lifecycle import preflight_judge
+    from posttrain.judges.prompt import judge_instrument
+    from posttrain.judges.runner import estimate_cost, judge_generations
+    from posttrain.paths import judge_cache_dir, ledger_path
+    from posttrain.tracking.budget import Ledger, Spend
+
+    gate = GateConfig()
+    min_kappa = gate.min_kappa if min_kappa is None else min_kappa
+    min_items = gate.min_calibration_items if min_items is None else min_items
+    old_cfg = _judge_from_overrides(old_overrides, "--from")
+    new_cfg = _judge_from_overrides(new_overrides, "--to")
+    if new_cfg.prices_for != new_cfg.model:
+        raise CalibrationError(
+            f"judge.model={new_cfg.model!r} has no known price (judge.prices_for={new_cfg.prices_for!r}): set "
+            f"judge.price_input_per_mtok, judge.price_output_per_mtok and judge.prices_for={new_cfg.model} in --to, "
+            "so the estimate counts what it costs. Nothing was spent.")
+    source = _source_calibration(store_dir, old_cfg)
+    new_inst = judge_instrument(new_cfg)
+    if all(new_inst[k] == source["instrument"][k] for k in INSTRUMENT_KEYS):
+        raise CalibrationError(f"--to names the instrument already calibrated ({source['key']}): nothing to migrate")
+    groups = _labelled_conversations(source["labels"], items_path)
+    check_judge_ready(new_cfg)
+
+    # the cost first: every labelled conversation's judged turns at the new judge's estimates
+    per_label_items = [it for items, rows, _ in groups.values() for it in items for r in rows
+                       if r.get("item_id") == it.id]
+    estimate = estimate_cost(per_label_items, new_cfg)
+    budget = BudgetConfig()
+    ledger = Ledger(ledger_path(budget.ledger_path), budget.cap_usd if cap_usd is None else cap_usd)
+    ledger.check(estimate, what=f"migrating calibration {source['key']} to {new_inst['provider']} "
+                                f"{new_inst['model']} ({len(source['labels'])} labelled conversations)")
+    preflight = preflight_judge(new_cfg)
+
+    spend = JudgeSpend()
+    verdicts: dict[tuple[str, Any, Any], str] = {}
+    for run_dir, (items, rows, _) in groups.items():
+        scores = judge_generations(items, rows, new_cfg, progress=False, spend=spend,
+                                   cache_dir=cache_dir or judge_cache_dir(new_cfg.cache_dir),
+                                   backoff_base_s=DEFAULT_BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s)
+        for s in scores:
+            verdicts[(run_dir, s["item_id"], s.get("model"))] = s["verdict"]
+    if spend.usd > 0:
+        ledger.record(Spend(str(store_dir), "calibrate-migrate", str(new_cfg.model), "none", 0.0, 0.0, spend.usd,
+                            note=f"migrate {source['key']} -> {instrument_key(new_inst)}"))
+
+    labels, excluded, disagreements = [], [], []
+    for lab in source["labels"]:
+        new = verdicts.get((str(lab.get("run_dir")), lab.get("item_id"), lab.get("model")), "error")
+        entry = {**lab, "judge": new_cfg.name, **{f: new_inst[k] for k, f in INSTRUMENT_ROW_FIELDS.items()},
+                 "judge_verdict": new, "old_judge_verdict": lab.get("judge_verdict")}
+        if new not in ("pass", "fail"):
+            excluded.append({k: entry.get(k) for k in ("sample_id", "item_id", "model", "run")})
+            continue
+        labels.append(entry)
+        if new != lab.get("human_label"):
+            disagreements.append({k: entry.get(k) for k in ("sample_id", "item_id", "model", "run", "human_label",
+                                                            "judge_verdict", "old_judge_verdict")})
+    vs_human = kappa_from_labels(labels)
+    vs_old = kappa_from_labels([{"sample_id": lab["sample_id"], "human_label": lab["old_judge_verdict"],
+                                 "judge_verdict": lab["judge_verdict"]} for lab in labels])
+    result: dict[str, Any] = {"written": False, "path": None, "old": source["key"], "new": instrument_key(new_inst),
+                              "n": vs_human["n"], "kappa": vs_human["kappa"], "ci95": vs_human["ci95"],
+                              "kappa_vs_old": vs_old["kappa"], "agreement_vs_old": vs_old["agreement"],
+                              "disagreements": disagreements, "excluded": excluded, "estimate_usd": estimate,
+                              "spent_usd": spend.usd, "record": None}
+    if vs_human["n"] < min_items:
+        result["reason"] = (f"the new judge scored {vs_human['n']} labelled conversations "
+                            f"({len(excluded)} ended as error), fewer than gate.min_calibration_items={min_items}")
+    elif vs_human["kappa"] is None or vs_human["kappa"] < min_kappa:
+        k = "undefined" if vs_human["kappa"] is None else f"{vs_human['kappa']:.2f}"
+        result["reason"] = (f"kappa {k} against the human labels < gate.min_kappa {min_kappa:.2f}: the new judge "
+                            f"disagrees with the humans on {len(disagreements)} of {vs_human['n']} conversations")
+    if result.get("reason"):
+        return result  # nothing is written
+    labels_sha, labels_of = _labels_sha256(source)
+    record = {
+        "key": instrument_key(new_inst), "instrument": new_inst, "judge": new_cfg.name, **vs_human,
+        "date": datetime.now(UTC).isoformat(),
+        "table_layout": "rows: human (pass, fail); columns: judge (pass, fail)",
+        "source_csv": source.get("source_csv"),
+        "lineage": {"migrated_from": source["key"], "old_instrument": source["instrument"],
+                    "old_judge": source.get("judge"), "old_kappa": source.get("kappa"),
+                    "labels_sha256": labels_sha, "labels_sha256_of": labels_of,
+                    "kappa_vs_old_judge": vs_old["kappa"], "agreement_vs_old_judge": vs_old["agreement"],
+                    "excluded": excluded, "date": datetime.now(UTC).isoformat(), "preflight": preflight,
+                    "spent_usd": spend.usd},
+        "labels": labels,
+    }
+    path = _store_path(store_dir, record["key"])
+    write_json(path, record)
+    read_calibration(path)  # what the gate will read: kappa recomputes from the labels written
+    return result | {"written": True, "path": str(path), "reason": None, "record": record}
+
+
+def _migrate_cli(args: argparse.Namespace) -> int:
+    res = migrate(args.old, args.new, store_dir=args.store or default_store_dir(), min_kappa=args.min_kappa,
+                  min_items=args.min_items, items_path=args.items)
+    k = "undefined" if res["kappa"] is None else f"{res['kappa']:.2f}"
+    ko = "undefined" if res["kappa_vs_old"] is None else f"{res['kappa_vs_old']:.2f}"
+    print(f"migrate {res['old']} -> {res['new']}: estimated ${res['estimate_usd']:.2f}, spent ${res['spent_usd']:.2f}")
+    print(f"  kappa against the human labels {k} on n={res['n']}; against the old judge {ko}")
+    if res["excluded"]:
+        print(f"  {len(res['excluded'])} conversation(s) ended as error and were left out: "
+              + ", ".join(str(e["sample_id"]) for e in res["excluded"]))
+    for d in res["disagreements"]:
+        print(f"  disagrees: {d['sample_id']} item {d['item_id']} model {d['model']} run {d['run']}: human "
+              f"{d['human_label']}, new judge {d['judge_verdict']}, old judge {d['old_judge_verdict']}")
+    if res["written"]:
+        print(f"  wrote {res['path']} (lineage: migrated from {res['old']})")
+        return 0
+    print(f"  NOT WRITTEN: {res['reason']}. Nothing was stored; read the disagreeing conversations above "
+          "(a judge that misreads them needs another model or template), or label a fresh sample for the "
+          "new judge with export/import.", file=sys.stderr)
+    return 1
+
+
 def _parse_value(text: str) -> Any:
     """A command-line override value as YAML reads it (numbers, booleans, null, strings)."""
     import yaml
@@ -550,9 +782,10 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``posttrain-calibrate export|import|status ...``; exit 2 on bad input.
+    """``posttrain-calibrate export|import|status|migrate ...``; exit 2 on bad input.
 
-    ``status`` exits 1 when a judge is given and no calibration applies to it, else 0.
+    ``status`` exits 1 when a judge is given and no calibration applies to it, else 0; ``migrate``
+    exits 1 when the new judge's calibration is not written (it disagrees with the humans).
     """
     parser = argparse.ArgumentParser(prog="posttrain-calibrate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -576,6 +809,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--store", type=Path, default=None, help="default: $POSTTRAIN_HOME/calibrations")
     st.add_argument("--min-kappa", type=float, default=None, help="default: gate.min_kappa (0.7)")
     st.add_argument("--min-items", type=int, default=None, help="default: gate.min_calibration_items (30)")
+    mg = sub.add_parser("migrate", help="re-score a retired judge's labelled conversations with a new judge",
+                        description="Re-score the human-labelled conversations of the old judge's calibration "
+                                    "with the new judge (cost estimated and checked against the budget first); "
+                                    "report kappa against the humans and against the old judge; store a "
+                                    "calibration of the new instrument, with its lineage, only if kappa >= "
+                                    "gate.min_kappa on >= gate.min_calibration_items. Exit 1 when not written.")
+    mg.add_argument("--from", dest="old", nargs="+", required=True, metavar="judge=NAME|judge.FIELD=VALUE")
+    mg.add_argument("--to", dest="new", nargs="+", required=True, metavar="judge=NAME|judge.FIELD=VALUE")
+    mg.add_argument("--store", type=Path, default=None, help="default: $POSTTRAIN_HOME/calibrations")
+    mg.add_argument("--items", type=Path, default=None, help="items JSONL (default: each RUN_DIR/items.jsonl)")
+    mg.add_argument("--min-kappa", type=float, default=None, help="default: gate.min_kappa (0.7)")
+    mg.add_argument("--min-items", type=int, default=None, help="default: gate.min_calibration_items (30)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "export":
@@ -587,6 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"then: posttrain-calibrate import {out}")
         elif args.cmd == "status":
             return _status_cli(args.store or default_store_dir(), args.overrides, args.min_kappa, args.min_items)
+        elif args.cmd == "migrate":
+            return _migrate_cli(args)
         else:
             res = import_labels(args.csv, store_dir=args.store or default_store_dir(), key=args.key)
             k = "undefined" if res["kappa"] is None else f"{res['kappa']:.2f}"
@@ -596,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if res["n"] < DEFAULT_MIN_ITEMS:
                 print(f"warning: {res['n']} labelled items; the gate needs gate.min_calibration_items "
                       f"(default {DEFAULT_MIN_ITEMS}) before this calibration counts", file=sys.stderr)
-    except (CalibrationError, OSError, csv.Error, KeyError, ValueError) as exc:  # ConfigError is a ValueError
+    except (CalibrationError, OSError, csv.Error, KeyError, ValueError, RuntimeError) as exc:
+        # ConfigError and JudgeConfigError are ValueErrors; BudgetExceeded and JudgeStopped RuntimeErrors
         print(f"posttrain-calibrate: error: {exc}", file=sys.stderr)
         return 2
     return 0
