@@ -185,6 +185,7 @@ def test_quotes_are_matched_after_case_and_whitespace_normalisation() -> None:
     assert unquoted('"YOUR DOG IS CALLED BISCUIT" then "he\'s a good boy"', reply) == []
     assert unquoted('"Your cat ... Biscuit"', reply) == ["Your cat"]
     assert unquoted('"called Rex"', reply) == ["called Rex"]
+    assert unquoted('"your dog is Biscuit"', "Your dog is **Biscuit**.") == []  # markdown emphasis is not words
 
 
 def test_a_sensible_answer_validates_and_validates_again_to_itself() -> None:

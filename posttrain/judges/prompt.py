@@ -160,12 +160,16 @@ def read_checklist(prompt: str) -> Checklist | None:
 
 _QUOTED = re.compile(r'"([^"]*)"|\u201c([^\u201d]*)\u201d')  # "straight" or \u201ccurly\u201d double quotes
 _ELLIPSIS = re.compile(r"\.\.\.|\u2026")
-_TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
+# Typographic quotes and dashes made plain, and markdown's emphasis and code marks dropped: a judge
+# quoting "Your dog is Biscuit" from "Your dog is **Biscuit**" quotes the reply's words.
+_TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
+                              "*": "", "`": ""})
 _EDGE = " \t\n.,;:!?'()[]-"
 
 
 def normalise(text: str) -> str:
-    """Case-folded, NFKC, typographic quotes and dashes made plain, every run of whitespace one space."""
+    """Case-folded and NFKC; plain quotes and dashes; markdown's asterisks and backticks dropped; one space per
+    whitespace run."""
     return " ".join(unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC).casefold().split())
 
 
