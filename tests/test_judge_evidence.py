@@ -244,7 +244,11 @@ def test_v2_answers_need_exactly_the_labelled_checks() -> None:
 
 def _vacuous(prompt: str) -> dict[str, Any]:
     n = len(read_checklist(prompt).labels)  # type: ignore[union-attr]
-    return {"checks": [{"name": "", "passed": True, "detail": ""}] * n, "rationale": "", "verdict": "pass"}
+    return {"checks": [{"name": "", "passed": True, "detail": ""}] * n, "rationale": "All good.", "verdict": "pass"}
+
+
+def _vacuous_no_rationale(prompt: str) -> dict[str, Any]:
+    return {**sensible_verdict(prompt), "rationale": ""}
 
 
 def _named_but_empty(prompt: str) -> dict[str, Any]:
@@ -265,7 +269,8 @@ def _two_extra(prompt: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 @pytest.mark.parametrize("verdict_fn, problem", [
-    (_vacuous, "rationale is empty"),
+    (_vacuous, r"checks\[0\] is named '', expected 'required 1'"),
+    (_vacuous_no_rationale, "rationale is empty"),
     (_named_but_empty, "passed with an empty detail"),
     (_hallucinated, "which is not in the reply"),
     (_two_extra, r"6 check\(s\) for 4 labelled line\(s\)"),
