@@ -139,6 +139,7 @@ class BenchmarkConfig:
     limit: int | None = None
     path: str | None = None  # user's copy of a public benchmark file
 
+    # ... | "system_prompt" | "structured_output" | "length" | "refusal" (capability benchmarks)
 
 @dataclass
 class PromptConfig:
@@ -306,7 +307,8 @@ VALID = {
     "model.dtype": ("bfloat16", "float16", "float32", "auto"),
     "model.quantization": (None, "nf4"),
     "stage.name": ("eval", "sft", "dpo", "dpo_only"),
-    "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval"),
+    "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval",
+                       "system_prompt", "structured_output", "length", "refusal"),
     "prompt.format": ("auto", "raw", "instruction_cue", "transcript", "urial", "chat_template"),
     "generation.backend": ("hf", "vllm"),
     "judge.provider": ("anthropic", "openai"),

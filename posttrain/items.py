@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-ConstraintKind = Literal["max_words", "min_words", "language", "format", "must_match", "no_match"]
+ConstraintKind = Literal["max_words", "min_words", "language", "format", "must_match", "no_match",
+                         "json_schema", "table_columns", "sentence_count", "item_count"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Constraint:
       - ``format``: ``value`` is one of "bullet_list", "numbered_list", "json", "single_line",
         "all_caps", "no_commas".
       - ``must_match`` / ``no_match``: ``value`` is a case-insensitive regular expression.
+      - ``json_schema``: ``value`` is a JSON Schema (draft 2020-12) the reply's JSON must fit.
+      - ``table_columns``: ``value`` is the list of column names of the reply's markdown table, in order.
+      - ``sentence_count`` / ``item_count``: ``value`` is the exact int number of sentences / list lines.
     """
 
     kind: ConstraintKind

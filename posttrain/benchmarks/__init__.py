@@ -21,7 +21,11 @@ from typing import Any, get_args
 
 from posttrain.items import ConstraintKind, Item, item_from_dict, verifiability_problems
 
-BENCHMARK_NAMES: tuple[str, ...] = ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval")
+# The generated capability benchmarks (posttrain/benchmarks/capabilities.py), one data file each.
+CAPABILITY_NAMES: tuple[str, ...] = ("system_prompt", "structured_output", "length", "refusal")
+BENCHMARK_NAMES: tuple[str, ...] = (
+    "conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval", *CAPABILITY_NAMES
+)
 CONSTRAINT_KINDS: tuple[str, ...] = get_args(ConstraintKind)
 FORMAT_VALUES: tuple[str, ...] = (
     "bullet_list",
@@ -58,7 +62,8 @@ class Benchmark:
     """A loaded benchmark.
 
     Attributes:
-        name: Benchmark name ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval").
+        name: Benchmark name ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval", or a
+            capability benchmark of :data:`CAPABILITY_NAMES`).
         split: The split applied.
         items: The items after split and limit, in file order.
         sha256: Hex SHA-256 of the exact file bytes read (the whole file, before split/limit).
@@ -180,6 +185,20 @@ def _check_constraint(check: RowChecker, c: Any, field: str) -> None:
         value = check.get(c, "value", str, vfield)
         if value not in FORMAT_VALUES:
             raise check.fail(vfield, f"unknown format {value!r}; valid: {', '.join(FORMAT_VALUES)}")
+    elif kind in ("sentence_count", "item_count"):
+        value = check.get(c, "value", int, vfield)
+        if value < 1:
+            raise check.fail(vfield, f"count must be >= 1, got {value}")
+    elif kind == "table_columns":
+        check.str_list(check.get(c, "value", list, vfield), vfield, nonempty=True)
+    elif kind == "json_schema":
+        import jsonschema  # a dependency of the package; only rows with a schema need it
+
+        value = check.get(c, "value", dict, vfield)
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.exceptions.SchemaError as e:
+            raise check.fail(vfield, f"not a valid JSON Schema (draft 2020-12): {e.message}") from None
     else:
         value = check.get(c, "value", str, vfield)
         try:
@@ -238,7 +257,9 @@ def validate_item_row(
     if category not in categories:
         raise check.fail("category", f"unknown category {category!r}; valid: {', '.join(categories)}")
     check.get(row, "source", str, "source")
-    check.get(row, "meta", dict, "meta")
+    meta = check.get(row, "meta", dict, "meta")
+    if "system" in meta:  # the item's own system turn (generation/prompts.py renders it in every format)
+        check.nonempty_str(meta, "system", "meta.system")
     split = check.get(row, "split", str, "split")
     if split not in splits:
         raise check.fail("split", f"unknown split {split!r}; valid: {', '.join(splits)}")
@@ -346,7 +367,7 @@ def load_benchmark(
     Args:
         name: One of :data:`BENCHMARK_NAMES`.
         split: "full" or a benchmark-specific split ("pilot" for conversations; "train"/"test" for
-            instructions; public sets only have "full").
+            instructions and the capability benchmarks; public sets only have "full").
         limit: Keep only the first ``limit`` items after the split (>= 1); None keeps all.
         path: File to read. Optional for the generated benchmarks (defaults to the packaged file),
             required for the public ones (your copy of the original file).
@@ -359,7 +380,7 @@ def load_benchmark(
         BenchmarkError: The file is missing or has a malformed row.
     """
     # Lazy imports: see the module docstring.
-    from posttrain.benchmarks import conversations, ifeval, instructions, public
+    from posttrain.benchmarks import capabilities, conversations, ifeval, instructions, public
 
     loaders: dict[str, Callable[..., Benchmark]] = {
         "conversations": conversations.load,
@@ -367,6 +388,7 @@ def load_benchmark(
         "mt_bench": public.load_mt_bench,
         "mt_bench_101": public.load_mt_bench_101,
         "ifeval": ifeval.load,
+        **{n: capabilities.loader(n) for n in CAPABILITY_NAMES},
     }
     splits = {
         "conversations": conversations.SPLITS,
@@ -374,6 +396,7 @@ def load_benchmark(
         "mt_bench": public.SPLITS,
         "mt_bench_101": public.SPLITS,
         "ifeval": ifeval.SPLITS,
+        **dict.fromkeys(CAPABILITY_NAMES, capabilities.SPLITS),
     }
     if name not in loaders:
         raise ValueError(f"unknown benchmark.name {name!r}; valid: {', '.join(BENCHMARK_NAMES)}")
@@ -391,6 +414,7 @@ def load_benchmark(
 
 __all__ = [
     "BENCHMARK_NAMES",
+    "CAPABILITY_NAMES",
     "Benchmark",
     "BenchmarkError",
     "RowChecker",

@@ -10,6 +10,11 @@ Formats (``prompt.format``):
   - ``raw``: the user text alone (earlier turns joined by blank lines).
 ``auto`` picks ``chat_template`` for instruct models and ``transcript`` for base models.
 
+An item may carry its own system turn (``Item.meta["system"]``, the system-prompt benchmark): it is the
+system message under ``chat_template`` (replacing ``prompt.system_prompt``, since the item's rule is what
+is tested) and a leading line under every base-style format (after the preamble of ``transcript`` and
+``urial``, first under ``instruction_cue`` and ``raw``), so both arms of a comparison read the same rule.
+
 For a base model, the rendered prompt must contain no chat special tokens: that is the
 contamination the loader guards against, checked again here on every prompt.
 """
@@ -68,10 +73,14 @@ def stop_strings(fmt: str, cfg: Any) -> list[str]:
 
 
 def render_prompt(history: History, fmt: str, cfg: Any, *, kind: str, tokenizer: Any = None,
-                  allow_chat_template_on_base: bool = False) -> str:
-    """Render a conversation whose last turn has no reply yet."""
+                  allow_chat_template_on_base: bool = False, system: str | None = None) -> str:
+    """Render a conversation whose last turn has no reply yet.
+
+    ``system`` is the item's own system turn (see the module docstring); None renders none.
+    """
     if not history or history[-1][1] is not None:
         raise ValueError("history must end with the user turn to answer (reply None)")
+    lead = f"{system.strip()}\n\n" if system is not None and system.strip() else ""
     if fmt == "chat_template":
         check_format_allowed(fmt, kind, allow_chat_template_on_base, "?")
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -80,7 +89,9 @@ def render_prompt(history: History, fmt: str, cfg: Any, *, kind: str, tokenizer:
         messages: list[dict[str, str]] = []
         # null: no system turn, so a template's own default applies (SmolLM2 inserts one; the loader
         # records it as chat_template_default_system_prompt); "" sends an empty one, which suppresses it.
-        if cfg.system_prompt is not None:
+        if lead:
+            messages.append({"role": "system", "content": system.strip()})  # type: ignore[union-attr]
+        elif cfg.system_prompt is not None:
             messages.append({"role": "system", "content": cfg.system_prompt})
         for user, reply in history:
             messages.append({"role": "user", "content": user})
@@ -90,6 +101,7 @@ def render_prompt(history: History, fmt: str, cfg: Any, *, kind: str, tokenizer:
     elif fmt == "transcript":
         u, a = cfg.user_marker.strip(), cfg.assistant_marker.strip()
         parts = [cfg.preamble.strip(), ""] if cfg.preamble else []
+        parts += [lead.strip(), ""] if lead else []
         for user, reply in history:
             parts.append(f"{u} {user.strip()}")
             parts.append(f"{a} {reply.strip()}" if reply is not None else a)
@@ -97,13 +109,13 @@ def render_prompt(history: History, fmt: str, cfg: Any, *, kind: str, tokenizer:
     elif fmt == "instruction_cue":
         blocks = [f"Instruction: {user.strip()}\nResponse:" + (f" {reply.strip()}" if reply is not None else "")
                   for user, reply in history]
-        text = "\n\n".join(blocks)
+        text = lead + "\n\n".join(blocks)
     elif fmt == "urial":
         blocks = [f"# Query:\n{user.strip()}\n\n# Answer:" + (f"\n{reply.strip()}" if reply is not None else "\n")
                   for user, reply in history]
-        text = URIAL_PREAMBLE + "\n\n".join(blocks)
+        text = URIAL_PREAMBLE + lead + "\n\n".join(blocks)
     elif fmt == "raw":
-        text = "\n\n".join([p for user, reply in history for p in (user.strip(), reply) if p is not None])
+        text = lead + "\n\n".join([p for user, reply in history for p in (user.strip(), reply) if p is not None])
         text += "\n\n"
     else:
         raise ValueError(f"unknown prompt.format {fmt!r}")

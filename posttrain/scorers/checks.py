@@ -283,6 +283,106 @@ def check_regex(reply: str, pattern: str, *, must: bool) -> Check:
     return _result(name, (m is not None) == must, detail)
 
 
+# --------------------------------------------------------------------------------------------
+# Structure: a JSON schema, a markdown table's columns, counts of sentences and list items
+# --------------------------------------------------------------------------------------------
+
+
+def _load_json(reply: str) -> tuple[Any, str]:
+    """The reply's JSON value and "" (the same reading as ``format:json``: the whole reply, or one code
+    fence around it), or ``(None, why not)``."""
+    text = reply.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        return json.loads(text), ""
+    except ValueError as exc:
+        return None, f"not valid JSON: {exc}"
+
+
+def check_json_schema(reply: str, schema: dict[str, Any]) -> Check:
+    """The reply is JSON (as ``format:json`` reads it) that fits ``schema`` (JSON Schema, draft 2020-12).
+
+    The first validation error is the detail, with the path of the offending value.
+    """
+    import jsonschema  # a dependency of the package (pyproject.toml); imported where a schema is checked
+
+    name = "json_schema"
+    value, why = _load_json(reply)
+    if why:
+        return _result(name, False, why)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        return _result(name, False, f"at {where}: {error.message[:160]}")
+    return _result(name, True, "valid JSON that fits the schema")
+
+
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+
+
+def _table_cells(line: str) -> list[str]:
+    """A table line's cells: outer pipes dropped, split on unescaped pipes, emphasis marks stripped."""
+    text = line.strip()
+    text = text[1:] if text.startswith("|") else text
+    text = text[:-1] if text.endswith("|") and not text.endswith("\\|") else text
+    return [cell.strip().strip("*_`").strip() for cell in re.split(r"(?<!\\)\|", text)]
+
+
+def check_table_columns(reply: str, columns: Sequence[str]) -> Check:
+    """The reply's first markdown table has exactly ``columns`` as its header, in order, and data rows.
+
+    A table is a line with a pipe followed by a rule line (``|---|---|``); its rows are the pipe lines that
+    follow. Header cells compare case- and accent-insensitively, with ``**``, ``_`` and backticks around a
+    cell ignored. It fails when there is no table, when the header differs, when the table has no data row,
+    or when a row has another number of cells than the header.
+    """
+    name = f"table_columns:{'|'.join(columns)}"
+    lines = reply.splitlines()
+    start = next((i for i in range(len(lines) - 1) if "|" in lines[i] and _TABLE_RULE.match(lines[i + 1])), None)
+    if start is None:
+        return _result(name, False, "no markdown table (a header line with pipes, then a |---| rule line)")
+    header = _table_cells(lines[start])
+    if [fold(h) for h in header] != [fold(c) for c in columns]:
+        return _result(name, False, f"header is {header}, expected {list(columns)}")
+    rows = []
+    for line in lines[start + 2:]:
+        if "|" not in line or not line.strip():
+            break
+        rows.append(_table_cells(line))
+    if not rows:
+        return _result(name, False, "the table has a header but no data row")
+    ragged = [k for k, r in enumerate(rows, 1) if len(r) != len(header)]
+    if ragged:
+        return _result(name, False, f"rows {ragged[:5]} do not have {len(header)} cells")
+    return _result(name, True, f"{len(rows)} rows under the {len(header)} stated columns")
+
+
+# A sentence ends at ., ! or ? (or an ellipsis), closing quotes or brackets allowed, before whitespace.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in ``text``: pieces between sentence-ending punctuation followed by whitespace, and
+    between lines; a piece with no letter or digit is not counted. "3.5" does not end a sentence; an
+    abbreviation followed by a space ("Dr. Smith") does, a known over-count."""
+    pieces = [p for line in text.splitlines() for p in _SENTENCE_BREAK.split(line.strip())]
+    return sum(1 for p in pieces if any(c.isalnum() for c in p))
+
+
+def check_sentence_count(reply: str, n: int) -> Check:
+    """Exactly ``n`` sentences (see :func:`sentence_count`)."""
+    k = sentence_count(reply)
+    return _result(f"sentence_count:{n}", k == int(n), f"{k} sentences (need exactly {n})")
+
+
+def check_item_count(reply: str, n: int) -> Check:
+    """Exactly ``n`` list lines (bulleted ``-``/``*``/``•`` or numbered ``1.``/``1)``, nested ones included)."""
+    k = sum(1 for line in reply.splitlines() if _BULLET.match(line) or _NUMBERED.match(line))
+    return _result(f"item_count:{n}", k == int(n), f"{k} list lines (need exactly {n})")
+
+
 def check_constraint(reply: str, c: Constraint) -> Check:
     """Dispatch one constraint to its check; an unknown kind raises ValueError."""
     if c.kind == "max_words":
@@ -295,6 +395,14 @@ def check_constraint(reply: str, c: Constraint) -> Check:
         return check_format(reply, str(c.value))
     if c.kind in ("must_match", "no_match"):
         return check_regex(reply, str(c.value), must=c.kind == "must_match")
+    if c.kind == "json_schema":
+        return check_json_schema(reply, c.value)
+    if c.kind == "table_columns":
+        return check_table_columns(reply, c.value)
+    if c.kind == "sentence_count":
+        return check_sentence_count(reply, c.value)
+    if c.kind == "item_count":
+        return check_item_count(reply, c.value)
     raise ValueError(f"unknown constraint kind {c.kind!r}")
 
 

@@ -132,7 +132,8 @@ def generate_conversations(items: Sequence[Item], backend: Any, *, fmt: str, pro
             for i in active:
                 history[i].append((chunk[i].turns[k].user, None))
                 prompts.append(render_prompt(history[i], fmt, prompt_cfg, kind=kind, tokenizer=tokenizer,
-                                             allow_chat_template_on_base=allow_chat_template_on_base))
+                                             allow_chat_template_on_base=allow_chat_template_on_base,
+                                             system=chunk[i].meta.get("system")))
             params = SamplingParams(max_new_tokens=gen_cfg.max_new_tokens, do_sample=gen_cfg.do_sample,
                                     temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
                                     seed=gen_cfg.seed + start * 100 + k, stop_strings=stops)
