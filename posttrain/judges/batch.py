@@ -64,8 +64,9 @@ async def _retrying(ctx: AskContext, send: Any) -> Any:
 async def _submit(ctx: AskContext, prompts: dict[str, str]) -> str:
     client = ctx.judge.client()
     provider = ctx.judge.provider
-    # Creating a batch is not idempotent: a timed-out create may have been accepted. A timeout is
-    # never retried (judges/retry.py), and status errors, which mean the server refused it, are.
+    # Creating a batch is not idempotent: a timed-out create may have been accepted. A read timeout is
+    # never retried (judges/retry.py); status errors, which mean the server refused it, are, and so is
+    # a connection error, which the SDK resends with the same Idempotency-Key header.
     try:
         if ctx.cfg.provider == "anthropic":
             requests = [{"custom_id": key, "params": provider.params(p)} for key, p in prompts.items()]
