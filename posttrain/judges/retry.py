@@ -135,10 +135,14 @@ def make_http_client(provider: str, backoff_base_s: float = DEFAULT_BACKOFF_BASE
                 raise httpx2.DecodingError(f"the 200 response's JSON body is cut short ({exc})",
                                            request=response.request) from None
 
-    import anthropic
-    import openai
+    if provider == "anthropic":
+        import anthropic
 
-    default = anthropic.DefaultAsyncHttpxClient if provider == "anthropic" else openai.DefaultAsyncHttpxClient
+        default: Any = anthropic.DefaultAsyncHttpxClient
+    else:
+        import openai
+
+        default = openai.DefaultAsyncHttpxClient
     return default(transport=TimeoutIsFinal(), event_hooks={"request": [on_request], "response": [on_response]})
 
 
