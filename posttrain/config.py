@@ -190,7 +190,9 @@ class JudgeConfig:
     concurrency: int = 8
     max_retries: int = 4
     max_reasks: int = 2  # re-ask when a verdict does not parse or fails validation
-    timeout_s: float = 60.0
+    # None: the SDK sizes a non-streaming request's timeout (600 s; max_tokens over 21,333 is refused);
+    # a number is used as given (docs/judging.md, "Transport"). A timeout is never retried.
+    timeout_s: float | None = None
     mode: str = "sync"  # "sync" | "batch" | "pairwise"
     template_version: str = "conv-judge-v3"  # judges.prompt.TEMPLATE_VERSION (docs/judging.md)
     spot_check: float = 0.0  # fraction re-judged by the second judge
@@ -237,6 +239,28 @@ class GateConfig:
 
 
 @dataclass
+class AtlasConfig:
+    """The capability atlas (``+experiment=atlas``; docs/comparisons.md, "The capability atlas").
+
+    Every job of the sweep carries this block; the sweep callback registers it in primary.json before
+    any job runs, and the atlas callback reads each job's ``role`` to know which split it evaluated.
+    """
+
+    role: str = "train"  # swept: "train" (the base model's format is chosen here) | "test" (reported)
+    base: str | None = None  # the base arm's model name; None: the swept model of kind=base (else the only one)
+    instruct: str | None = None  # the instruct arm's model name; None: the swept model of kind=instruct
+    base_formats: list[str] = field(default_factory=lambda: ["transcript", "instruction_cue", "urial", "raw"])
+    instruct_format: str = "chat_template"  # the instruct arm's format, fixed before the sweep (not chosen)
+    capabilities: list[str] = field(default_factory=lambda: ["conversations", "instructions"])
+    # benchmark -> {"train": split, "test": split}: the benchmark's own split names for the two roles
+    splits: dict[str, dict[str, str]] = field(default_factory=dict)
+    # role -> items per job (null: the whole split); the same for every benchmark of that role
+    limits: dict[str, int | None] = field(default_factory=lambda: {"train": None, "test": None})
+    # benchmark -> scorer name (verifiable where the items are definitions, else llm or heuristic_triage)
+    scorers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class BudgetConfig:
     cap_usd: float = 300.0
     ledger_path: str | None = None  # None: $POSTTRAIN_HOME/ledger.jsonl (~/.local/share/posttrain)
@@ -268,6 +292,7 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    atlas: AtlasConfig | None = None  # set by +experiment=atlas*: the capability atlas sweep
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     cache_dir: str | None = None  # tiny models and other built artefacts; None: $POSTTRAIN_HOME/cache
@@ -364,7 +389,14 @@ def validate(cfg: Any) -> None:
     positive("benchmark.limit", allow_none=True)
     positive("judge.concurrency")
     positive("judge.max_tokens")
-    positive("judge.timeout_s")
+    positive("judge.timeout_s", allow_none=True)
+    if cfg.judge.structured_output == "forced_tool" and cfg.judge.thinking not in (None, "disabled"):
+        problems.append(f"judge.structured_output=forced_tool with judge.thinking={cfg.judge.thinking!r}: Claude refuses "
+                        "forced tool use while thinking; use judge.structured_output=json_schema, or "
+                        "judge.thinking=disabled on a model that still accepts forced tools")
+    atlas = getattr(cfg, "atlas", None)
+    if atlas is not None and atlas.role not in ("train", "test"):
+        problems.append(f"atlas.role={atlas.role!r} is not valid; choose one of ['train', 'test']")
     positive("gate.min_calibration_items")
     positive("judge.max_same_client_errors")
     if cfg.judge.max_retries < 0:
