@@ -79,7 +79,7 @@ def log_comparison(comparison: dict[str, Any], sweep_dir: Path, tracking: Any) -
     return tracker.run_id
 
 
-def write_primary(config: Any, sweep: Path) -> Path:
+def write_primary(config: Any, sweep: Path, *, models: list[str] | None = None) -> Path:
     """Seal the sweep's registration in ``<sweep>/primary.json`` (:mod:`posttrain.analysis.registration`).
 
     It holds the primary pair(s) with their gate kind, the secondary family, every threshold and the
@@ -100,6 +100,9 @@ def write_primary(config: Any, sweep: Path) -> Path:
     if path.is_file():
         return path
     gate = OmegaConf.select(config, "gate")
+    if OmegaConf.select(config, "atlas") is not None:  # the capability atlas: one gap pair per capability, Holm
+        # Only the atlas callback knows the sweep's models (a job's own config names its model alone)
+        return _write_atlas_primary(config, sweep, path, models) if models is not None else path
     try:
         record = registration_record(
             primary_pairs(gate) if gate is not None else [], thresholds_from(gate if gate is not None else {}),
@@ -107,6 +110,36 @@ def write_primary(config: Any, sweep: Path) -> Path:
             gate=OmegaConf.to_container(gate, resolve=True) if gate is not None else None)
     except ValueError as exc:  # the job's own config check refuses it, naming the setting; register nothing
         log.warning("registration not written: %s", exc)
+        return path
+    sweep.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    return path
+
+
+def _write_atlas_primary(config: Any, sweep: Path, path: Path, models: list[str]) -> Path:
+    """primary.json of an atlas sweep (:func:`posttrain.analysis.atlas.atlas_registration`); ``models``: the
+    sweep's models, read when the multirun started (from then on each job's config names its own model only)."""
+    from omegaconf import OmegaConf
+
+    from posttrain.analysis.atlas import atlas_registration
+    from posttrain.analysis.comparison import thresholds_from
+    from posttrain.config import ConfigError, load_group_option
+    from posttrain.records import write_json
+
+    kinds: dict[str, str] = {}
+    for name in models:
+        try:
+            kinds[name] = str(load_group_option("model", name).kind)
+        except ConfigError:  # a model from --config-dir: the current job's own kind when it is this one
+            if name == str(config.model.name):
+                kinds[name] = str(config.model.kind)
+    atlas = {str(k): v for k, v in (OmegaConf.to_container(config.atlas, resolve=False) or {}).items()}  # type: ignore[union-attr]
+    paths = {str(c): None for c in atlas.get("capabilities") or []}
+    try:
+        record = atlas_registration(atlas, models=models, kinds=kinds, thresholds=thresholds_from(config.gate),
+                                    gate=OmegaConf.to_container(config.gate, resolve=True), paths=paths)
+    except (ValueError, OSError) as exc:  # the atlas says what is wrong; nothing registered, so nothing can PASS
+        log.warning("atlas registration not written: %s", exc)
         return path
     sweep.mkdir(parents=True, exist_ok=True)
     write_json(path, record)
@@ -206,6 +239,87 @@ class ComparisonCallback(Callback):
                 log_comparison(comparison, sweep, config.tracking)
             except Exception as exc:
                 log.warning("W&B comparison run failed (%s); the files in %s are complete", exc, sweep)
+
+
+class AtlasCallback(Callback):
+    """The capability atlas at the end of the sweep: atlas.json, atlas.md, the heatmap and one W&B run.
+
+    Added by ``+experiment=atlas*`` (which switches the comparison callback off: the atlas's jobs
+    span several benchmarks, which one comparison cannot pair). Registration (primary.json) happens
+    as each job starts, before any result exists. Like the comparison, it never fails the sweep; after
+    a failed job it rewrites the files after every job (files only), since ``on_multirun_end`` will not run.
+    """
+
+    def __init__(self, enabled: bool = True, plots: bool = True, wandb: bool = True) -> None:
+        self.enabled, self.plots, self.wandb = enabled, plots, wandb
+        self._sweep: Path | None = None
+        self._failed: list[str] = []
+        self._models: list[str] = []
+
+    def _write(self, config: Any) -> dict[str, Any] | None:
+        from posttrain.analysis.atlas import write_atlas
+
+        sweep = self._sweep or _sweep_dir(config)
+        try:
+            return write_atlas(sweep, plots=self.plots)
+        except Exception as exc:  # the atlas must never take the sweep down
+            log.warning("atlas of %s not written (%s: %s)", sweep, type(exc).__name__, exc)
+            return None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._sweep, self._failed = _sweep_dir(config), []
+        self._models = swept_variants(config, "model") or [str(config.model.name)]
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.select(config, "hydra.mode") is not None and str(config.hydra.mode) == "RunMode.MULTIRUN":
+            # kept if it exists: registered once, as the first job starts, before any result
+            write_primary(config, _sweep_dir(config), models=self._models or [str(config.model.name)])
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if not self.enabled or self._sweep is None:
+            return
+        if job_return.status == JobStatus.FAILED:
+            self._failed.append(str(config.hydra.job.get("num")))
+        if self._failed:
+            self._write(config)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        sweep = self._sweep or _sweep_dir(config)
+        atlas = self._write(config)
+        if atlas is None:
+            return
+        log.info("atlas: %s (%s)", sweep / "atlas.md", ", ".join(f"{r['capability']} {r['verdict']}" for r in atlas["rows"]))
+        if self.wandb:
+            try:
+                log_atlas(atlas, sweep, config.tracking)
+            except Exception as exc:
+                log.warning("W&B atlas run failed (%s); the files in %s are complete", exc, sweep)
+
+
+def log_atlas(atlas: dict[str, Any], sweep_dir: Path, tracking: Any) -> str | None:
+    """Log the atlas as one ``atlas`` run in the sweep's group: its two tables, verdicts and files."""
+    from posttrain.analysis.atlas import atlas_tables
+    from posttrain.tracking.tracker import Tracker
+
+    group = sweep_group(sweep_dir)
+    tracker = Tracker(sweep_dir, mode=str(tracking.mode), project=str(tracking.project), entity=tracking.entity,
+                      name=f"atlas_{group}", group=group, job_type="atlas", tags=["atlas"],
+                      config={"sweep_dir": str(sweep_dir), **atlas["atlas"]})
+    with tracker:
+        for key, (columns, rows) in atlas_tables(atlas).items():
+            tracker.log_table(key, columns, rows)
+        tracker.summary({"atlas/registered": atlas["registered"],
+                         **{f"atlas/verdict/{r['capability']}": r["verdict"] for r in atlas["rows"]},
+                         **{f"atlas/diff/{r['capability']}": r.get("diff") for r in atlas["rows"]}})
+        files = [sweep_dir / "atlas.json", sweep_dir / "atlas.md", *(sweep_dir / p for p in atlas["files"]["plots"])]
+        tracker.log_files([f for f in files if f.is_file()], name=f"atlas-{group}", kind="atlas")
+    return tracker.run_id
 
 
 def swept_variants(config: Any, key: str = "experiment/variant") -> list[str]:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from posttrain.tracking.tracker import COMPARISON_TABLES, TRANSCRIPTS_KEY
+from posttrain.tracking.tracker import ATLAS_TABLES, COMPARISON_TABLES, TRANSCRIPTS_KEY
 
 SECTIONS = ("Budget", "Losses", "Success rates", "Comparison", "Transcripts")
 
@@ -83,8 +83,15 @@ def build_workspace(project: str, entity: str, name: str = "posttrain") -> Any:
     ])
     comparison = ws.Section(name="Comparison", is_open=True, panels=[table(k) for k in COMPARISON_TABLES])
     transcripts = ws.Section(name="Transcripts", is_open=True, panels=[table(TRANSCRIPTS_KEY)])
+    atlas = ws.Section(name="Capability atlas", is_open=True, panels=[
+        *(table(k) for k in ATLAS_TABLES),
+        wr.MarkdownPanel(markdown="One row per capability: base (its best format, chosen on the train split) vs "
+                                  "instruct on the test split, with cluster 95% intervals, the gap gate's verdict "
+                                  "and the Holm-adjusted p across capabilities. atlas/cells is the heatmap: every "
+                                  "model@format on both splits (docs/comparisons.md, \"The capability atlas\")."),
+    ])
     return ws.Workspace(entity=entity, project=project, name=name,
-                        sections=[budget, losses, rates, comparison, transcripts])
+                        sections=[budget, losses, rates, comparison, transcripts, atlas])
 
 
 def panel_manifest(workspace: Any) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 METRIC_AXES: dict[str, str] = {"train/*": "train/global_step", "budget/*": "budget/entry"}
 TRANSCRIPTS_KEY = "eval/transcripts"  # the per-item table of an eval job
 COMPARISON_TABLES = ("comparison/models", "comparison/pairs")  # the sweep comparison run's tables
+ATLAS_TABLES = ("atlas/rows", "atlas/cells")  # the capability atlas run's tables (analysis/atlas.py)
 TRANSCRIPT_COLUMNS = ["model", "item_id", "category", "template", "source", "conversation", "replies", "verdict",
                       "turn_verdicts", "checks", "rationale", "judge", "error", "spot_check_verdict",
                       "judges_agree"]
