@@ -116,3 +116,26 @@ def test_sft_trains_smollm2_in_its_chat_template_on_the_reply_only(chain: dict[s
         assert len(trained) >= 1 and all(t.endswith("<|im_end|>\n") for t in trained), trained
         assert all("<|im_start|>" not in t for t in trained)  # no header, no user turn, no system prompt
         assert "<|im_start|>user" in block.split("[[")[0]  # the prompt is there, untrained
+
+
+def test_sft_in_smollm2_chat_template_without_generation(tmp_path: Path, smollm2_dir: Path) -> None:
+    """The short path to the same claim, without data generation: SFT from a file of SmolLM2's own
+    coherent replies (the critic fixture), two steps in its chat template; the audit of every
+    sequence passes and the rendered spans are the replies with their <|im_end|>."""
+    fixture = Path(__file__).parent / "fixtures" / "critic_smollm2_replies.jsonl"
+    rows = [json.loads(line) for line in fixture.read_text().splitlines()]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["reply"]}) + "\n"
+                            for r in rows if r["label"] == "coherent"))
+    run = tmp_path / "sft"
+    posttrain(*COMMON, "stage=sft", *TRAIN, "stage.max_steps=2", "stage.save_steps=2", f"stage.data={data}",
+              "stage.num_examples=6", f"hydra.run.dir={run}", home=tmp_path / "home",
+              cache=smollm2_dir.parent.parent, env=ONE_THREAD, timeout=900)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["prompt_format"] == "chat_template" and summary["weights_changed"] is True
+    assert summary["label_audit"]["all_ok"] is True and summary["label_audit"]["n_examples"] == 6
+    audit = (run / "label_audit.txt").read_text()
+    blocks = audit.split("=== example ")[1:]  # the header explains [[...]]; the examples follow
+    spans = [seg.split("]]")[0] for block in blocks for seg in block.split("[[")[1:]]
+    assert len(spans) == 6 and all(t.endswith("<|im_end|>\n") and "<|im_start|>" not in t for t in spans)
+    assert audit.count("<|im_start|>system") == 6 and audit.count("<|im_start|>user") == 6  # masked, present

@@ -201,7 +201,7 @@ def test_generated_constraints_are_stated_and_the_violation_breaks_them(compose,
                                 backend=ScriptedBackend(PROPOSALS))
     constrained = [r["turns"][-1] for r in rows if "constraint" in r["turns"][-1]]
     assert constrained and report["n_constraint_rows"] == len(constrained)
-    assert report["counts"]["responses"]["constraint_kept"] == len(constrained)
+    assert report["counts"]["responses"]["constraint_kept"] >= len(constrained)  # generated, then capped
     for t in constrained:
         assert t["constraint"] == {"kind": "banned_word", "value": "watering"}  # the first reply's most frequent word
         word = t["constraint"]["value"]

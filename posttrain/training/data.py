@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 DATA_FILE = "train_data.jsonl"
 REPORT_FILE = "data_report.json"
-DATA_VERSION = "data-v2"
+DATA_VERSION = "data-v3"
 FOLLOWUPS = (
     "Can you make that shorter?",
     "Please explain that in simpler words.",
@@ -732,7 +732,10 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
     elif source == "synthetic":
         from posttrain.training.synthetic import synthetic_rows
 
-        n = int(math.ceil(st.num_examples / st.critic_keep_fraction))
+        # correct by construction and balanced by construction: the critic scores them (recorded) but
+        # does not select, since dropping a fifth by score unbalanced the paraphrases of the stated
+        # constraints (chosen and rejected forms no longer equally often: word n-grams found it)
+        n = st.num_examples
         rows = synthetic_rows(n, seed=cfg.seed, templates=tuple(st.synthetic_templates),
                               constraint_fraction=st.constraint_fraction)
         for r in rows:
@@ -764,7 +767,7 @@ def prepare_data(cfg: Any, run_dir: Path, *, model: Any, tokenizer: Any, revisio
                                  neutral_prompts=c.neutral_prompts, mode=st.critic, batch_size=cfg.generation.batch_size,
                                  device=device)
 
-    keep_fraction = 1.0 if st.data else st.critic_keep_fraction
+    keep_fraction = 1.0 if st.data or source == "synthetic" else st.critic_keep_fraction
     kept, critic_stats = apply_critic(rows, score_fn, prompt_cfg=cfg.prompt, keep_fraction=keep_fraction,
                                       n_max=st.num_examples, tokenizer=tokenizer)
     if not kept:
