@@ -107,6 +107,8 @@ def render(demo: dict[str, Any]) -> list[str]:
              f"wall time, {demo['cpu_s']:.0f} s of CPU time (make, posttrain and the report, W&B offline runs "
              f"included); {busy} (load average {demo['loadavg_before']:.1f} before, {demo['loadavg_after']:.1f} "
              "after)." + (" **Measured under load**: on an idle machine expect less." if under_load else ""), ""]
+    if demo.get("note"):  # conditions of the measurement that the numbers alone do not show
+        lines += [f"**Note:** {demo['note']}", ""]
     f = demo.get("found")
     if f:
         lines += ["| format | pass / decided | success | not scored | truncated (length) |", "|---|---|---|---|---|"]
