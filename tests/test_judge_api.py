@@ -285,12 +285,12 @@ def test_preflight_retries_a_transient_error_and_says_it_could_not_check_when_it
 def test_preflight_offline_falls_back_to_the_tables_and_can_be_skipped() -> None:
     with FakeLLMServer() as srv:
         url = srv.anthropic_url  # closed once the block ends: nothing listens there any more
-    rec = preflight_judge(shipped("claude", None, base_url=url, model="claude-opus-4-5"), today=TODAY)
+    rec = preflight_judge(shipped("claude", None, base_url=url, max_retries=0, model="claude-opus-4-5"), today=TODAY)
     assert rec["status"] == "deprecated" and rec["retires_at"] == "2027-01-22"
     assert rec["source"].startswith("offline") and "SDK deprecated_models" in rec["source"]
     with pytest.raises(JudgeConfigError, match="retired on 2026-11-30"):
-        preflight_judge(shipped("claude", None, base_url=url, model="claude-sonnet-4-5"), today=TODAY)
-    assert preflight_judge(shipped("claude", None, base_url=url), today=TODAY)["status"] == "unverified"
+        preflight_judge(shipped("claude", None, base_url=url, max_retries=0, model="claude-sonnet-4-5"), today=TODAY)
+    assert preflight_judge(shipped("claude", None, base_url=url, max_retries=0), today=TODAY)["status"] == "unverified"
     skipped = preflight_judge(shipped("claude", None, base_url=url, model="claude-sonnet-4-5", preflight=False))
     assert skipped["checked"] is False and skipped["status"] == "skipped" and "preflight=false" in skipped["source"]
 
