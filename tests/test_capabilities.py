@@ -171,6 +171,7 @@ SCHEMA: dict[str, Any] = {"type": "object", "required": ["name", "age"], "additi
         ('{"name": "Ana"}', False, "'age' is a required property"),
         ('{"name": "Ana", "age": 31, "city": "Porto"}', False, "Additional properties"),
         ('Sure! {"name": "Ana", "age": 31}', False, "not valid JSON"),
+        ('```json\n{"name": "Ana", "age": 31}\n```\nThis object has two keys.', False, "text outside it"),
         ("", False, "not valid JSON"),
     ],
 )

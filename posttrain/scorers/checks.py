@@ -298,6 +298,8 @@ def _load_json(reply: str) -> tuple[Any, str]:
     try:
         return json.loads(text), ""
     except ValueError as exc:
+        if not fenced and "```" in text:  # the commonest miss: a fence, then a sentence about it
+            return None, f"not valid JSON: a code fence with text outside it (the reply must be the JSON alone): {exc}"
         return None, f"not valid JSON: {exc}"
 
 
