@@ -355,7 +355,7 @@ class FakeLLMServer:
             "authentication" or "spend_limit" (the provider's own status and body).
         fail_after: answer this many model calls per endpoint normally before ``fail_with`` starts.
         retry_after: the retry-after header value (seconds) sent with a 429, 529 or 500; the SDKs wait
-            that long before their retry (the tests' default: 1 ms).
+            that long before their retry (the tests' default: 1 ms); None sends no header.
         batch_polls: how many retrieves a batch reports as in progress before it ends.
         batch_faults: per batch request, in submission order: None, "errored" (the request failed),
             "refusal" or "missing_verdict".
@@ -371,7 +371,7 @@ class FakeLLMServer:
         fault_kinds: Sequence[str] = FAULT_KINDS,
         seed: int = 0,
         slow_s: float = 1.5,
-        retry_after: str = "0.001",
+        retry_after: str | None = "0.001",
         batch_polls: int = 1,
         batch_faults: Sequence[str | None] = (),
         latency_s: float = 0.0,
@@ -462,6 +462,9 @@ class FakeLLMServer:
         finally:
             with self._lock:
                 self._active -= 1
+
+    def retry_headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"retry-after": self.retry_after}
 
     def wait_idle(self, timeout_s: float = 10.0) -> None:
         """Wait until no request is being handled: a request the client gave up on (a timeout) may still
@@ -734,11 +737,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, fault: str, answer: Callable[[], dict[str, Any]]) -> bool:
         """Serve a transport-level fault; False when the fault is in the answer itself."""
         if fault == "429":
-            self._error(429, "rate_limit_error", {"retry-after": self.owner.retry_after})
+            self._error(429, "rate_limit_error", self.owner.retry_headers())
         elif fault == "529":
-            self._error(529, "overloaded_error", {"retry-after": self.owner.retry_after})
+            self._error(529, "overloaded_error", self.owner.retry_headers())
         elif fault == "500":
-            self._error(500, "api_error", {"retry-after": self.owner.retry_after})
+            self._error(500, "api_error", self.owner.retry_headers())
         elif fault == "slow":
             time.sleep(self.owner.slow_s)
             self._send(200, answer())

@@ -220,6 +220,29 @@ def test_a_truncated_answer_is_reported_reasked_once_and_counted(provider: str, 
     assert score["verdict"] == "pass" and score["n_parse_failures"] == 1 and spend.truncated == 1
 
 
+def test_the_http_client_hook_paces_the_sdk_retries_with_backoff_base_s_when_the_server_gives_no_retry_after() -> None:
+    """The SDKs wait ``retry-after-ms`` when a response carries it; the hook supplies it from backoff_base_s."""
+    import asyncio
+
+    from posttrain.judges.retry import DEFAULT_BACKOFF_BASE_S, make_http_client
+
+    async def headers(backoff: float, srv: FakeLLMServer) -> list[dict[str, str]]:
+        client = make_http_client("openai", backoff)
+        try:
+            return [dict((await client.get(f"{srv.openai_url}/models/gpt-6.2-sol")).headers) for _ in range(2)]
+        finally:
+            await client.aclose()
+
+    with FakeLLMServer(model_faults=["500", "500", "500", "500"], retry_after=None) as srv:
+        paced = asyncio.run(headers(0.25, srv))
+        sdk_own = asyncio.run(headers(DEFAULT_BACKOFF_BASE_S, srv))
+    assert [h.get("retry-after-ms") for h in paced] == ["250.000", "250.000"]  # no attempt counter outside a call
+    assert all("retry-after-ms" not in h for h in sdk_own)  # the SDKs' own backoff is left alone
+    with FakeLLMServer(model_faults=["529"]) as srv:  # the server's own retry-after is never overridden
+        [h, _] = asyncio.run(headers(0.25, srv))
+    assert h["retry-after"] == "0.001" and "retry-after-ms" not in h
+
+
 def test_forced_tool_with_thinking_is_refused_when_the_config_is_composed(compose: Any) -> None:
     from posttrain.config import ConfigError, validate
     from posttrain.judges.clients import check_judge_ready
