@@ -183,6 +183,10 @@ def _score(cfg: Any, items: Sequence[Item], rows: list[dict[str, Any]], ctx: Run
         scores = verifiable.score_generations(items, rows)
         append_jsonl(partial, scores)
         extra.update(verifiable.summarise(scores))
+        if extra.get("ifeval"):  # IFEval's per-instruction results, one record per (item, instruction)
+            from posttrain.scorers.ifeval import instruction_records
+
+            write_jsonl(ctx.run_dir / "ifeval.jsonl", instruction_records(scores))
         # exact checks of the instruction's own definition: nothing to calibrate (docs/judging.md)
         extra["gate_eligible"] = True
         extra["gate_ineligible_reason"] = None
