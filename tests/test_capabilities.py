@@ -23,9 +23,9 @@ from posttrain.scorers import checks
 from posttrain.scorers import verifiable as v
 
 DOCS = Path(__file__).parent.parent / "docs" / "benchmarks-data.md"
-# name -> (full, test, verifiable items in the full set): the numbers docs/benchmarks-data.md states.
-COUNTS = {"system_prompt": (68, 34, 58), "structured_output": (64, 32, 64), "length": (64, 32, 64),
-          "refusal": (64, 32, 0)}
+# name -> (full, test, verifiable items in the full set, clusters): the numbers docs/benchmarks-data.md states.
+COUNTS = {"system_prompt": (68, 34, 58, 24), "structured_output": (64, 32, 64, 31), "length": (64, 32, 64, 15),
+          "refusal": (64, 32, 0, 64)}
 
 
 # ---------------------------------------------------------------- the data files
@@ -46,13 +46,16 @@ def test_another_seed_gives_another_set(name: str) -> None:
 def test_counts_splits_and_verifiable_items(name: str) -> None:
     full, test = load_benchmark(name), load_benchmark(name, split="test")
     train = load_benchmark(name, split="train")
-    n_full, n_test, n_verifiable = COUNTS[name]
+    n_full, n_test, n_verifiable, n_clusters = COUNTS[name]
     assert (len(full.items), len(test.items), len(train.items)) == (n_full, n_test, n_full - n_test)
     assert n_full >= 60
     assert sum(v.item_is_verifiable(it) for it in full.items) == n_verifiable
     assert {it.id for it in test.items}.isdisjoint(it.id for it in train.items)
     # every template is in both splits, so a format chosen on train is tested on the same kinds of item
-    assert {it.meta["template"] for it in train.items} == {it.meta["template"] for it in test.items}
+    family = [it.meta["template"].split("/")[0] for it in full.items]
+    assert {f for f, it in zip(family, full.items, strict=True) if it in train.items} == set(family)
+    assert {f for f, it in zip(family, full.items, strict=True) if it in test.items} == set(family)
+    assert len({it.meta["template"] for it in full.items}) == n_clusters
     assert len({tuple(t.user for t in it.turns) + (it.meta.get("system", ""),) for it in full.items}) == n_full
     assert all(it.source == name for it in full.items) and full.version == f"{name}-v1"
 
@@ -62,6 +65,18 @@ def test_docs_record_counts_and_hashes() -> None:
     for name in CAPABILITY_NAMES:
         assert hashlib.sha256(cap.data_path(name).read_bytes()).hexdigest() in doc, f"update {name}'s hash in the docs"
         assert f"`{name}`" in doc
+
+
+def test_clusters_are_the_template_and_its_cluster_slots() -> None:
+    data = cap.load_templates("length")
+    frames = data.pools["one_word_asks"]
+    for it in load_benchmark("length").items:
+        if it.category == "one_word":
+            name, slot = it.meta["template"].split("/")
+            assert name == "one_word" and slot.startswith("ask=")
+            assert frames[int(slot.removeprefix("ask="))] in it.turns[0].user
+    assert {it.meta["template"] for it in load_benchmark("system_prompt").items if it.category == "forbidden"} == {
+        "sys_rivals", "sys_codename", "sys_politics"}
 
 
 def test_system_prompt_items_carry_their_system_turn_and_never_state_it_in_the_user_turn() -> None:
@@ -115,6 +130,7 @@ def _edited(tmp_path: Path, name: str, old: str, new: str) -> Path:
         ("length", "    draw: {x: one_word_qs, ask: one_word_asks}", "    draw: {x: one_word_qs, ask: one_word_asks}\n    colour: red",
          "unknown key"),
         ("length", "{x.q} {ask}", "{x.question} {ask}", "has no field 'question'"),
+        ("length", "cluster: [ask]", "cluster: [asks]", "should be a list of the template's drawn slots"),
         ("length", "{x.q} {ask}", "{x.q} {asks}", "draws only"),
         ("length", "count: 16\n    draw: {x: one_word_qs", "count: 99\n    draw: {x: one_word_qs", "cannot make 99 distinct"),
         ("length", "{kind: max_words, value: 1,", "{kind: max_words, value: 0,", "word count must be >= 1"),

@@ -8,8 +8,8 @@ forbidden topic or a format set by the item's system turn and tested by its user
 harmful requests to decline, and safe look-alikes to answer).
 
 Each benchmark's words live in ``<name>_templates.yaml`` beside this module: its version, seed and
-categories, slot pools, and templates (a category, how many items, which pools to draw slots from, an
-optional system turn and the user turns with their expectations). This module is the logic, the same
+categories, slot pools, and templates (a category, how many items, which pools to draw slots from, which
+slots make an item's cluster, an optional system turn and the user turns with their expectations). This module is the logic, the same
 for all four: a typed loader that validates the file, the seeded dealing of slots (``Slots``, shared
 with the conversation benchmark), placeholder filling, the train/test split and the file I/O.
 
@@ -52,7 +52,7 @@ DATA_DIR = HERE.parent / "data"
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)(?:\.(\w+))?\}")
 _TOP_KEYS = {"version", "seed", "categories", "pools", "templates"}
-_TEMPLATE_KEYS = {"category", "count", "draw", "system", "turns"}
+_TEMPLATE_KEYS = {"category", "count", "draw", "cluster", "system", "turns"}
 
 
 def data_path(name: str) -> Path:
@@ -78,6 +78,7 @@ class Template:
     category: str
     count: int
     draw: dict[str, str]  # slot name -> pool name
+    cluster: tuple[str, ...]  # slots whose drawn entry, with the template, makes an item's cluster
     system: str | None
     turns: list[dict[str, Any]]  # {"user": str, "expect": dict | None}, placeholders unfilled
 
@@ -164,6 +165,9 @@ def load_templates(name: str, path: str | Path | None = None) -> CapabilityData:
             _expect(pool in pools, source, f"slot '{slot}' draws from pool {pool!r}, which does not exist",
                     f"{where}.draw.{slot}")
         used |= set(draw.values())
+        cluster = t.get("cluster", [])
+        _expect(isinstance(cluster, list) and all(c in draw for c in cluster), source,
+                f"should be a list of the template's drawn slots {sorted(draw)}, got {cluster!r}", f"{where}.cluster")
         system = t.get("system")
         _expect(system is None or (isinstance(system, str) and bool(system.strip())), source,
                 "should be a non-empty string or absent", f"{where}.system")
@@ -173,7 +177,7 @@ def load_templates(name: str, path: str | Path | None = None) -> CapabilityData:
         for i, turn in enumerate(turns):
             _expect(isinstance(turn, dict) and set(turn) <= {"user", "expect"} and isinstance(turn.get("user"), str),
                     source, "should be a mapping with a 'user' string and an optional 'expect'", f"{where}.turns[{i}]")
-        templates.append(Template(tname, t["category"], count, dict(draw), system, turns))
+        templates.append(Template(tname, t["category"], count, dict(draw), tuple(cluster), system, turns))
     unused = sorted(set(pools) - used)
     _expect(not unused, source, f"pool(s) {unused} are drawn by no template (a typo?)", "pools")
     empty = [c for c in cats if not any(t.category == c for t in templates)]
@@ -236,10 +240,24 @@ def _draw(rng: Slots, data: CapabilityData, t: Template) -> dict[str, Any]:
     return out
 
 
-def _template_items(rng: Slots, data: CapabilityData, t: Template) -> list[tuple[str | None, list[Turn]]]:
-    """``t.count`` distinct (system, turns) pairs; a pool too small for the count fails, naming the template."""
+def _cluster_id(data: CapabilityData, t: Template, slots: Mapping[str, Any]) -> str:
+    """The item's cluster: the template, plus the pool position of each of its ``cluster`` slots.
+
+    Items that share a cluster are not independent evidence (the same phrasing, the same schema); the
+    gate's cluster-robust intervals read it from ``meta["template"]`` (analysis/gates.py item_cluster).
+    """
+    parts = [t.name]
+    for slot in t.cluster:
+        pool = data.pools[t.draw[slot]]
+        parts.append(f"{slot}={next(i for i, e in enumerate(pool) if e is slots[slot])}")
+    return "/".join(parts)
+
+
+def _template_items(rng: Slots, data: CapabilityData, t: Template) -> list[tuple[str | None, list[Turn], str]]:
+    """``t.count`` distinct (system, turns, cluster) triples; a pool too small for the count fails, naming
+    the template."""
     seen: set[tuple[str, ...]] = set()
-    out: list[tuple[str | None, list[Turn]]] = []
+    out: list[tuple[str | None, list[Turn], str]] = []
     where = f"templates.{t.name}"
     for _ in range(t.count):
         for _ in range(500):
@@ -256,7 +274,7 @@ def _template_items(rng: Slots, data: CapabilityData, t: Template) -> list[tuple
             raise _data_error(data.source, f"template '{t.name}' cannot make {t.count} distinct items from its "
                               "pools: lower its count or add pool entries", f"{where}.count")
         seen.add(key)
-        out.append((system, turns))
+        out.append((system, turns, _cluster_id(data, t, slots)))
     return out
 
 
@@ -272,7 +290,9 @@ def generate(name: str, *, seed: int | None = None, path: str | Path | None = No
     Returns:
         Rows of ``Item.to_dict()`` plus ``split`` ("train"/"test") and ``generator_version``. Half of
         each template's items (rounded down) are ``test``, chosen by the seed, so both splits cover every
-        template. Categories are interleaved so ``limit=N`` gives a balanced smoke set.
+        template. Categories are interleaved so ``limit=N`` gives a balanced smoke set. ``meta.template``
+        is the item's cluster (:func:`_cluster_id`): ``one_word/ask=2`` is template ``one_word`` with the
+        third entry of the pool its ``ask`` slot draws from.
 
     Raises:
         BenchmarkError: The data file is invalid, a placeholder has no value, or a generated item is not a
@@ -284,9 +304,9 @@ def generate(name: str, *, seed: int | None = None, path: str | Path | None = No
     for t in data.templates:
         made = _template_items(rng, data, t)
         test = set(rng.sample(range(len(made)), len(made) // 2))
-        for k, (system, turns) in enumerate(made):
+        for k, (system, turns, cluster) in enumerate(made):
             rows = per_cat[t.category]
-            meta: dict[str, Any] = {"template": t.name} | ({"system": system} if system is not None else {})
+            meta: dict[str, Any] = {"template": cluster} | ({"system": system} if system is not None else {})
             item = Item(id=f"{t.category}-{len(rows) + 1:03d}", category=t.category, turns=tuple(turns),
                         source=name, meta=meta)
             row = item.to_dict() | {"split": "test" if k in test else "train", "generator_version": data.version}
