@@ -449,3 +449,29 @@ def atlas_tables(a: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]
     cells = [[c["capability"], c["role"], c["label"], c["n"], c["rate"], *(c["ci95"] or [None, None])]
              for c in a["cells"]]
     return {"atlas/rows": (rcols, rows), "atlas/cells": (ccols, cells)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m posttrain.analysis.atlas DIR [--no-plots]``: rebuild an atlas sweep's files from its records."""
+    import argparse
+    import sys
+
+    from posttrain.errors import PosttrainError
+
+    parser = argparse.ArgumentParser(prog="python -m posttrain.analysis.atlas", description=(
+        "Rebuild atlas.json, atlas.md and the heatmap of an atlas sweep from its job folders and primary.json, "
+        "without loading a model or calling an API."))
+    parser.add_argument("sweep_dir", help="the atlas sweep folder, e.g. multirun/2026-01-31/12-00-00")
+    parser.add_argument("--no-plots", action="store_true", help="skip the heatmap")
+    args = parser.parse_args(argv)
+    try:
+        a = write_atlas(args.sweep_dir, plots=not args.no_plots)
+    except (PosttrainError, ValueError) as exc:
+        print(f"atlas: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(a))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
