@@ -194,6 +194,7 @@ def test_every_dashboard_panel_names_what_the_runs_log(tiny_sweep: tuple[Path, f
     proc = subprocess.run([sys.executable, "-m", "posttrain", f"cache_dir={shared_cache}", "stage=dpo_only",
                            "model=tiny_base", "stage.override_gate=true", "stage.data_source=synthetic",
                            "stage.num_examples=8", "stage.max_steps=2", "stage.save_steps=2", "stage.logging_steps=1",
+                           "stage.allow_leaky_negatives=true",  # 8 rows: too few pairs to test each type
                            f"hydra.run.dir={run}"], cwd=REPO, env=_env(tmp_path / "home"), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
