@@ -101,7 +101,7 @@ def write_primary(config: Any, sweep: Path, *, models: list[str] | None = None) 
         return path
     gate = OmegaConf.select(config, "gate")
     if OmegaConf.select(config, "atlas") is not None:  # the capability atlas: one gap pair per capability, Holm
-        # Only the atlas callback knows the sweep's models (a job's own config names its model alone)
+        # Only the atlas callback registers it, when the multirun starts (a job's config names its model alone)
         return _write_atlas_primary(config, sweep, path, models) if models is not None else path
     try:
         record = registration_record(
@@ -118,7 +118,7 @@ def write_primary(config: Any, sweep: Path, *, models: list[str] | None = None) 
 
 def _write_atlas_primary(config: Any, sweep: Path, path: Path, models: list[str]) -> Path:
     """primary.json of an atlas sweep (:func:`posttrain.analysis.atlas.atlas_registration`); ``models``: the
-    sweep's models, read when the multirun started (from then on each job's config names its own model only)."""
+    sweep's models, read when the multirun starts (each job's config names its own model only)."""
     from omegaconf import OmegaConf
 
     from posttrain.analysis.atlas import atlas_registration
@@ -246,7 +246,7 @@ class AtlasCallback(Callback):
 
     Added by ``+experiment=atlas*`` (which switches the comparison callback off: the atlas's jobs
     span several benchmarks, which one comparison cannot pair). Registration (primary.json) happens
-    as each job starts, before any result exists. Like the comparison, it never fails the sweep; after
+    when the multirun starts, before any job is launched. Like the comparison, it never fails the sweep; after
     a failed job it rewrites the files after every job (files only), since ``on_multirun_end`` will not run.
     """
 
@@ -254,7 +254,6 @@ class AtlasCallback(Callback):
         self.enabled, self.plots, self.wandb = enabled, plots, wandb
         self._sweep: Path | None = None
         self._failed: list[str] = []
-        self._models: list[str] = []
 
     def _write(self, config: Any) -> dict[str, Any] | None:
         from posttrain.analysis.atlas import write_atlas
@@ -267,15 +266,12 @@ class AtlasCallback(Callback):
             return None
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        # Registered here, before any job is launched: only now does the config hold the whole sweep (a job's
+        # config names its own model alone), and a launcher's workers (joblib, SLURM) never see this object.
+        # This callback comes after conf/config.yaml's preflights, so a refused sweep registers nothing. An
+        # existing primary.json is kept: a resumed sweep cannot re-register after seeing results.
         self._sweep, self._failed = _sweep_dir(config), []
-        self._models = swept_variants(config, "model") or [str(config.model.name)]
-
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.select(config, "hydra.mode") is not None and str(config.hydra.mode) == "RunMode.MULTIRUN":
-            # kept if it exists: registered once, as the first job starts, before any result
-            write_primary(config, _sweep_dir(config), models=self._models or [str(config.model.name)])
+        write_primary(config, self._sweep, models=swept_variants(config, "model") or [str(config.model.name)])
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
