@@ -24,12 +24,17 @@ FAULTS = ("429", "529", "500", "drop", "malformed", "refusal", "missing_verdict"
 
 
 def coin_verdict(prompt: str) -> dict:
-    """Tiny models fail everything a sensible judge checks; a coin keyed on the prompt gives both classes.
+    """Tiny models fail everything a sensible judge checks; a coin gives both classes.
 
-    The answer is the sensible judge's checklist forced to pass or fail, so it holds the evidence rules
-    (named checks, quotes from the reply); a fact the code failed still fails the turn.
+    The coin is keyed on the conversation's first user message, so every turn of one item gets the same
+    side: an item passes with probability 1/2 however many judged turns it has (a coin per turn made a
+    sample of multi-turn items all-fail, and kappa undefined). The answer is the sensible judge's
+    checklist forced to pass or fail, so it holds the evidence rules (named checks, quotes from the reply);
+    a fact the code failed still fails the turn.
     """
-    return sensible_verdict(prompt, force=hashlib.sha256(prompt.encode()).digest()[0] % 2 == 0)
+    start = prompt.find("[User 1]")
+    key = prompt[start:start + 400].split("\n\n")[0] if start >= 0 else prompt
+    return sensible_verdict(prompt, force=hashlib.sha256(key.encode()).digest()[0] % 2 == 0)
 
 
 def error_turns(scores: list[dict]) -> int:
