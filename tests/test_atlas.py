@@ -56,7 +56,7 @@ def test_atlas_smollm2_is_one_model_under_five_formats(compose_job: Any) -> None
 
 @pytest.mark.slow
 def test_cfg_job_of_the_atlas_composes_without_running(tmp_path: Path) -> None:
-    proc = _posttrain("--cfg", "job", "+experiment=atlas", "model=qwen32b", home=tmp_path / "home", timeout=120)
+    proc = _posttrain("--cfg", "job", "+experiment=atlas", home=tmp_path / "home", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "path: Qwen/Qwen2.5-32B" in proc.stdout and "capabilities:" in proc.stdout
 
