@@ -36,6 +36,10 @@ class ModelConfig:
     adapter: str | None = None  # PEFT adapter folder, or a training run folder holding adapter/
     allow_chat_template_on_base: bool = False  # explicit ablation override, recorded in provenance
     trust_remote_code: bool = False  # never honoured: the loader refuses True
+    # "auto": eager attention on the CPU (torch's CPU flash-attention kernel cost 3.8 ms per call at
+    # one query token, 66% of a SmolLM2 decode step; eager decodes about 4x faster at batch 1, see
+    # docs/benchmarks.md) and sdpa on a GPU. Recorded in provenance.json.
+    attn_implementation: str = "auto"  # "auto" | "eager" | "sdpa"
 
 
 @dataclass
@@ -135,11 +139,11 @@ class TrainStageConfig(StageConfig):
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING  # "conversations" | "instructions" | "mt_bench" | "mt_bench_101" | "ifeval"
+    # ... | "system_prompt" | "structured_output" | "length" | "refusal" (capability benchmarks)
     split: str = "full"
     limit: int | None = None
     path: str | None = None  # user's copy of a public benchmark file
 
-    # ... | "system_prompt" | "structured_output" | "length" | "refusal" (capability benchmarks)
 
 @dataclass
 class PromptConfig:
@@ -331,6 +335,7 @@ VALID = {
     "model.kind": ("base", "instruct"),
     "model.dtype": ("bfloat16", "float16", "float32", "auto"),
     "model.quantization": (None, "nf4"),
+    "model.attn_implementation": ("auto", "eager", "sdpa"),
     "stage.name": ("eval", "sft", "dpo", "dpo_only"),
     "benchmark.name": ("conversations", "instructions", "mt_bench", "mt_bench_101", "ifeval",
                        "system_prompt", "structured_output", "length", "refusal"),

@@ -131,6 +131,7 @@ def generate_conversations(items: Sequence[Item], backend: Any, *, fmt: str, pro
             prompts = []
             for i in active:
                 history[i].append((chunk[i].turns[k].user, None))
+                # an item's own system turn (system_prompt benchmark) is rendered in every format
                 prompts.append(render_prompt(history[i], fmt, prompt_cfg, kind=kind, tokenizer=tokenizer,
                                              allow_chat_template_on_base=allow_chat_template_on_base,
                                              system=chunk[i].meta.get("system")))
