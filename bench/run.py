@@ -44,8 +44,8 @@ def bench_generation(cache: Path, repeats: int, n_prompts: int = 64, new_tokens:
 
     from posttrain.config import ModelConfig, PromptConfig
     from posttrain.generation.backends import HFBackend, SamplingParams
-    from posttrain.models.loader import load_model
     from posttrain.generation.prompts import render_prompt, stop_strings
+    from posttrain.models.loader import load_model
 
     cfg = OmegaConf.structured(ModelConfig(name="tiny_base", path="tiny_base", tiny="base", kind="base",
                                            dtype="float32"))
