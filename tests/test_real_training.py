@@ -30,6 +30,9 @@ EVAL = ["stage=eval", "scorer=heuristic_triage", "benchmark.limit=2", "stage.sen
 TRAIN = ["stage.override_gate=true", "stage.max_steps=4", "stage.save_steps=4", "stage.logging_steps=1",
          "stage.per_device_batch_size=2", "stage.max_length=256", "stage.learning_rate=1e-3",
          "generation.batch_size=8"]
+SHORT_TASKS = ["Name a fruit that is yellow.", "Which animal says moo?", "What colour is fresh grass?",
+               "Name a tool that cuts paper.", "What do bees make?", "Which season comes after winter?",
+               "Name a bird that cannot fly.", "What do you call a baby dog?"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # 2 shared cores: spinning OpenMP threads only slow this down
 
 
@@ -50,10 +53,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[s
     runs = {name: root / name for name in ("base", "sft", "sft_eval", "dpo", "dpo_eval")}
     run(*EVAL, f"hydra.run.dir={runs['base']}")
     # self-instruct keeps generating until 4 / 0.8 = 5 replies are complete (none cut at the
-    # 64-token reply limit, none looping), or stops with its yield within 8 rounds of 8 proposals
-    run("stage=sft", *TRAIN, "stage.data_source=generated", "stage.num_examples=4", "stage.max_rounds=8",
-        "stage.instruction_max_new_tokens=32", "stage.reply_max_new_tokens=64", "stage.multiturn_fraction=0.5",
-        f"hydra.run.dir={runs['sft']}")
+    # 96-token reply limit, none looping), or stops with its yield within 12 rounds of 8 proposals.
+    # Short factual seed tasks: on open-ended ones ("Write a song about summer.") SmolLM2 completed 2
+    # replies of 16 at 256 tokens, looping in 10 (docs/training.md)
+    run("stage=sft", *TRAIN, "stage.max_length=320", "stage.data_source=generated", "stage.num_examples=4",
+        "stage.max_rounds=12", "stage.instruction_max_new_tokens=32", "stage.reply_max_new_tokens=96",
+        "stage.multiturn_fraction=0.5", f"stage.seed_tasks=[{','.join(SHORT_TASKS)}]", f"hydra.run.dir={runs['sft']}")
     run(*EVAL, f"model.adapter={runs['sft']}", f"hydra.run.dir={runs['sft_eval']}")
     run("stage=dpo", *TRAIN, f"stage.init_adapter={runs['sft']}", f"stage.data={runs['sft']}",
         # truncated applies to any reply, so even one real row yields a pair; a handful of pairs
