@@ -335,7 +335,8 @@ def render_markdown(a: dict[str, Any]) -> str:
     out += ["", "## The format choice (train split only)", "",
             "| capability | " + " | ".join(fmts) + " | chosen |", "|" + "---|" * (len(fmts) + 2)]
     out += ["| " + r["capability"] + " | " + " | ".join(format_number(r["train_rates"].get(f)) for f in fmts)
-            + f" | `{r['base_format']}` ({r['choice_reason']}) |" for r in a["rows"]]
+            + " | " + (f"`{r['base_format']}` " if r["base_format"] else "none ") + f"({r['choice_reason']}) |"
+            for r in a["rows"]]
     test = [c for c in a["cells"] if c["role"] == "test"]
     labels = list(dict.fromkeys(c["label"] for c in test))
     if labels:
