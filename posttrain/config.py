@@ -36,9 +36,10 @@ class ModelConfig:
     adapter: str | None = None  # PEFT adapter folder, or a training run folder holding adapter/
     allow_chat_template_on_base: bool = False  # explicit ablation override, recorded in provenance
     trust_remote_code: bool = False  # never honoured: the loader refuses True
-    # "auto": eager attention on the CPU (torch's CPU flash-attention kernel cost 3.8 ms per call at
-    # one query token, 66% of a SmolLM2 decode step; eager decodes about 4x faster at batch 1, see
-    # docs/benchmarks.md) and sdpa on a GPU. Recorded in provenance.json.
+    # "auto": eager attention on the CPU and sdpa on a GPU. On an idle 2-core CPU the two decode SmolLM2
+    # alike at batch 1 (20-22 tok/s), but with other processes on the cores torch's CPU flash-attention
+    # kernel fell to 5.3 tok/s (3.8 ms per call at one query token) against eager's 21.6, and eager was
+    # also faster at batch 32 (241 vs 172 tok/s); docs/benchmarks.md. Recorded in provenance.json.
     attn_implementation: str = "auto"  # "auto" | "eager" | "sdpa"
 
 
