@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from posttrain.items import Constraint, Expectation
+from posttrain.items import Constraint, Expectation, Item
 
 Check = dict[str, Any]
 
@@ -420,3 +420,16 @@ def check_expectation(reply: str, expect: Expectation) -> list[Check]:
         out.append(check_must_not_include(reply, expect.must_not_include))
     out.extend(check_constraint(reply, c) for c in expect.constraints)
     return out
+
+
+def pairing_problems(item: Item, gen_turns: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why a generation row's turns cannot be paired by position with ``item``'s judged turns (empty if
+    they can): a judged turn the row lacks, or one whose user text differs (stale generations).
+    Both deterministic scorers (triage, verifiable) pair turns this way."""
+    problems: list[str] = []
+    for i in item.judged_turns:
+        if i >= len(gen_turns):
+            problems.append(f"generation row has no turn {i} (it has {len(gen_turns)})")
+        elif (gen_turns[i].get("user") or "").strip() != item.turns[i].user.strip():
+            problems.append(f"turn {i}: user text differs from the item's (stale generations?)")
+    return problems

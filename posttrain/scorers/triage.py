@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from posttrain.items import Item
-from posttrain.scorers.checks import check_expectation, wordless_verdict
+from posttrain.scorers.checks import check_expectation, pairing_problems, wordless_verdict
 
 SCORER_NAME = "heuristic_triage"
 TEMPLATE_VERSION = "triage-v2"  # v2: a reply without a letter or digit fails (non_empty)
@@ -80,12 +80,7 @@ def triage_item(item: Item, row: dict[str, Any]) -> dict[str, Any]:
     if not judged:
         return _row(item, model, error="item has no judged turn (no expectation): nothing to triage")
 
-    problems: list[str] = []
-    for i in judged:
-        if i >= len(gen_turns):
-            problems.append(f"generation row has no turn {i} (it has {len(gen_turns)})")
-        elif (gen_turns[i].get("user") or "").strip() != item.turns[i].user.strip():
-            problems.append(f"turn {i}: user text differs from the item's (stale generations?)")
+    problems = pairing_problems(item, gen_turns)
     if problems:
         return _row(item, model, error="; ".join(problems))
 

@@ -33,6 +33,7 @@ from posttrain.scorers.checks import (
     SUPPORTED_LANGUAGES,
     check_expectation,
     detect_language,
+    pairing_problems,
     wordless_verdict,
 )
 
@@ -174,10 +175,7 @@ def score_item(item: Item, row: Mapping[str, Any]) -> dict[str, Any]:
     judged = item.judged_turns
     if not judged:
         return _row(item, model, error="item has no judged turn (no expectation): nothing to score")
-    problems = [f"generation row has no turn {i} (it has {len(gen_turns)})" if i >= len(gen_turns)
-                else f"turn {i}: user text differs from the item's (stale generations?)"
-                for i in judged
-                if i >= len(gen_turns) or (gen_turns[i].get("user") or "").strip() != item.turns[i].user.strip()]
+    problems = pairing_problems(item, gen_turns)
     if problems:
         return _row(item, model, error="; ".join(problems))
 
