@@ -69,6 +69,20 @@ def test_each_check_passes_and_fails(what: str, expect: Expectation, good: str, 
     assert ko["checks"] and not all(c["passed"] for c in ko["checks"])
 
 
+def test_stale_or_missing_generation_turns_are_an_error_not_a_verdict() -> None:
+    expect = Expectation(must_include=(("Lisbon",),), verifiable=True)
+    item = _item(None, expect)
+    stale = _row(item, "hi", "Lisbon")
+    stale["turns"][1]["user"] = "a different question"
+    row = v.score_item(item, stale)
+    assert row["verdict"] == "error" and "user text differs" in row["error"]
+    short = _row(item, "hi", "Lisbon")
+    short["turns"] = short["turns"][:1]
+    row = v.score_item(item, short)
+    assert row["verdict"] == "error" and "has no turn 1" in row["error"]
+    assert v.score_item(item, _row(item, "hi", "Lisbon"))["verdict"] == "pass"  # the same row, unspoilt
+
+
 @pytest.mark.parametrize("reply", ["", "   \n", ":::::"])
 def test_an_empty_reply_fails(reply: str) -> None:
     # must_not_include alone would pass an empty reply vacuously
