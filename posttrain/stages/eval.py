@@ -401,7 +401,10 @@ def run(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "registration_sha256": job_registration_sha256(ctx.run_dir),
         "prompt_format": fmt,
         "generation": {"reused": len(done), "generated": len(pending), **stats,
-                       "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens},
+                       "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens,
+                       # the kernel and thread count the replies were decoded with (generation/backends.py)
+                       "linear_kernel": getattr(backend, "linear_kernel", None),
+                       "threads": getattr(backend, "threads", None)},
         # what a pair's two arms must share (decoding) and what tells them apart (model identity)
         "decoding": decoding_record(cfg.generation, stop_strings(fmt, cfg.prompt)),
         "model_identity": model_identity(loaded.provenance),

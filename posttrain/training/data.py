@@ -118,8 +118,8 @@ def data_fingerprint(cfg: Any, source: str, revision: str | None) -> str:
     st = cfg.stage
     keys = ["data", "data_source", "num_examples", "seed_tasks", "fewshot_k", "rouge_threshold",
             "min_instruction_words", "max_instruction_words", "banned_keywords", "max_rounds",
-            "instruction_max_new_tokens", "reply_max_new_tokens", "multiturn_fraction", "followup_turns", "critic",
-            "critic_keep_fraction",
+            "instruction_max_new_tokens", "reply_max_new_tokens", "reply_repetition_penalty", "multiturn_fraction",
+            "followup_turns", "critic", "critic_keep_fraction",
             "synthetic_templates", "constraint_fraction"]
     settings = {k: OmegaConf.to_container(st[k], resolve=True) if OmegaConf.is_config(st[k]) else st[k]
                 for k in keys}
@@ -451,7 +451,8 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
     def params_for(fmt: str, salt: int) -> Any:
         return SamplingParams(max_new_tokens=st.reply_max_new_tokens, do_sample=gen_cfg.do_sample,
                               temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, seed=seed + salt,
-                              stop_strings=tuple(stop_strings(fmt, prompt_cfg)))
+                              stop_strings=tuple(stop_strings(fmt, prompt_cfg)),
+                              repetition_penalty=float(st.reply_repetition_penalty))
 
     for start in range(0, len(pending), bs):
         chunk = pending[start:start + bs]
@@ -672,7 +673,8 @@ def generate_until_enough(backend: Any, st: Any, *, cfg: Any, contamination: Con
         report = {"target_complete_rows": need, "complete_rows": usable, "conversations_generated": generated,
                   "yield": round(usable / generated, 4) if generated else 0.0, "attempts": attempts,
                   "by_status": {k: v for k, v in rcounts.items() if not k.startswith("constraint_")},
-                  "reply_max_new_tokens": st.reply_max_new_tokens, "generation_format": own_format or
+                  "reply_max_new_tokens": st.reply_max_new_tokens,
+                  "reply_repetition_penalty": st.reply_repetition_penalty, "generation_format": own_format or
                   "instruction_cue + transcript"}
         log.info("self-instruct yield: %d complete of %d conversations (need %d)", usable, generated, need)
         if usable >= need:
