@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup run run-conversations run-tiny demo test test-fast test-slow test-real test-browser e2e check bench clean
+.PHONY: help setup run run-conversations run-tiny demo test test-fast test-slow test-real test-browser e2e e2e-real check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,16 +53,20 @@ run-tiny: setup  ## the three-way comparison on the tiny random models (seconds;
 # the real SmolLM2 weights (`test-real`), headless chromium (`test-browser`), the pipelines (`e2e`).
 PYTEST := $(BIN)/python -m pytest -q --durations=30
 test: setup  ## the fast suite: tiny local models, loopback servers, two workers (3 min 54 s in a clean clone on 2 cores)
-	$(PYTEST) -n 2 -m "not slow and not e2e and not real and not browser"
+	$(PYTEST) -n 2 -m "not slow and not e2e and not e2e_real and not real and not browser"
 
 test-slow: setup  ## the slow tier: Hydra multiruns in subprocesses, the wheel installed into a fresh venv (about 6 minutes)
-	$(PYTEST) -m "slow and not e2e and not real and not browser"
+	$(PYTEST) -m "slow and not e2e and not e2e_real and not real and not browser"
 
 test-real: setup  ## the real-model tier: SmolLM2-135M-Instruct generation, sentinel, self-instruct, SFT/DPO, IFEval (about 5 minutes on 2 cores)
 	$(PYTEST) -m real
 
 e2e: setup  ## the honest end-to-end pipelines on tiny models: base -> data -> SFT -> eval, McNemar; judged gate -> review -> training (~8 min)
 	$(PYTEST) -m e2e -s
+
+# The four-model pipeline on the real SmolLM2 (tests/test_e2e_real.py); POSTTRAIN_E2E_REAL_DIR=DIR keeps its folders.
+e2e-real: setup  ## the four-model pipeline on a REAL model: SmolLM2 self-instruct data -> SFT -> SFT->DPO and DPO-only (content negatives, leakage check) -> four-model eval and gate (<= 25 min on 2 cores)
+	$(PYTEST) -m e2e_real -s
 
 test-fast: test  ## the same as `make test` (kept for old habits)
 

@@ -134,6 +134,9 @@ class TrainStageConfig(StageConfig):
     negative_types: list[str] = field(default_factory=lambda: ["wrong_instruction", "constraint_violation",
                                                                "corrupted_facts"])
     negatives_per_example: int = 1
+    # where corrupted_facts draws its wrong values: "data" (the chosen replies' own values, the default) or
+    # "lists" (the old fixed pools of 25 names and 30 cities, kept to show the leakage check refusing them)
+    fact_pool: str = "data"
     leakage_threshold: float = 0.6  # DPO refuses when a classifier over the replies beats this pair accuracy
     allow_leaky_negatives: bool = False  # train anyway on separable negatives (recorded in every record)
     eval_pairs_fraction: float = 0.1  # held-out DPO pairs per negative type (TRL eval_dataset dict)

@@ -124,6 +124,33 @@ def test_negatives_constraint_violation_only_where_a_constraint_is_stated() -> N
     assert e5["rejected"].endswith(".")  # same form: one word replaced, the punctuation kept
 
 
+def test_constraint_violation_from_the_data_is_cut_to_the_chosen_length() -> None:
+    """The model's unconstrained reply is cut after whole sentences to the length closest to the chosen
+    reply's, still using the banned word and ending as a complete reply; no cut within 2/3-3/2 of the
+    chosen length gives no pair (SmolLM2's uncut violations were 2.6x longer: a length rule found 0.84)."""
+    from posttrain.training.negatives import constraint_violation, length_matched
+
+    chosen = "Bees make honey from the nectar of flowers."
+    violation = ("Bees make sweet honey. The honey is stored in wax cells. Beekeepers collect honey in late "
+                 "summer, and they leave enough for the bees to eat during the cold winter months ahead.")
+    cut = length_matched(violation, chosen, "honey")
+    assert cut == "Bees make sweet honey. The honey is stored in wax cells."
+    assert 2 / 3 <= len(cut) / len(chosen) <= 3 / 2 and violation.startswith(cut)
+    neg = constraint_violation("What do bees make? Do not use the word 'honey'.", chosen, violation,
+                               {"kind": "banned_word", "value": "honey"}, np.random.default_rng(0))
+    assert neg is not None and neg.text == cut and neg.meta["cut_from_chars"] == len(violation)
+    # the word only in a sentence far past the chosen length: no cut uses it at a matching length
+    late = "Bees are insects. They live in hives. They fly far. " * 3 + "They make honey."
+    assert length_matched(late, chosen, "honey") is None
+    assert constraint_violation("Q. Do not use the word 'honey'.", chosen, late,
+                                {"kind": "banned_word", "value": "honey"}, np.random.default_rng(0)) is None
+    # a reply of the chosen length is kept whole; a cut never ends on a colon (an unfinished reply)
+    same = "Bees make honey from flower nectar, you see."
+    assert length_matched(same, chosen, "honey") == same
+    assert length_matched("Bees make honey as follows:\n- nectar is gathered.", chosen, "honey") == \
+        "Bees make honey as follows:\n- nectar is gathered."
+
+
 def test_negatives_corrupted_facts_same_kind_same_shape() -> None:
     """Replacements come from the chosen replies' own values of the same kind (numbers of the same
     shape); a fact with no other value in the data gives no negative."""

@@ -406,3 +406,21 @@ def test_cuda_precision_never_sets_both_flags(compose, dtype: str, quant: str | 
     args = device_args(cfg, "cuda")
     assert (args["bf16"], args["fp16"]) == (bf16, fp16)
     assert args["activation_checkpointing"] is True and "gradient_checkpointing" not in args  # the deprecated alias
+
+
+def test_dpo_refuses_the_old_value_pools_from_the_command_line(shared_cache: Path, tmp_path: Path) -> None:
+    """`stage=dpo_only stage.fact_pool=lists` (corrupted_facts drawing from the old fixed lists of 25 names
+    and 30 cities) on the default data: the leakage check flags corrupted_facts and the run stops after
+    the data, before any training, saying what to change; nothing is trained and the report says why."""
+    from tests.helpers import posttrain
+
+    run = tmp_path / "dpo_only"
+    proc = posttrain("stage=dpo_only", "model=tiny_base", "stage.override_gate=true", "stage.fact_pool=lists",
+                     "tracking=disabled", f"hydra.run.dir={run}", home=tmp_path / "home", cache=shared_cache,
+                     check=False, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "corrupted_facts" in out and "nothing was trained" in out, out[-2000:]
+    report = read_json(run / "negatives_report.json")
+    assert report["fact_pool"] == "lists" and report["leaky"] is True
+    assert report["flagged_types"] == ["corrupted_facts"], report["flagged_types"]
+    assert not (run / "adapter").exists() and not (run / "checkpoints").exists()

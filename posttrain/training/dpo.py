@@ -138,7 +138,8 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
     data_seconds = time.time() - t0
     allow = bool(cfg.model.allow_chat_template_on_base)
     sources = dpo_sources(rows, fmt, cfg.prompt, kind=cfg.model.kind, allow_chat_template_on_base=allow)
-    pairs = build_pairs(sources, types=list(st.negative_types), seed=cfg.seed, per_example=st.negatives_per_example)
+    pairs = build_pairs(sources, types=list(st.negative_types), seed=cfg.seed, per_example=st.negatives_per_example,
+                        fact_pool=str(st.fact_pool))
     train_pairs, held_pairs = split_pairs(pairs, st.eval_pairs_fraction, cfg.seed)
     held_ids = {p["id"] for p in held_pairs}
     pairs_path = ctx.run_dir / "pairs.jsonl"
@@ -152,7 +153,7 @@ def run_dpo(cfg: Any, ctx: RunContext) -> dict[str, Any]:
         "n_pairs": len(pairs), "n_train_pairs": len(train_pairs), "n_eval_pairs": len(held_pairs),
         "pairs_per_type": per_type_counts, "negative_types": list(st.negative_types),
         "missing_types": sorted(set(st.negative_types) - set(per_type_counts)), "pairs_path": str(pairs_path),
-        "allow_leaky_negatives": bool(st.allow_leaky_negatives)} | flag)
+        "allow_leaky_negatives": bool(st.allow_leaky_negatives), "fact_pool": str(st.fact_pool)} | flag)
     ctx.tracker.log({"negatives/overall_score": leakage["overall"].get("score") or 0.0,
                      "negatives/leaky": float(leakage["leaky"]), "negatives/n_pairs": len(pairs)}
                     | {f"negatives/score/{t}": b.get("score") or 0.0 for t, b in leakage["per_type"].items()} | flag)

@@ -17,7 +17,9 @@ length distribution, final punctuation and register:
   generators state a banned word in ``stage.constraint_fraction`` of the prompts and keep, next
   to the reply that honours it, one that does not (synthetic data: the other of two paraphrases of
   equal length, each banned equally often; generated data: the base model's reply to the prompt
-  without the constraint). Without such a reply, a banned word read from the prompt is put in
+  without the constraint, cut after whole sentences to the chosen reply's length, still using the
+  word: SmolLM2's uncut ones were 2.6 times longer than its constrained replies, and a length rule
+  separated them at 0.84). Without such a reply, a banned word read from the prompt is put in
   place of a word of the chosen reply. Prompts without a stated constraint get no negative of
   this type (it never invents one).
 - ``corrupted_facts``: one fact changed into a plausible wrong one of the same kind: a first
@@ -199,9 +201,19 @@ def uses_word(text: str, word: str) -> bool:
 
 def constraint_violation(user: str, chosen: str, violation: str | None, constraint: dict[str, Any] | None,
                          rng: np.random.Generator) -> Negative | None:
-    """A reply that breaks the prompt's stated constraint, or None when the prompt states none."""
+    """A reply that breaks the prompt's stated constraint, or None when the prompt states none.
+
+    The data generator's violation (the model's reply to the prompt without the constraint) is cut to
+    whole sentences at the length closest to the chosen reply's that still uses the banned word
+    (:func:`length_matched`); None when no such cut lies within 2/3 to 3/2 of the chosen length.
+    """
     if violation and violation.strip() and violation.strip() != chosen.strip():
-        return Negative(violation.strip(), {"constraint": constraint, "source": "data_generator"})
+        word = str(constraint["value"]) if constraint and constraint.get("kind") == "banned_word" else None
+        cut = length_matched(violation.strip(), chosen.strip(), word)
+        if cut is None:
+            return None
+        meta = {"constraint": constraint, "source": "data_generator"}
+        return Negative(cut, meta | ({"cut_from_chars": len(violation.strip())} if cut != violation.strip() else {}))
     found = find_constraint(user)
     if found is None or found[0] != "banned_word":
         return None
@@ -218,6 +230,29 @@ def constraint_violation(user: str, chosen: str, violation: str | None, constrai
     tokens[i] = word
     return Negative(" ".join(tokens), {"constraint": {"kind": "banned_word", "value": word},
                                        "source": "inserted", "replaced": replaced})
+
+
+def length_matched(violation: str, chosen: str, word: str | None, *, ratio: float = 1.5) -> str | None:
+    """``violation`` cut after a whole sentence or line, at the length closest to ``chosen``'s, still
+    using ``word`` when one is given; None when no cut lies within [1/ratio, ratio] of that length.
+
+    A model's reply that honours a banned word tends to be much shorter than its unconstrained reply
+    (SmolLM2: 204 against 535 characters on average over 25 pairs, which a length rule separated at
+    0.84); uncut, DPO would learn "shorter" instead of "avoid the word". A cut ends where a sentence
+    or a line ends, so the rejected reply stays complete.
+    """
+    from posttrain.training.data import incomplete_reason
+
+    ends = [m.end() for m in re.finditer(r"[.!?…](?=\s|$)|\n", violation)] + [len(violation)]
+    best: tuple[float, str] | None = None
+    for end in sorted(set(ends)):
+        cand = violation[:end].strip()
+        if not cand or (word and not uses_word(cand, word)) or incomplete_reason(cand, "eos") is not None:
+            continue  # a cut must use the word and end as a complete reply (data.incomplete_reason's rules)
+        dist = abs(math.log(len(cand) / max(1, len(chosen))))
+        if dist <= math.log(ratio) and (best is None or dist < best[0]):
+            best = (dist, cand)
+    return best[1] if best else None
 
 
 def _other_number(s: str, rng: np.random.Generator) -> str:
