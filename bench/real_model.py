@@ -129,8 +129,13 @@ def linear_read_rate(model: Any, *, packed: bool, repeats: int = 5) -> float:
     return nbytes / best
 
 
-def measure(cache: Path, *, new_tokens: int = 32, repeats: int = 3) -> dict[str, Any]:
-    """Every real-model figure of docs/benchmarks.md; ``cache`` is posttrain's model cache."""
+def measure(cache: Path, *, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
+    """Every real-model figure of docs/benchmarks.md; ``cache`` is posttrain's model cache.
+
+    ``new_tokens`` is `make run`'s budget (64). Each batch also pays its prompt's prefill, which at
+    batch 32 is compute of the same order as 32 decoded tokens: with 32 new tokens batch 32 measured
+    7.8x batch 1 (2026-12-02, idle), a figure about the prefill share as much as about decoding.
+    """
     # torch's default thread count in a fresh process: this one may have been pinned (the tiny models'
     # loader sets one thread, and `make bench` measures them first).
     import subprocess
@@ -278,7 +283,7 @@ if __name__ == "__main__":
     from posttrain.paths import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()

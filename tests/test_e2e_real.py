@@ -31,8 +31,7 @@ from tests.helpers import posttrain
 pytestmark = pytest.mark.e2e_real
 
 COMMON = ["model=smollm2_instruct", "tracking=offline"]
-# The data: 72 rows (the critic keeps 72 of 90 complete). 90% of the single-turn instructions are asked
-# again with a banned word, so that constraint_violation gets the 17 pairs its leakage test needs.
+# The data: 60 rows (the critic keeps 60 of 75 complete), stated constraints and follow-ups at the defaults.
 # Seed tasks that ask for short answers: SmolLM2 imitates its seeds, and on the default open-ended ones
 # ("Write a song", "Plan a trip") 125 of its 200 replies ran past 256 tokens (yield 0.305,
 # docs/training.md), which would spend this tier's budget on replies it drops.
@@ -45,15 +44,15 @@ SHORT_SEEDS = ["Explain in one sentence why the sky looks blue.", "Name three ve
                "Suggest one quick breakfast that needs no cooking.",
                "Write one sentence thanking a neighbour for their help.",
                "Give three words that describe a snowy morning."]
-SFT = ["stage=sft", "stage.override_gate=true", "stage.num_examples=72", "stage.max_steps=24",
-       "stage.constraint_fraction=0.9", "stage.multiturn_fraction=0.2", "generation.batch_size=32",
+SFT = ["stage=sft", "stage.override_gate=true", "stage.num_examples=60", "stage.max_steps=24",
+       "generation.batch_size=32",
        f"stage.seed_tasks=[{','.join(SHORT_SEEDS)}]"]
-# Both applicable content types per row, 12 steps of 4 pairs for SFT->DPO and DPO-only alike. corrupted_facts
-# is left out here: on 60 rows of these short answers it applied to 11 (a recognisable fact with another
-# value in the data), fewer than the 17 pairs its leakage test needs, and a type too small to test
-# blocks DPO (docs/training.md, "The four-model pipeline on SmolLM2").
-DPO = ["stage.override_gate=true", "stage.negative_types=[wrong_instruction,constraint_violation]",
-       "stage.negatives_per_example=2", "stage.max_steps=12"]
+# DPO on the wrong_instruction content type, 12 steps of 4 pairs for SFT->DPO and DPO-only alike. On this
+# data the leakage check refuses the two other content types, for reasons it names (docs/training.md, "The
+# four-model pipeline on SmolLM2"): SmolLM2's replies that honour a banned word are mostly apologies ("I'm
+# sorry for any confusion..."), so word n-grams separate constraint_violation pairs (0.89, p = 6.6e-4), and
+# corrupted_facts applied to 11 of 60 rows, fewer than the 17 pairs its test needs.
+DPO = ["stage.override_gate=true", "stage.negative_types=[wrong_instruction]", "stage.max_steps=12"]
 
 
 def _json(path: Path) -> Any:
@@ -80,7 +79,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dic
     run("dpo", "stage=dpo", *DPO, f"stage.init_adapter={runs['sft']}", f"stage.data={runs['sft']}",
         f"hydra.run.dir={runs['dpo']}")
     run("dpo_only", "stage=dpo_only", *DPO, f"stage.data={runs['sft']}", f"hydra.run.dir={runs['dpo_only']}")
-    run("four_model", "-m", "+experiment=four_model_smollm2", f"+adapters.sft={runs['sft']}",
+    run("four_model", "+experiment=four_model_smollm2", f"+adapters.sft={runs['sft']}",
         f"+adapters.dpo={runs['dpo']}", f"+adapters.dpo_only={runs['dpo_only']}", f"hydra.sweep.dir={sweep}")
     (root / "times.json").write_text(json.dumps(times, indent=2) + "\n")
     print(f"\ne2e-real: {sweep / 'comparison.md'}\n" + (sweep / "comparison.md").read_text(), flush=True)
@@ -91,9 +90,9 @@ def test_sft_data_reached_its_target_with_complete_replies(pipeline: dict[str, A
     run = pipeline["runs"]["sft"]
     report = _json(run / "data_report.json")
     rows = [json.loads(line) for line in (run / "train_data.jsonl").read_text().splitlines()]
-    assert report["n_rows"] == len(rows) == 72
+    assert report["n_rows"] == len(rows) == 60
     y = report["yield"]
-    assert y["complete_rows"] >= y["target_complete_rows"] == 90 and y["generation_format"] == "chat_template"
+    assert y["complete_rows"] >= y["target_complete_rows"] == 75 and y["generation_format"] == "chat_template"
     assert 0 < y["yield"] <= 1 and y["conversations_generated"] >= y["complete_rows"]
     # none cut at the limit, none looping, none mid-sentence: the filter ran on every reply kept
     from posttrain.training.data import incomplete_reason
@@ -115,7 +114,7 @@ def test_dpo_trained_on_content_negatives_that_passed_the_leakage_check(pipeline
     assert "allow_leaky_negatives" not in text or '"allow_leaky_negatives": false' in text
     pairs = [json.loads(line) for line in (run / "pairs.jsonl").read_text().splitlines()]
     types = {p["negative_type"] for p in pairs}
-    assert types == {"wrong_instruction", "constraint_violation"}, types
+    assert types == {"wrong_instruction"}, types
     for t in types:  # each type tested (17+ pairs), none separable, nothing overridden
         assert report["per_type"][t]["checked"] is True, (t, report["per_type"][t].get("n"))
     assert report["leaky"] is False and report["too_small_types"] == []
