@@ -241,14 +241,14 @@ def length_matched(violation: str, chosen: str, word: str | None, *, ratio: floa
     0.84); uncut, DPO would learn "shorter" instead of "avoid the word". A cut ends where a sentence
     or a line ends, so the rejected reply stays complete.
     """
-    from posttrain.training.data import incomplete_reason
+    from posttrain.training.replies import incomplete_reason
 
     ends = [m.end() for m in re.finditer(r"[.!?…](?=\s|$)|\n", violation)] + [len(violation)]
     best: tuple[float, str] | None = None
     for end in sorted(set(ends)):
         cand = violation[:end].strip()
         if not cand or (word and not uses_word(cand, word)) or incomplete_reason(cand, "eos") is not None:
-            continue  # a cut must use the word and end as a complete reply (data.incomplete_reason's rules)
+            continue  # a cut must use the word and end as a complete reply (replies.incomplete_reason's rules)
         dist = abs(math.log(len(cand) / max(1, len(chosen))))
         if dist <= math.log(ratio) and (best is None or dist < best[0]):
             best = (dist, cand)
