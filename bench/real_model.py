@@ -264,8 +264,9 @@ WHY = [
     "tok/s) did not change that, because the products, not the dispatch, took the time (a profile of one "
     "packed step: 80% in the linear kernels). The backend now packs each float32 weight once into oneDNN's "
     "blocked layout and decodes through `mkldnn._linear_pointwise` (`generation/backends.py: PackedLinears`), "
-    "for every stage that generates: `make run`, the evals and self-instruct. The layout matters: packed "
-    "with a batch-size hint of 1, the same weights read at 28 GB/s; without a hint, at about 43 GB/s. The rest "
+    "for every stage that generates: `make run`, the evals and self-instruct. The layout matters: in a separate "
+    "timing of SmolLM2's 211 weight shapes (random values, 2 threads), weights packed with a batch-size hint of 1 "
+    "read at 28 GB/s, packed without a hint at 43 GB/s; the backend packs without one. The rest "
     "of a step (attention, norms, `generate`'s bookkeeping: the forward-only and overhead columns) is what "
     "separates the packed rate from the limit.",
     "**When batching gains less than 5x**: a batch shares each weight read, so until compute binds, tokens/s "
