@@ -88,14 +88,12 @@ def generate_rate(backend: Any, tokenizer: Any, batch: int, new_tokens: int, rep
 def forward_only_rate(backend: Any, tokenizer: Any, new_tokens: int, repeats: int) -> float:
     """Batch-1 tokens/s of the bare forward passes generate makes: prefill, then one token at a time,
     with the backend's linear kernel."""
-    from contextlib import nullcontext
-
     import torch
 
     model = backend.model
     ids = tokenizer(_prompts(tokenizer, 1), return_tensors="pt", add_special_tokens=False)["input_ids"]
     times = []
-    with torch.inference_mode(), (backend._packed(model) if backend._packed else nullcontext()):
+    with torch.inference_mode(), backend.kernels():
         for _ in range(repeats):
             t0 = time.perf_counter()
             out = model(ids, use_cache=True)

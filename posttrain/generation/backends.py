@@ -10,9 +10,9 @@ the tiny model); 64 prompts x 32 tokens took 0.10 s batched against 1.47 s one a
 On CPU the linear layers decode through oneDNN with weights packed once into its blocked layout
 (:class:`PackedLinears`). Decoding one sequence is a matrix-vector product per layer, bound by
 reading the weights, and the default kernel (MKL sgemv on ``x @ W.T``) read SmolLM2's 538 MB of
-linear weights at 15 GB/s on this project's 2-core AMD EPYC, against 26 GB/s packed: batch-1
-decode went from 19.6 to 32.9 tokens/s and batch 32 from 173 to 335, with the same greedy text
-(docs/benchmarks.md).
+linear weights at about 15 GB/s on this project's 2-core AMD EPYC: in one idle `make bench`,
+batch-1 decode went from 23.4 tokens/s with the default kernel to 44.9 packed (docs/benchmarks.md),
+with the same greedy text in `make run`.
 """
 
 from __future__ import annotations
@@ -133,6 +133,10 @@ class HFBackend:
         self._packed = PackedLinears() if use else None
         self.linear_kernel = "onednn_packed" if use else "torch"
 
+    def kernels(self) -> Any:
+        """The context ``generate`` decodes in: the packed linear kernels, or nothing to change."""
+        return self._packed(self.model) if self._packed else nullcontext()
+
     @property
     def threads(self) -> int:
         import torch
@@ -168,7 +172,7 @@ class HFBackend:
         if params.stop_strings:
             # Each sequence stops at its own stop string; the batch ends when all have stopped.
             kwargs.update(stopping_criteria=self._stopping(tuple(params.stop_strings)))
-        with torch.inference_mode(), (self._packed(self.model) if self._packed else nullcontext()):
+        with torch.inference_mode(), self.kernels():
             out = self.model.generate(**enc, **kwargs)
         prompt_len = enc["input_ids"].shape[1]
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()

@@ -54,6 +54,9 @@ from omegaconf import OmegaConf
 
 from posttrain.errors import PosttrainError
 from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json
+
+# looping() and incomplete_reason() live in replies.py (negatives.py uses them too); re-exported here
+from posttrain.training.replies import incomplete_reason, looping  # noqa: F401
 from posttrain.training.rouge import RougePool, rouge_l
 
 log = logging.getLogger(__name__)
@@ -166,10 +169,6 @@ def normalise_row(row: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- complete replies only
-
-# looping() and incomplete_reason() live in replies.py (negatives.py uses them too); re-exported here
-from posttrain.training.replies import incomplete_reason, looping  # noqa: E402,F401
-
 
 def drop_incomplete(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
     """Rows whose every reply is complete; counts of the others by reason; a few examples for the report."""

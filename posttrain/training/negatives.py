@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from posttrain.training.replies import incomplete_reason
+
 NEGATIVE_TYPES: tuple[str, ...] = ("truncated", "wrong_instruction", "constraint_violation", "corrupted_facts",
                                    "padded_repetitive")
 CONTENT_TYPES: tuple[str, ...] = ("wrong_instruction", "constraint_violation", "corrupted_facts")
@@ -241,8 +243,6 @@ def length_matched(violation: str, chosen: str, word: str | None, *, ratio: floa
     0.84); uncut, DPO would learn "shorter" instead of "avoid the word". A cut ends where a sentence
     or a line ends, so the rejected reply stays complete.
     """
-    from posttrain.training.replies import incomplete_reason
-
     ends = [m.end() for m in re.finditer(r"[.!?…](?=\s|$)|\n", violation)] + [len(violation)]
     best: tuple[float, str] | None = None
     for end in sorted(set(ends)):
