@@ -424,3 +424,17 @@ def test_dpo_refuses_the_old_value_pools_from_the_command_line(shared_cache: Pat
     assert report["fact_pool"] == "lists" and report["leaky"] is True
     assert report["flagged_types"] == ["corrupted_facts"], report["flagged_types"]
     assert not (run / "adapter").exists() and not (run / "checkpoints").exists()
+
+
+def test_new_data_settings_are_refused_before_anything_loads(compose) -> None:
+    """stage.fact_pool and stage.reply_repetition_penalty out of range: the range check names both
+    settings and says nothing was loaded; the defaults pass it."""
+    from posttrain.stages.train import _check_ranges
+
+    _check_ranges(compose("stage=dpo_only", "model=tiny_base").stage)  # the defaults pass
+    cfg = compose("stage=dpo_only", "model=tiny_base", "stage.fact_pool=pool", "stage.reply_repetition_penalty=0.5")
+    with pytest.raises(PosttrainError) as err:
+        _check_ranges(cfg.stage)
+    msg = str(err.value)
+    assert "stage.fact_pool='pool'" in msg and "stage.reply_repetition_penalty=0.5 must lie in [1, 2]" in msg
+    assert "nothing was loaded or spent" in msg
