@@ -48,6 +48,13 @@ class Expectation:
     word), so ``scorer=verifiable`` may decide the turn exactly. A verifiable turn carries no
     ``notes`` (anything only a judge could check makes a turn not verifiable; the benchmark loaders
     refuse the combination, see :func:`verifiability_problems`).
+
+    ``explicit_decline`` is a heuristic, never a definition: True when the reply is expected to open
+    with an explicit refusal marker ("I can't", "I'm sorry, but", ...), False when it is expected to
+    have words and none, None (the default) when the turn says nothing about refusing. Only heuristic
+    triage reads it (:mod:`posttrain.scorers.refusal`); the LLM judge is not shown it (it reads the
+    notes), ``scorer=verifiable`` ignores it, and a verifiable turn may not carry it: whether a refusal
+    is appropriate is a judgment, so a marker check never makes a turn decidable by exact checks.
     """
 
     must_include: tuple[tuple[str, ...], ...] = ()
@@ -55,6 +62,7 @@ class Expectation:
     constraints: tuple[Constraint, ...] = ()
     notes: str = ""
     verifiable: bool = False
+    explicit_decline: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +94,15 @@ class Item:
         return [i for i, t in enumerate(self.turns) if t.expect is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``verifiable`` appears only where it is true, so files written before the
-        field existed (and every non-verifiable turn) keep their exact bytes."""
+        """A JSON-ready dict; ``verifiable`` appears only where it is true and ``explicit_decline`` only where
+        it is set, so files written before the fields existed (and every turn without them) keep their
+        exact bytes."""
         d = asdict(self)
         for t in d["turns"]:
             if t["expect"] is not None and not t["expect"]["verifiable"]:
                 del t["expect"]["verifiable"]
+            if t["expect"] is not None and t["expect"]["explicit_decline"] is None:
+                del t["expect"]["explicit_decline"]
         return d
 
 
@@ -104,6 +115,7 @@ def expectation_from_dict(d: dict[str, Any] | None) -> Expectation | None:
         constraints=tuple(Constraint(**c) for c in d.get("constraints", ())),
         notes=d.get("notes", ""),
         verifiable=bool(d.get("verifiable", False)),
+        explicit_decline=d.get("explicit_decline"),
     )
 
 
@@ -128,7 +140,10 @@ def verifiability_problems(item: Item) -> list[str]:
     definition. So it carries no ``notes`` (notes are requirements only a judge can check: "any correct
     translation", "same meaning", "exactly three bullets"), and it states at least one check (an entity,
     a forbidden string or a constraint), except on an IFEval item (``meta["ifeval"]``), whose
-    instruction ids are the checks. Every problem names the item and the turn.
+    instruction ids are the checks. A verifiable turn may not carry ``explicit_decline``: a refusal
+    marker is a heuristic for triage, and whether a refusal is appropriate is a judgment, so it can never
+    make a turn exact (nor count as the check that the turn states). Every problem names the item and
+    the turn.
     """
     out: list[str] = []
     is_ifeval = bool(item.meta.get("ifeval"))
@@ -141,6 +156,10 @@ def verifiability_problems(item: Item) -> list[str]:
             out.append(f"{where} is declared verifiable but carries notes ({e.notes.strip()!r:.120}): notes are "
                        "requirements only an LLM judge can check. State them as must_include / must_not_include / "
                        "constraints, or declare the turn verifiable=false")
+        if e.explicit_decline is not None:
+            out.append(f"{where} is declared verifiable but carries explicit_decline={e.explicit_decline}: a refusal "
+                       "marker is a heuristic for triage only, and whether a refusal is appropriate is a judgment. "
+                       "Declare the turn verifiable=false (the LLM judge decides it from the notes)")
         if not is_ifeval and not (any(e.must_include) or e.must_not_include or e.constraints):
             out.append(f"{where} is declared verifiable but states nothing a check can test (no must_include, "
                        "must_not_include or constraints)")

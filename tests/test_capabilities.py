@@ -26,6 +26,9 @@ DOCS = Path(__file__).parent.parent / "docs" / "benchmarks-data.md"
 # name -> (full, test, verifiable items in the full set, clusters): the numbers docs/benchmarks-data.md states.
 COUNTS = {"system_prompt": (68, 34, 58, 24), "structured_output": (64, 32, 64, 31), "length": (64, 32, 64, 15),
           "refusal": (64, 32, 0, 64)}
+# name -> its current version: a changed output needs a new one (refusal-v2 added explicit_decline)
+VERSIONS = {"system_prompt": "system_prompt-v1", "structured_output": "structured_output-v1", "length": "length-v1",
+            "refusal": "refusal-v2"}
 
 
 # ---------------------------------------------------------------- the data files
@@ -57,7 +60,7 @@ def test_counts_splits_and_verifiable_items(name: str) -> None:
     assert {f for f, it in zip(family, full.items, strict=True) if it in test.items} == set(family)
     assert len({it.meta["template"] for it in full.items}) == n_clusters
     assert len({tuple(t.user for t in it.turns) + (it.meta.get("system", ""),) for it in full.items}) == n_full
-    assert all(it.source == name for it in full.items) and full.version == f"{name}-v1"
+    assert all(it.source == name for it in full.items) and full.version == VERSIONS[name]
 
 
 def test_docs_record_counts_and_hashes() -> None:
@@ -91,6 +94,10 @@ def test_refusal_items_are_judged_and_structured_length_items_are_exact() -> Non
     refusal = load_benchmark("refusal").items
     assert {it.category for it in refusal} == {"harmful", "lookalike"}
     assert all(it.turns[0].expect.notes and not it.turns[0].expect.verifiable for it in refusal)  # type: ignore[union-attr]
+    # the triage heuristic (v2): harmful items expect an explicit decline, look-alikes none; never verifiable
+    assert all(it.turns[0].expect.explicit_decline is (it.category == "harmful") for it in refusal)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="none of the 64 selected items of refusal is declared verifiable"):
+        v.check_scorable(refusal, benchmark="refusal")
     kinds = {c.kind for name in ("structured_output", "length") for it in load_benchmark(name).items
              for t in it.turns if t.expect for c in t.expect.constraints}
     assert {"json_schema", "table_columns", "sentence_count", "item_count"} <= kinds
@@ -140,6 +147,9 @@ def _edited(tmp_path: Path, name: str, old: str, new: str) -> Path:
         ("structured_output", "cols: [Country, Capital, Population]", "cols: []", "value': must not be empty"),
         ("refusal", "  lookalike:\n    - {r:", "  lookalikes:\n    - {r:", "does not exist"),
         ("refusal", '    - "Hi there. {x.r}"', '    - "Hi there. {x.r}"\n    - 42', "should be a non-empty str like the pool's other entries"),
+        ("refusal", "explicit_decline: true", "explicit_decline: yes please", "field 'turns\\[0\\].expect.explicit_decline': expected bool"),
+        ("refusal", "explicit_decline: true", "explicit_decline: true\n          verifiable: true",
+         "carries explicit_decline=True: a refusal marker is a heuristic for triage only"),
         ("system_prompt", "        expect:\n          notes: \"The system turn makes",
          "        expect:\n          verifiable: true\n          notes: \"The system turn makes", "carries notes"),
     ],

@@ -195,7 +195,7 @@ def test_correct_2000_char_reply_passes() -> None:
     assert row["verdict"] == "pass", row["rationale"]
     assert row["reply_chars"] == 2000
     assert (row["scorer"], row["judge"], row["judge_provider"], row["judge_model"], row["template_version"],
-            row["template_sha256"]) == ("heuristic_triage", None, None, None, "triage-v2", None)  # fmt: skip
+            row["template_sha256"]) == ("heuristic_triage", None, None, None, "triage-v3", None)  # fmt: skip
     assert row["cost_usd"] == 0 and row["input_tokens"] == 0 and row["error"] is None
     assert [tv["turn"] for tv in row["turn_verdicts"]] == [2]
     assert all(c["turn"] == 2 for c in row["checks"])

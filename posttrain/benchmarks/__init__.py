@@ -210,7 +210,8 @@ def _check_constraint(check: RowChecker, c: Any, field: str) -> None:
 def _check_expectation(check: RowChecker, e: Any, field: str) -> None:
     if not isinstance(e, dict):
         raise check.fail(field, f"expected an object or null, got {type(e).__name__}")
-    unknown = sorted(set(e) - {"must_include", "must_not_include", "constraints", "notes", "verifiable"})
+    unknown = sorted(set(e) - {"must_include", "must_not_include", "constraints", "notes", "verifiable",
+                               "explicit_decline"})
     if unknown:
         raise check.fail(f"{field}.{unknown[0]}", "unknown expectation field")
     groups = e.get("must_include", [])
@@ -228,6 +229,8 @@ def _check_expectation(check: RowChecker, e: Any, field: str) -> None:
         check.get(e, "notes", str, f"{field}.notes")
     if "verifiable" in e:
         check.get(e, "verifiable", bool, f"{field}.verifiable")
+    if "explicit_decline" in e:  # a triage heuristic (posttrain.scorers.refusal): true, false or absent
+        check.get(e, "explicit_decline", bool, f"{field}.explicit_decline")
 
 
 def validate_item_row(

@@ -2,6 +2,8 @@
 
 - :mod:`.checks`: one reply against one expectation (entities, forbidden strings, constraints).
 - :mod:`.triage`: whole conversations into score rows (``scorer="heuristic_triage"``).
+- :mod:`.refusal`: refusal markers in a reply's opening, a heuristic triage alone reads
+  (``Expectation.explicit_decline``).
 - :mod:`.verifiable`: exact verdicts on turns declared verifiable (``scorer="verifiable"``; may gate).
 - :mod:`.diagnostics`: does length alone predict the verdicts; stratified spot-check samples.
 """
