@@ -121,6 +121,8 @@ class TrainStageConfig(StageConfig):
     # share of prompts that state a constraint (a banned word) the reply keeps; the reply that breaks it
     # is kept as the constraint_violation negative (synthetic: a paraphrase; generated: the unconstrained reply)
     constraint_fraction: float = 0.3
+    # the temperature of the second reply a stated constraint is made from (generated data; data.py, step 4)
+    constraint_temperature: float = 0.7
     # --- optimisation and checkpoints ---
     lora_target_modules: str = "all-linear"
     lr_scheduler_type: str = "linear"

@@ -20,14 +20,22 @@ import pytest
 
 from posttrain.errors import PosttrainError
 from posttrain.records import read_json, read_jsonl
-from posttrain.training.data import dpo_sources, incomplete_reason, prepare_data, sft_examples
+from posttrain.training.data import (
+    constraint_pair,
+    dpo_sources,
+    incomplete_reason,
+    prepare_data,
+    sft_examples,
+)
 from posttrain.training.negatives import CONTENT_TYPES, FORM_TYPES, build_pairs, leakage_report, uses_word
+from posttrain.training.replies import non_answer, uses_word_form
 
 REPO = Path(__file__).resolve().parent.parent
 CUT = "This answer keeps going and going and going, with more and"  # stopped by max_new_tokens
 HALF = "The reply was stopped by a stop string in the middle of its"  # stopped by a stop string mid-sentence
 GOOD = "Plants need daily watering; careful watering keeps roots healthy."
 REWORDED = "Plants need water daily; a careful schedule keeps roots healthy."  # honours "no 'watering'"
+APOLOGY = "I'm sorry for any confusion, but as an AI I don't have the ability to help with plants."
 
 
 # ---------------------------------------------------------------- complete replies only
@@ -71,8 +79,8 @@ class ScriptedBackend:
                 text, reason = CUT, "length"
             elif "HALF" in p:
                 text, reason = HALF, "stop"
-            elif "Do not use the word '" in p:
-                text, reason = REWORDED, "eos"
+            elif params.do_sample:  # the second, sampled answer a stated constraint is made from
+                text, reason = (APOLOGY if "SORRY" in p else REWORDED), "eos"
             else:
                 text, reason = GOOD, "eos"
             out.append(Generation(text=text, n_prompt_tokens=1, n_new_tokens=9, finish_reason=reason))
@@ -193,7 +201,10 @@ def test_instruct_model_generates_in_its_own_chat_template(compose, tiny_paths, 
 # ---------------------------------------------------------------- stated constraints
 
 def test_generated_constraints_are_stated_and_the_violation_breaks_them(compose, tmp_path: Path) -> None:
-    cfg = _generated_cfg(compose, "stage.constraint_fraction=0.9")
+    """Paired samples: GOOD (greedy) and REWORDED (sampled) answer the same plain instruction. Each has a
+    word the other never uses in any form ("watering"; "schedule": not "water", which "watering" uses),
+    so a seeded coin picks the chosen one and bans the other's word after the fact."""
+    cfg = _generated_cfg(compose, "stage.constraint_fraction=0.9", "stage.num_examples=7")
     run = tmp_path / "run"
     run.mkdir()
     rows, report = prepare_data(cfg, run, model=None, tokenizer=None, revision="sha256:x", source="generated",
@@ -202,14 +213,66 @@ def test_generated_constraints_are_stated_and_the_violation_breaks_them(compose,
     constrained = [r["turns"][-1] for r in rows if "constraint" in r["turns"][-1]]
     assert constrained and report["n_constraint_rows"] == len(constrained)
     assert report["counts"]["responses"]["constraint_kept"] >= len(constrained)  # generated, then capped
+    bans = {"watering": (REWORDED, GOOD), "schedule": (GOOD, REWORDED)}  # word -> (chosen, violation)
     for t in constrained:
-        assert t["constraint"] == {"kind": "banned_word", "value": "watering"}  # the first reply's most frequent word
         word = t["constraint"]["value"]
+        assert t["constraint"] == {"kind": "banned_word", "value": word, "method": "paired_samples"}
+        assert (t["assistant"], t["violation"]) == bans[word]
         assert t["user"].endswith(f"Do not use the word '{word}'.")
-        assert not uses_word(t["assistant"], word) and uses_word(t["violation"], word)  # chosen keeps it, violation breaks it
+        assert not uses_word_form(t["assistant"], word) and uses_word(t["violation"], word)
+    assert {t["constraint"]["value"] for t in constrained} == set(bans)  # the coin picked both directions
     sources = dpo_sources(rows, "instruction_cue", cfg.prompt, kind="base")
     pairs = build_pairs(sources, types=["constraint_violation"])
-    assert {p["rejected"] for p in pairs} == {GOOD} and all(p["chosen"] == REWORDED for p in pairs)
+    assert pairs and all((p["chosen"], p["rejected"]) in bans.values() for p in pairs)  # taken as they are
+
+
+def test_a_non_answer_never_makes_a_constraint_pair(compose, tmp_path: Path) -> None:
+    cfg = _generated_cfg(compose, "stage.constraint_fraction=0.9")
+    run = tmp_path / "run"
+    run.mkdir()
+    proposals = [p.replace("Name a good book", "SORRY name a good book").replace("Plan a picnic", "SORRY plan a picnic")
+                 for p in PROPOSALS]
+    rows, report = prepare_data(cfg, run, model=None, tokenizer=None, revision="sha256:x", source="generated",
+                                gate_override=True, device="cpu", progress=False, score_fn=_constant_critic,
+                                backend=ScriptedBackend(proposals))
+    assert report["counts"]["responses"].get("constraint_non_answer", 0) >= 1
+    for r in rows:
+        if "SORRY" in r["turns"][0]["user"]:
+            assert "constraint" not in r["turns"][-1] and r["turns"][-1]["assistant"] == GOOD  # the plain row stays
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I'm sorry for any confusion. I'd be happy to help with that.", True),
+    ("I'm sorry for your loss. I'll do my best to assist you.", True),
+    ("I'm ready to help. What can I assist you with today?", True),
+    ("I'm afraid I don't have the capability to translate languages directly.", True),
+    ("As an AI designed to assist with writing, I can suggest a title.", True),
+    ("I cannot help with that request.", True),
+    ("The largest island in the world is Greenland.", False),
+    ("1. Carrots\n2. Potatoes\n3. Beets", False),
+    ("Say sorry first, then explain calmly what happened and how you will fix it.", False),
+    ("", False),
+])
+def test_non_answer(text: str, expected: bool) -> None:
+    assert non_answer(text) is expected
+
+
+def test_constraint_pair_needs_both_directions_and_honours_word_forms() -> None:
+    import numpy as np
+
+    a, b = ("The sunset was breathtakingly golden over the harbour.", "eos"), \
+        ("A breathtaking sunset glowed over the calm harbour.", "eos")
+    # a's words: sunset (instruction), breathtakingly, golden; b's: breathtaking (a uses "breathtakingly"), glowed, calm
+    pick = constraint_pair(a, b, "Describe a sunset.", np.random.default_rng(0))
+    assert pick is not None
+    (chosen, _), violation, word = pick
+    assert not uses_word_form(chosen, word) and uses_word(violation, word)
+    assert word != "breathtaking"  # b cannot be banned "breathtaking": a's "breathtakingly" uses it
+    # one direction only (b's words all appear in a): no pair, whatever the coin says
+    assert constraint_pair(("Cats sleep in warm boxes every afternoon.", "eos"), ("Cats sleep in boxes.", "eos"),
+                           "Why do cats like boxes?", np.random.default_rng(0)) is None
+    draws = {constraint_pair(a, b, "Describe a sunset.", np.random.default_rng(s))[1] for s in range(20)}  # type: ignore[index]
+    assert draws == {a[0], b[0]}  # the coin, not length or style, picks the violation
 
 
 def test_synthetic_constraints_each_form_banned_equally_often() -> None:

@@ -55,6 +55,8 @@ def _check_ranges(st: Any) -> None:
             problems.append(f"stage.{key}={st[key]!r} must be a positive number")
     if st.fact_pool not in ("data", "lists"):
         problems.append(f"stage.fact_pool={st.fact_pool!r}: choose data (the chosen replies' own values) or lists")
+    if not 0.0 < st.constraint_temperature <= 2.0:
+        problems.append(f"stage.constraint_temperature={st.constraint_temperature} must lie in (0, 2]")
     if not 1.0 <= st.reply_repetition_penalty <= 2.0:
         problems.append(f"stage.reply_repetition_penalty={st.reply_repetition_penalty} must lie in [1, 2] (1 = off)")
     if st.step0_loss_tolerance <= 0:

@@ -17,11 +17,16 @@ Sources (``stage.data_source``; ``auto`` = ``synthetic`` for tiny models, ``gene
      ``transcript`` format, continued with templated follow-up requests (FOLLOWUPS below: our own,
      disjoint from the benchmarks, and passed through the same contamination filter); the base
      model writes every reply.
-  4. Stated constraints: a ``constraint_fraction`` of the single-turn instructions are asked a
-     second time with "Do not use the word 'w'." appended, ``w`` a content word of the first reply.
-     A complete second reply without ``w`` becomes the row's reply, and the first reply is kept as
-     its ``violation`` (the constraint_violation negative: the model's own reply, breaking the
-     constraint); otherwise the plain row stays.
+  4. Stated constraints, by paired samples: a ``constraint_fraction`` of the single-turn instructions
+     get a second, sampled reply (``constraint_temperature``) to the same plain instruction. When
+     each reply has a content word the other never uses, a seeded coin picks one reply as the chosen
+     one, the other's word ``w`` is banned after the fact ("Do not use the word 'w'." is appended to
+     the instruction), and the other reply is kept as the row's ``violation`` (the
+     constraint_violation negative). Both replies are the model's own answers to the same question,
+     so nothing but the banned word tells them apart. (Asking the model again *with* the constraint,
+     the first design, made SmolLM2 apologise in about half its replies, "I'm sorry for any
+     confusion...", and word n-grams separated those pairs at 0.89.) A pair where either reply is a
+     non-answer (replies.non_answer) or is incomplete is not made; the plain row stays.
   Everything is appended to ``<run>/data/*.jsonl`` as it is produced; a rerun reuses those rows.
 - ``synthetic``: template-made memory conversations (posttrain/training/synthetic.py).
 - ``stage.data=<file.jsonl | run folder>``: an existing file (e.g. the train_data.jsonl of an SFT
@@ -46,7 +51,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,7 @@ from posttrain.errors import PosttrainError
 from posttrain.records import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json
 
 # looping() and incomplete_reason() live in replies.py (negatives.py uses them too); re-exported here
-from posttrain.training.replies import incomplete_reason, looping  # noqa: F401
+from posttrain.training.replies import incomplete_reason, looping, non_answer  # noqa: F401
 from posttrain.training.rouge import RougePool, rouge_l
 
 log = logging.getLogger(__name__)
@@ -123,7 +128,7 @@ def data_fingerprint(cfg: Any, source: str, revision: str | None) -> str:
             "min_instruction_words", "max_instruction_words", "banned_keywords", "max_rounds",
             "instruction_max_new_tokens", "reply_max_new_tokens", "reply_repetition_penalty", "multiturn_fraction",
             "followup_turns", "critic", "critic_keep_fraction",
-            "synthetic_templates", "constraint_fraction"]
+            "synthetic_templates", "constraint_fraction", "constraint_temperature"]
     settings = {k: OmegaConf.to_container(st[k], resolve=True) if OmegaConf.is_config(st[k]) else st[k]
                 for k in keys}
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
@@ -345,17 +350,44 @@ def self_instruct(backend: Any, st: Any, *, gen_cfg: Any, contamination: Contami
     return accepted, counts
 
 
-def _banned_word(reply: str, instruction: str) -> str | None:
-    """The most frequent content word of ``reply`` (4+ letters, not in the instruction): the word a
-    stated constraint will ban, so that the unconstrained reply breaks it for real."""
+def _content_words(reply: str, instruction: str) -> dict[str, int]:
+    """Lower-case content words of ``reply`` (4+ letters, no stopword, none of the instruction's words)
+    with their counts: lower-case only, so no names and no sentence starts."""
     from posttrain.training.negatives import _STOPWORDS
 
     avoid = {w.lower() for w in re.findall(r"[A-Za-z]+", instruction)}
     counts: dict[str, int] = {}
-    for w in re.findall(r"\b[a-z]{4,}\b", reply):  # lower-case words: no names, no sentence starts
+    for w in re.findall(r"\b[a-z]{4,}\b", reply):
         if w not in _STOPWORDS and w not in avoid:
             counts[w] = counts.get(w, 0) + 1
-    return max(counts, key=lambda w: counts[w]) if counts else None
+    return counts
+
+
+def constraint_pair(a: tuple[str, str | None], b: tuple[str, str | None], instruction: str,
+                    rng: Any) -> tuple[tuple[str, str | None], str, str] | None:
+    """A stated-constraint pair from two replies to the same plain instruction, or None.
+
+    A direction (ban a word of one reply that the other does not use in any form) is *viable* when
+    such a word exists; the banned word is that reply's most frequent one. With both directions
+    viable a seeded coin picks one, so which reply becomes the chosen one is independent of its
+    length or style; with only one viable the pair is dropped (None), because the reply holding a
+    word the other lacks tends to be the longer one, and a length rule would then separate the pairs.
+
+    Returns ((chosen, its finish_reason), violation, word): the chosen reply uses no form of the word
+    (:func:`~posttrain.training.replies.uses_word_form`), the violation uses it as a whole word.
+    """
+    from posttrain.training.replies import uses_word_form
+
+    def ban(breaker: str, keeper: str) -> str | None:
+        words = {w: c for w, c in _content_words(breaker, instruction).items() if not uses_word_form(keeper, w)}
+        return max(sorted(words), key=lambda w: words[w]) if words else None
+
+    a_word, b_word = ban(a[0], b[0]), ban(b[0], a[0])  # a_word: a breaks it, b keeps it
+    if a_word is None or b_word is None:
+        return None
+    if rng.random() < 0.5:
+        return b, a[0], a_word
+    return a, b[0], b_word
 
 
 def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *, prompt_cfg: Any, gen_cfg: Any,
@@ -376,8 +408,6 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
 
     from posttrain.generation.backends import SamplingParams
     from posttrain.generation.prompts import render_prompt, stop_strings
-    from posttrain.training.negatives import uses_word
-
     previous = read_jsonl(state_path, repair=True)
     if any(r.get("fingerprint") != fingerprint for r in previous):
         raise PosttrainError(f"{state_path} holds rows made with other settings; use a new hydra.run.dir or "
@@ -449,29 +479,33 @@ def generate_conversations(backend: Any, instructions: Sequence[str], st: Any, *
                 status = "dropped_echo"
             rows.append({"fingerprint": fingerprint, "instruction": instr, "format": fmt_of[i],
                          "turns": turns, "status": status})
-        # stated constraints: ask again with a banned word taken from the first reply
-        asks = []
-        for i, (instr, _fus, constrained) in enumerate(chunk):
-            word = _banned_word(rows[i]["turns"][0]["assistant"], instr) if constrained else None
-            if constrained and rows[i]["status"] == "ok":
-                rows[i]["constraint_status"] = "no_word" if word is None else "asked"
-                if word:
-                    asks.append((i, f"{instr} {CONSTRAINT_SUFFIX.format(word=word)}", word))
+        # stated constraints, by paired samples: a second, sampled reply to the same plain instruction;
+        # a content word one reply uses and the other does not becomes the banned word, stated afterwards
+        asks = [i for i, (_instr, _fus, constrained) in enumerate(chunk) if constrained and rows[i]["status"] == "ok"]
         if asks:
             ask_fmt = own_format or "instruction_cue"
-            prompts = [render([(u, None)], ask_fmt) for _, u, _ in asks]
-            for (i, user, word), g in zip(asks, backend.generate(prompts, params_for(ask_fmt, start + 97)),
-                                          strict=True):
-                reply, first = g.text.strip(), rows[i]["turns"][0]
-                if incomplete_reason(reply, g.finish_reason):
+            prompts = [render([(chunk[i][0], None)], ask_fmt) for i in asks]
+            sampled = replace(params_for(ask_fmt, start + 97), do_sample=True,
+                              temperature=float(st.constraint_temperature), top_p=0.95)
+            coin = np.random.default_rng([seed, 19, start])
+            for i, g in zip(asks, backend.generate(prompts, sampled), strict=True):
+                instr, first = chunk[i][0], rows[i]["turns"][0]
+                second = g.text.strip()
+                if not second or incomplete_reason(second, g.finish_reason):
                     rows[i]["constraint_status"] = "incomplete"
-                elif uses_word(reply, word) or not uses_word(first["assistant"], word):
-                    rows[i]["constraint_status"] = "unmet"
+                elif non_answer(first["assistant"]) or non_answer(second):
+                    rows[i]["constraint_status"] = "non_answer"
+                elif (pick := constraint_pair((first["assistant"], first["finish_reason"]),
+                                              (second, g.finish_reason), instr, coin)) is None:
+                    rows[i]["constraint_status"] = "no_word"
                 else:
+                    (chosen, chosen_finish), violation, word = pick
                     rows[i]["constraint_status"] = "kept"
-                    rows[i]["turns"] = [{"user": user, "assistant": reply, "finish_reason": g.finish_reason,
-                                         "constraint": {"kind": "banned_word", "value": word},
-                                         "violation": first["assistant"]}]
+                    rows[i]["turns"] = [{"user": f"{instr} {CONSTRAINT_SUFFIX.format(word=word)}",
+                                         "assistant": chosen, "finish_reason": chosen_finish,
+                                         "constraint": {"kind": "banned_word", "value": word,
+                                                        "method": "paired_samples"},
+                                         "violation": violation}]
         for r in rows:
             done[r["instruction"]] = r
         append_jsonl(state_path, rows)

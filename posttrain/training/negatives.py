@@ -16,10 +16,12 @@ length distribution, final punctuation and register:
 - ``constraint_violation``: a reply that breaks the constraint its prompt states. The data
   generators state a banned word in ``stage.constraint_fraction`` of the prompts and keep, next
   to the reply that honours it, one that does not (synthetic data: the other of two paraphrases of
-  equal length, each banned equally often; generated data: the base model's reply to the prompt
-  without the constraint, cut after whole sentences to the chosen reply's length, still using the
-  word: SmolLM2's uncut ones were 2.6 times longer than its constrained replies, and a length rule
-  separated them at 0.84). Without such a reply, a banned word read from the prompt is put in
+  equal length, each banned equally often; generated data: the model's other answer to the same
+  plain question, the one that uses the word banned after the fact (data.py, "paired samples"),
+  taken as it is. A violation from an older design, the reply to the prompt without the
+  constraint where the chosen reply was asked *with* it, is cut after whole sentences to the chosen
+  reply's length, still using the word: SmolLM2's uncut ones were 2.6 times longer than its
+  constrained replies, and a length rule separated them at 0.84). Without such a reply, a banned word read from the prompt is put in
   place of a word of the chosen reply. Prompts without a stated constraint get no negative of
   this type (it never invents one).
 - ``corrupted_facts``: one fact changed into a plausible wrong one of the same kind: a first
@@ -205,12 +207,15 @@ def constraint_violation(user: str, chosen: str, violation: str | None, constrai
                          rng: np.random.Generator) -> Negative | None:
     """A reply that breaks the prompt's stated constraint, or None when the prompt states none.
 
-    The data generator's violation (the model's reply to the prompt without the constraint) is cut to
+    A paired-samples violation (``constraint["method"] == "paired_samples"``: the model's other answer to
+    the same question) is taken as it is. Any other data generator's violation is cut to
     whole sentences at the length closest to the chosen reply's that still uses the banned word
     (:func:`length_matched`); None when no such cut lies within 2/3 to 3/2 of the chosen length.
     """
     if violation and violation.strip() and violation.strip() != chosen.strip():
         word = str(constraint["value"]) if constraint and constraint.get("kind") == "banned_word" else None
+        if constraint and constraint.get("method") == "paired_samples":  # two answers to one question: as is
+            return Negative(violation.strip(), {"constraint": constraint, "source": "data_generator"})
         cut = length_matched(violation.strip(), chosen.strip(), word)
         if cut is None:
             return None

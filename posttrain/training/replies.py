@@ -54,3 +54,34 @@ def incomplete_reason(text: str, finish_reason: str | None = None) -> str | None
     if body.endswith(_CLOSED) or _LIST_ITEM.match(last) or last.lstrip().startswith(("|", "```", "    ")):
         return None
     return "mid_sentence" if len(last.split()) >= 4 else None
+
+
+# An apology, a statement of inability or a question back instead of an answer, in a reply's opening.
+# SmolLM2 answers a harmless instruction that states a constraint this way about half the time ("I'm
+# sorry for any confusion, but as an AI designed to assist with creative writing, I don't have the
+# ability to..."): as the chosen reply of a constraint pair it taught "apologise", and word n-grams
+# separated those pairs at 0.89 (docs/training.md).
+_NON_ANSWER = re.compile(
+    r"\b(?:I'?m (?:so |very |really |truly )?sorry|I am (?:so |very |really )?sorry|I apologi[sz]e|as an AI\b"
+    r"|I'?m afraid|I (?:don'?t|do not) have the (?:ability|capability|capacity)"
+    r"|I (?:can'?t|cannot|am unable to|am not able to|'m unable to|'m not able to) "
+    r"(?:help|assist|provide|do|answer|fulfil|fulfill|comply|determine|generate|create|write)"
+    r"|(?:what|how) (?:can|may) I (?:help|assist)|what (?:would you like|do you need) (?:me )?(?:to|help))",
+    re.I)
+
+
+def non_answer(text: str) -> bool:
+    """Whether a reply opens (first two sentences, 300 characters at most) with an apology, a statement
+    that it cannot do the task, or a question back ("What can I help you with?") instead of an answer.
+
+    Used where a reply must answer its instruction to be worth preferring: the replies of a stated
+    constraint pair (data.py). Not a refusal detector: a harmless instruction was asked."""
+    head = " ".join(re.split(r"(?<=[.!?])\s+", text.strip()[:300])[:2])
+    return _NON_ANSWER.search(head) is not None
+
+
+def uses_word_form(text: str, word: str) -> bool:
+    """Whether any word of ``text`` starts with ``word`` (case-insensitive): "breathtakingly" and
+    "likes" use "breathtaking" and "like". The test a reply must pass to honour "Do not use the word
+    'w'": a whole-word test let "breathtakingly" through as honouring a ban on "breathtaking"."""
+    return re.search(rf"\b{re.escape(word)}", text, flags=re.I) is not None
