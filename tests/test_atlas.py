@@ -172,6 +172,86 @@ def test_capabilities_are_one_holm_family() -> None:
     assert {r["verdict"] for r in build_atlas(jobs, other)["rows"]} == {"NOT_ELIGIBLE"}
 
 
+# ----------------------------------------------------------------------------- posttrain-report on an atlas sweep
+
+
+def _without(obj: Any, keys: frozenset[str] = frozenset({"at", "registered_at"})) -> Any:
+    """``obj`` without its timestamp fields (at any depth)."""
+    if isinstance(obj, dict):
+        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [_without(v, keys) for v in obj]
+    return obj
+
+
+def _same_atlas_but_one_more_attempt(original: dict[str, Any], rebuilt: dict[str, Any]) -> None:
+    """The rebuilt atlas.json equals the original except for timestamps and the ledger's attempt numbering:
+    a rebuild is one more look at each question, and the ledger counts it (as posttrain-report does)."""
+    strip = lambda a: _without({**a, "rows": [{k: v for k, v in r.items() if k != "attempts"}  # noqa: E731
+                                              for r in a["rows"]]})
+    assert strip(rebuilt) == strip(original)
+    counted = [r for r in original["rows"] if r.get("attempts")]
+    assert counted, "no row recorded a gate attempt: the comparison above would not see the ledger"
+    for before, after in zip(original["rows"], rebuilt["rows"], strict=True):
+        assert [a["question_key"] for a in after.get("attempts", [])] == [
+            a["question_key"] for a in before.get("attempts", [])]
+        assert [a["attempt"] for a in after.get("attempts", [])] == [a["attempt"] + 1 for a in before.get("attempts", [])]
+
+
+def _write_sweep(folder: Path, jobs: Sequence[JobRecords], registration: dict[str, Any]) -> Path:
+    """The job folders a sweep leaves (summary.json, scores.jsonl, items.jsonl) and its primary.json."""
+    from posttrain.records import write_json
+
+    for j in jobs:
+        d = folder / j.name
+        d.mkdir(parents=True)
+        write_json(d / "summary.json", j.summary)
+        (d / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in j.scores), encoding="utf-8")
+        (d / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in j.items or []), encoding="utf-8")
+    write_json(folder / "primary.json", registration)
+    return folder
+
+
+def test_posttrain_report_rebuilds_an_atlas_sweep_and_refuses_a_broken_seal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from posttrain.analysis import report
+    from posttrain.analysis.atlas import write_atlas
+
+    reg = _registration(["a", "b"], ["transcript", "urial"])
+    sha = registration_sha256(reg)
+    jobs = (_capability("a", sha, 30, 5, 0, 5, {"transcript": 1, "urial": 2})
+            + _capability("b", sha, 8, 15, 1, 14, {"transcript": 3, "urial": 1}))
+    sweep = _write_sweep(tmp_path / "sweep", jobs, reg)
+    write_atlas(sweep, plots=False)  # what the sweep's callback writes at its end
+    original = json.loads((sweep / "atlas.json").read_text())
+    assert original["registered"] and original["rows"][0]["verdict"] == "PASS"
+
+    out = tmp_path / "rebuilt"
+    assert report.main([str(sweep), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr()
+    assert "# Capability atlas" in printed.out and "no comparison" in printed.err
+    assert not (out / "comparison.json").exists() and not (sweep / "comparison.json").exists()
+    _same_atlas_but_one_more_attempt(original, json.loads((out / "atlas.json").read_text()))
+    assert (out / "atlas.md").read_text() == (sweep / "atlas.md").read_text()
+
+    # An edited primary.json is no longer the registration the jobs ran under: refused, nothing written
+    edited = json.loads((sweep / "primary.json").read_text())
+    edited["atlas"]["base_formats"] = ["urial", "transcript"]  # another tie-break order, chosen after the results
+    (sweep / "primary.json").write_text(json.dumps(edited), encoding="utf-8")
+    refused = tmp_path / "refused"
+    assert report.main([str(sweep), "--out", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert "no longer match the registration sealed in primary.json" in err and "edited or replaced" in err
+    assert "Restore the primary.json the jobs ran under, or rerun the sweep" in err and "nothing was written" in err
+    assert not refused.exists()
+    # No primary.json at all: still recognised as an atlas sweep (its atlas.json), and refused
+    (sweep / "primary.json").unlink()
+    assert report.main([str(sweep), "--out", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert "is an atlas sweep (it holds an atlas.json)" in err and "primary.json is missing" in err
+    assert not refused.exists()
+
+
 # ----------------------------------------------------------------------------- a tiny atlas sweep (slow)
 
 
@@ -242,3 +322,18 @@ def test_a_failing_heatmap_never_loses_the_atlas_records(atlas_sweep: Path, tmp_
     assert out["plot_errors"] == [{"plot": "atlas_heatmap.png", "error": "RuntimeError: no figure today"}]
     assert json.loads((copy / "atlas.json").read_text())["rows"] and not (copy / "atlas_heatmap.png").exists()
     assert "## Plots not written" in (copy / "atlas.md").read_text()
+
+
+@pytest.mark.slow
+def test_posttrain_report_rebuilds_the_tiny_atlas_from_its_job_records(atlas_sweep: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from posttrain.analysis import report
+
+    monkeypatch.setenv("POSTTRAIN_HOME", str(atlas_sweep.parents[2] / "home"))  # the sweep's own gate ledger
+    out = tmp_path / "rebuilt"
+    assert report.main([str(atlas_sweep), "--out", str(out)]) == 0
+    original = json.loads((atlas_sweep / "atlas.json").read_text())
+    _same_atlas_but_one_more_attempt(original, json.loads((out / "atlas.json").read_text()))
+    assert (out / "atlas.md").read_text() == (atlas_sweep / "atlas.md").read_text()
+    assert (out / "atlas_heatmap.png").stat().st_size > 1000
+    assert not (out / "comparison.json").exists()

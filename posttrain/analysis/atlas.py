@@ -17,18 +17,26 @@ Everything that decides is in ``primary.json``, written before any job runs
 (:func:`atlas_registration`): the capabilities, the two models, the candidate formats, the selection
 rule, the family, the thresholds, and each (benchmark, role)'s identity. Records in, dict out;
 :func:`write_atlas` writes ``atlas.json``, ``atlas.md`` and the heatmap (a failing plot is recorded,
-never fatal).
+never fatal). :func:`rebuild_atlas` (``posttrain-report DIR`` on an atlas sweep) writes the same files
+again from the job records alone, and refuses when the records are no longer the sealed analysis.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posttrain.analysis.comparison import JobRecords, _judging, default_calibration, format_number
+from posttrain.analysis.comparison import (
+    JobRecords,
+    SweepRecords,
+    _judging,
+    default_calibration,
+    format_number,
+)
 from posttrain.analysis.gates import GateThresholds, evaluate_gate, item_cluster, scores_from_records
 from posttrain.analysis.registration import (
     BENCHMARK_KEYS,
@@ -231,17 +239,10 @@ def _gate_row(base: Cell, instruct: Cell, t: GateThresholds) -> dict[str, Any]:
     return out
 
 
-def build_atlas(jobs: Sequence[JobRecords], registration: Mapping[str, Any] | None, *,
-                missing: Sequence[Mapping[str, Any]] = (), sweep_dir: str | None = None) -> dict[str, Any]:
-    """The atlas record: one row per registered capability, the heatmap's cells, the registration's status."""
-    if registration is None or not isinstance(registration.get("atlas"), Mapping):
-        raise ValueError("this sweep has no atlas registration (primary.json with an `atlas` block): run it with "
-                         "+experiment=atlas or +experiment=atlas_smollm2")
-    atlas = registration["atlas"]
-    t = registered_thresholds(registration)
-    problems = registration_problems(registration, jobs, None)
-    cells, warnings = cells_of(jobs, atlas)
-    for c in cells:  # each job against the identity registered for its (capability, role)
+def _identity_problems(cells: Sequence[Cell], atlas: Mapping[str, Any]) -> list[str]:
+    """Each job against the benchmark identity registered for its (capability, role)."""
+    problems = []
+    for c in cells:
         reg = (atlas.get("benchmarks") or {}).get(c.capability, {}).get(c.role) or {}
         info = c.job.summary.get("benchmark_info") or {}
         off = [f"{k} {info[k]!r} vs {reg[k]!r}" for k in BENCHMARK_KEYS if k in info and reg.get(k) is not None
@@ -249,6 +250,38 @@ def build_atlas(jobs: Sequence[JobRecords], registration: Mapping[str, Any] | No
         if off:
             problems.append(f"job {c.job.name} evaluated another {c.capability}/{c.role} than the registered one: "
                             + "; ".join(off))
+    return problems
+
+
+def _registered_atlas(registration: Mapping[str, Any] | None) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """``(registration, its atlas block)``; ValueError when primary.json registers no atlas."""
+    if registration is None or not isinstance(registration.get("atlas"), Mapping):
+        raise ValueError("this sweep has no atlas registration (primary.json with an `atlas` block): run it with "
+                         "+experiment=atlas or +experiment=atlas_smollm2")
+    return registration, registration["atlas"]
+
+
+def sealing_problems(registration: Mapping[str, Any] | None, jobs: Sequence[JobRecords]) -> list[str]:
+    """Why ``jobs`` are not the analysis ``registration`` sealed (empty when they are).
+
+    The checks :func:`build_atlas` makes before it lets a row decide: primary.json is the registration
+    every job ran under (its sha256 is in each summary), its thresholds are valid, and each job evaluated
+    the benchmark identity registered for its (capability, role).
+
+    Raises:
+        ValueError: ``registration`` has no ``atlas`` block.
+    """
+    registration, atlas = _registered_atlas(registration)
+    return registration_problems(registration, jobs, None) + _identity_problems(cells_of(jobs, atlas)[0], atlas)
+
+
+def build_atlas(jobs: Sequence[JobRecords], registration: Mapping[str, Any] | None, *,
+                missing: Sequence[Mapping[str, Any]] = (), sweep_dir: str | None = None) -> dict[str, Any]:
+    """The atlas record: one row per registered capability, the heatmap's cells, the registration's status."""
+    registration, atlas = _registered_atlas(registration)
+    t = registered_thresholds(registration)
+    cells, warnings = cells_of(jobs, atlas)
+    problems = registration_problems(registration, jobs, None) + _identity_problems(cells, atlas)
     base, instruct, ifmt = atlas["base"], atlas["instruct"], atlas["instruct_format"]
     rows = []
     for cap in atlas["capabilities"]:
@@ -399,16 +432,23 @@ def heatmap_figure(a: dict[str, Any]) -> Any:
     return fig
 
 
-def write_atlas(sweep_dir: str | Path, *, plots: bool = True) -> dict[str, Any]:
-    """Read the sweep, write atlas.json, atlas.md and the heatmap into it; return the record.
+def write_atlas(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plots: bool = True,
+                records: SweepRecords | None = None) -> dict[str, Any]:
+    """Read the sweep, write atlas.json, atlas.md and the heatmap; return the record.
 
     Each capability's gate decision is appended to the ledger of attempts (as a comparison's is).
     A plot that fails is listed under ``plot_errors``; the JSON and markdown are written either way.
+
+    Args:
+        sweep_dir: the atlas sweep folder.
+        out_dir: where to write; default the sweep folder.
+        plots: also draw the heatmap.
+        records: the sweep's records when the caller has read them already (:func:`rebuild_atlas`).
     """
     from posttrain.analysis.ledger import record_attempts
     from posttrain.analysis.report import load_sweep
 
-    records = load_sweep(sweep_dir)
+    records = records if records is not None else load_sweep(sweep_dir)
     a = build_atlas(records.jobs, records.registration, missing=records.missing, sweep_dir=records.sweep_dir)
     by_job = {j.name: j.summary for j in records.jobs}
     for r in a["rows"]:
@@ -421,7 +461,8 @@ def write_atlas(sweep_dir: str | Path, *, plots: bool = True) -> dict[str, Any]:
                                                  "sweep_dir": a["sweep_dir"]}, jobs)
             except Exception as exc:  # the ledger must not cost the atlas
                 log.warning("gate ledger not updated for %s (%s)", r["capability"], exc)
-    out = Path(records.sweep_dir)
+    out = Path(out_dir) if out_dir is not None else Path(records.sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
     images, errors = [], []
     if plots:
         try:
@@ -437,6 +478,80 @@ def write_atlas(sweep_dir: str | Path, *, plots: bool = True) -> dict[str, Any]:
     write_json(out / "atlas.json", a)
     (out / "atlas.md").write_text(render_markdown(a), encoding="utf-8")
     return a
+
+
+def atlas_sweep_signs(sweep_dir: str | Path) -> list[str]:
+    """What marks ``sweep_dir`` as an atlas sweep (empty when nothing does): a primary.json with an ``atlas``
+    block, an atlas.json, or a job config with an ``atlas`` block (``+experiment=atlas*``)."""
+    from posttrain.analysis.comparison import PRIMARY_FILE
+
+    sweep = Path(sweep_dir).expanduser()
+    signs = []
+    try:
+        reg = json.loads((sweep / PRIMARY_FILE).read_text(encoding="utf-8"))
+        if isinstance(reg, dict) and "atlas" in reg:
+            signs.append(f"{PRIMARY_FILE} registers an atlas")
+    except (OSError, ValueError):
+        pass
+    if (sweep / "atlas.json").is_file():
+        signs.append("it holds an atlas.json")
+    config = next(iter(sorted(sweep.glob("*/.hydra/config.yaml"))), None) if sweep.is_dir() else None
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        try:
+            if OmegaConf.select(OmegaConf.load(config), "atlas") is not None:
+                signs.append(f"its job config {config.parent.parent.name}/.hydra/config.yaml has an `atlas` block")
+        except Exception:  # an unreadable config marks nothing; the other signs still count
+            pass
+    return signs
+
+
+def rebuild_atlas(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plots: bool = True) -> dict[str, Any]:
+    """Rebuild an atlas sweep's atlas.json, atlas.md and heatmap from its job records alone.
+
+    Reads each job folder's summary.json, scores.jsonl and items.jsonl and the sweep's primary.json;
+    generates nothing, loads no model, calls no API. Unlike the sweep's callback (which always writes, and
+    marks a row NOT_ELIGIBLE when the records are not the registered analysis), a rebuild is asked for
+    after the fact, so it refuses to write anything when the seal is broken: no primary.json with an
+    ``atlas`` block, a primary.json other than the one the jobs ran under (edited or replaced), or a job
+    that evaluated another benchmark than the one registered for it. Each row's gate decision is appended
+    to the ledger of attempts, as the callback's and ``posttrain-report``'s are: a rebuild is one more
+    look at the same question, and the ledger counts it.
+
+    Args:
+        sweep_dir: the atlas sweep folder, e.g. multirun/2026-12-02/20-00-00.
+        out_dir: where to write; default the sweep folder.
+        plots: also draw the heatmap.
+
+    Raises:
+        ReportError: the folder holds no job folders, or the records are not the sealed analysis; the
+            message names each problem and what to do, and nothing was written.
+    """
+    from posttrain.analysis.comparison import PRIMARY_FILE
+    from posttrain.analysis.report import ReportError, load_sweep
+
+    records = load_sweep(sweep_dir)
+    sweep = records.sweep_dir
+    if not records.jobs and not records.missing:
+        raise ReportError(f"{sweep} holds no job folders (with summary.json or .hydra/); pass the sweep folder of a "
+                          "`posttrain -m +experiment=atlas...` run, e.g. multirun/<date>/<time>")
+    if records.registration is None or not isinstance(records.registration.get("atlas"), Mapping):
+        found = "is missing or not JSON" if records.registration is None else "has no `atlas` block"
+        if not (signs := atlas_sweep_signs(sweep)):
+            raise ReportError(f"{sweep} is not an atlas sweep (its {PRIMARY_FILE} {found}): pass the folder of a "
+                              "`posttrain -m +experiment=atlas...` run, or rebuild a comparison with posttrain-report; "
+                              "nothing was written")
+        raise ReportError(f"{sweep} is an atlas sweep ({'; '.join(signs)}), but its {PRIMARY_FILE} {found}: the "
+                          "atlas's analysis was sealed there before any job ran, and without it no row can be rebuilt "
+                          f"as registered. Restore the sweep's own {PRIMARY_FILE}, or rerun the sweep; nothing was "
+                          "written")
+    problems = sealing_problems(records.registration, records.jobs)
+    if problems:
+        raise ReportError(f"the records of {sweep} no longer match the registration sealed in {PRIMARY_FILE} ("
+                          + "; ".join(problems) + f"). Restore the {PRIMARY_FILE} the jobs ran under, or rerun the "
+                          "sweep to register a new analysis; nothing was written")
+    return write_atlas(sweep, out_dir, plots=plots, records=records)
 
 
 def atlas_tables(a: dict[str, Any]) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -461,12 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m posttrain.analysis.atlas", description=(
         "Rebuild atlas.json, atlas.md and the heatmap of an atlas sweep from its job folders and primary.json, "
-        "without loading a model or calling an API."))
+        "without loading a model or calling an API (the same as posttrain-report DIR on an atlas sweep)."))
     parser.add_argument("sweep_dir", help="the atlas sweep folder, e.g. multirun/2026-01-31/12-00-00")
     parser.add_argument("--no-plots", action="store_true", help="skip the heatmap")
     args = parser.parse_args(argv)
     try:
-        a = write_atlas(args.sweep_dir, plots=not args.no_plots)
+        a = rebuild_atlas(args.sweep_dir, plots=not args.no_plots)
     except (PosttrainError, ValueError) as exc:
         print(f"atlas: error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,11 @@ Reads each job folder's ``summary.json``, ``scores.jsonl`` and ``sentinel.json``
 model, calling no API), pairs items by ``item_id``, and writes ``comparison.json``, the
 ``comparison.md`` tables rendered FROM it, and the plots. The Hydra callback
 (:mod:`posttrain.callbacks`) calls the same :func:`write_comparison` when a multirun ends.
+
+An atlas sweep (``+experiment=atlas*``: its primary.json registers an atlas) is not one comparison:
+for it the command rebuilds ``atlas.json``, ``atlas.md`` and the heatmap instead
+(:func:`posttrain.analysis.atlas.rebuild_atlas`), and refuses when the records no longer match the
+sealed registration.
 """
 
 from __future__ import annotations
@@ -444,11 +449,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``posttrain-report DIR [--out DIR] [--no-plots]``."""
     parser = argparse.ArgumentParser(prog="posttrain-report", description=(
         "Rebuild a sweep's comparison (comparison.json, comparison.md, plots) from its job folders' records, "
-        "without loading a model or calling an API."))
+        "without loading a model or calling an API. On an atlas sweep (+experiment=atlas*), rebuild its "
+        "atlas.json, atlas.md and heatmap instead."))
     parser.add_argument("sweep_dir", help="the sweep folder, e.g. multirun/2026-01-31/12-00-00")
     parser.add_argument("--out", default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
+    from posttrain.analysis.atlas import atlas_sweep_signs
+
+    if atlas_sweep_signs(args.sweep_dir):
+        return _atlas_main(args.sweep_dir, args.out, plots=not args.no_plots)
     try:
         comparison = write_comparison(args.sweep_dir, args.out, plots=not args.no_plots)
     except PosttrainError as exc:
@@ -461,6 +471,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render_markdown(comparison))
     print(f"wrote {Path(args.out or comparison['sweep_dir']) / 'comparison.json'}", file=sys.stderr)
+    return 0
+
+
+def _atlas_main(sweep_dir: str, out_dir: str | None, *, plots: bool) -> int:
+    """``posttrain-report`` on an atlas sweep: rebuild and print atlas.md, or say why it may not."""
+    from posttrain.analysis.atlas import rebuild_atlas
+    from posttrain.analysis.atlas import render_markdown as render_atlas
+
+    try:
+        atlas = rebuild_atlas(sweep_dir, out_dir, plots=plots)
+    except PosttrainError as exc:
+        print(f"posttrain-report: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_atlas(atlas))
+    print(f"wrote {Path(out_dir or atlas['sweep_dir']) / 'atlas.json'} (an atlas sweep: atlas.json, atlas.md"
+          + (", the heatmap" if atlas["files"]["plots"] else "") + "; no comparison)", file=sys.stderr)
     return 0
 
 
