@@ -322,7 +322,7 @@ def swept_variants(config: Any, key: str = "experiment/variant") -> list[str]:
     """The values of ``key`` (a config group, with or without ``+``) across the sweep's jobs."""
     from omegaconf import OmegaConf
 
-    from posttrain.analysis.report import sweep_jobs
+    from posttrain.analysis.sweep import sweep_jobs
 
     params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=False) or {}
     task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False) or []

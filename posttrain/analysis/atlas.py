@@ -446,7 +446,7 @@ def write_atlas(sweep_dir: str | Path, out_dir: str | Path | None = None, *, plo
         records: the sweep's records when the caller has read them already (:func:`rebuild_atlas`).
     """
     from posttrain.analysis.ledger import record_attempts
-    from posttrain.analysis.report import load_sweep
+    from posttrain.analysis.sweep import load_sweep
 
     records = records if records is not None else load_sweep(sweep_dir)
     a = build_atlas(records.jobs, records.registration, missing=records.missing, sweep_dir=records.sweep_dir)
@@ -529,7 +529,7 @@ def rebuild_atlas(sweep_dir: str | Path, out_dir: str | Path | None = None, *, p
             message names each problem and what to do, and nothing was written.
     """
     from posttrain.analysis.comparison import PRIMARY_FILE
-    from posttrain.analysis.report import ReportError, load_sweep
+    from posttrain.analysis.sweep import ReportError, load_sweep
 
     records = load_sweep(sweep_dir)
     sweep = records.sweep_dir
