@@ -26,33 +26,42 @@ from typing import Any
 
 import pytest
 
+from posttrain.training.negatives import CONTENT_TYPES
 from tests.helpers import posttrain
 
 pytestmark = pytest.mark.e2e_real
 
 COMMON = ["model=smollm2_instruct", "tracking=offline"]
-# The data: 60 rows (the critic keeps 60 of 75 complete), stated constraints and follow-ups at the defaults.
-# Seed tasks that ask for short answers: SmolLM2 imitates its seeds, and on the default open-ended ones
+# The data: 60 rows (the critic keeps 60 of 75 complete), 90% of the single-turn rows asked for a stated
+# constraint and 10% continued into a conversation, so that each content type reaches the 17 pairs the
+# leakage check needs (a type too small to test blocks DPO). Seed tasks that ask for short answers bearing
+# facts (a planet, a weekday, a number): SmolLM2 imitates its seeds, and on the default open-ended ones
 # ("Write a song", "Plan a trip") 125 of its 200 replies ran past 256 tokens (yield 0.305,
-# docs/training.md), which would spend this tier's budget on replies it drops.
-SHORT_SEEDS = ["Explain in one sentence why the sky looks blue.", "Name three vegetables that grow underground.",
-               "Give two tips for keeping a houseplant alive.", "Describe in two sentences what a library is for.",
-               "Suggest a name for a friendly pet goldfish.", "Say in one sentence what a thermometer measures.",
-               "List three things to pack for a picnic.", "Write a two-line rhyme about rain.",
-               "Say in one sentence why people brush their teeth.", "Give a short definition of the word harbour.",
-               "Name two animals that live in the desert.", "Explain in two sentences what a volcano is.",
-               "Suggest one quick breakfast that needs no cooking.",
-               "Write one sentence thanking a neighbour for their help.",
-               "Give three words that describe a snowy morning."]
+# docs/training.md), which would spend this tier's budget on replies it drops; on short answers without
+# facts corrupted_facts applied to 11 of 60 rows.
+SEEDS = [
+    'Name the planet closest to the Sun in one sentence.',
+    'Say in one sentence how many legs a spider has.',
+    'Name a country in South America and its capital city.',
+    'Say which month comes after March.',
+    'Name two colours you can see in a rainbow.',
+    'Say in one sentence in which year the first person walked on the Moon.',
+    'Give the number of days in a leap year.',
+    'Name a city that is famous for its canals.',
+    'Say which day of the week comes after Friday.',
+    'Say in one sentence which planet is known as the red one.',
+    'Explain in one sentence why the sky looks blue.',
+    'Name three vegetables that grow underground.',
+    'Suggest a name for a friendly pet goldfish.',
+    'List three things to pack for a picnic.',
+    'Name two animals that live in the desert.',
+]
 SFT = ["stage=sft", "stage.override_gate=true", "stage.num_examples=60", "stage.max_steps=24",
-       "generation.batch_size=32",
-       f"stage.seed_tasks=[{','.join(SHORT_SEEDS)}]"]
-# DPO on the wrong_instruction content type, 12 steps of 4 pairs for SFT->DPO and DPO-only alike. On this
-# data the leakage check refuses the two other content types, for reasons it names (docs/training.md, "The
-# four-model pipeline on SmolLM2"): SmolLM2's replies that honour a banned word are mostly apologies ("I'm
-# sorry for any confusion..."), so word n-grams separate constraint_violation pairs (0.89, p = 6.6e-4), and
-# corrupted_facts applied to 11 of 60 rows, fewer than the 17 pairs its test needs.
-DPO = ["stage.override_gate=true", "stage.negative_types=[wrong_instruction]", "stage.max_steps=12"]
+       "generation.batch_size=32", "stage.constraint_fraction=0.9", "stage.multiturn_fraction=0.1",
+       f"stage.seed_tasks=[{','.join(SEEDS)}]"]
+# DPO on the default content negatives (wrong_instruction, constraint_violation, corrupted_facts), every type
+# that applies to a row (negatives_per_example=3), 12 steps of 4 pairs for SFT->DPO and DPO-only alike.
+DPO = ["stage.override_gate=true", "stage.negatives_per_example=3", "stage.max_steps=12"]
 
 
 def _json(path: Path) -> Any:
@@ -114,7 +123,7 @@ def test_dpo_trained_on_content_negatives_that_passed_the_leakage_check(pipeline
     assert "allow_leaky_negatives" not in text or '"allow_leaky_negatives": false' in text
     pairs = [json.loads(line) for line in (run / "pairs.jsonl").read_text().splitlines()]
     types = {p["negative_type"] for p in pairs}
-    assert types == {"wrong_instruction"}, types
+    assert types == set(CONTENT_TYPES), types  # the default mix, every type present
     for t in types:  # each type tested (17+ pairs), none separable, nothing overridden
         assert report["per_type"][t]["checked"] is True, (t, report["per_type"][t].get("n"))
     assert report["leaky"] is False and report["too_small_types"] == []
