@@ -490,14 +490,16 @@ def test_dpo_refuses_the_old_value_pools_from_the_command_line(shared_cache: Pat
 
 
 def test_new_data_settings_are_refused_before_anything_loads(compose) -> None:
-    """stage.fact_pool and stage.reply_repetition_penalty out of range: the range check names both
-    settings and says nothing was loaded; the defaults pass it."""
+    """stage.fact_pool, stage.reply_repetition_penalty and stage.constraint_temperature out of range: the
+    range check names each setting and says nothing was loaded; the defaults pass it."""
     from posttrain.stages.train import _check_ranges
 
     _check_ranges(compose("stage=dpo_only", "model=tiny_base").stage)  # the defaults pass
-    cfg = compose("stage=dpo_only", "model=tiny_base", "stage.fact_pool=pool", "stage.reply_repetition_penalty=0.5")
+    cfg = compose("stage=dpo_only", "model=tiny_base", "stage.fact_pool=pool", "stage.reply_repetition_penalty=0.5",
+                  "stage.constraint_temperature=0")
     with pytest.raises(PosttrainError) as err:
         _check_ranges(cfg.stage)
     msg = str(err.value)
     assert "stage.fact_pool='pool'" in msg and "stage.reply_repetition_penalty=0.5 must lie in [1, 2]" in msg
+    assert "stage.constraint_temperature=0.0 must lie in (0, 2]" in msg
     assert "nothing was loaded or spent" in msg
