@@ -52,7 +52,7 @@ run-tiny: setup  ## the three-way comparison on the tiny random models (seconds;
 # what is slow by nature has a tier of its own: multirun sweeps and the wheel install (`test-slow`),
 # the real SmolLM2 weights (`test-real`), headless chromium (`test-browser`), the pipelines (`e2e`).
 PYTEST := $(BIN)/python -m pytest -q --durations=30
-test: setup  ## the fast suite: tiny local models, loopback servers, two workers (4 min 24 s in a clean clone on 2 cores)
+test: setup  ## the fast suite: tiny local models, loopback servers, two workers (3 min 39 s in a clean clone on 2 cores)
 	$(PYTEST) -n 2 -m "not slow and not e2e and not e2e_real and not real and not browser"
 
 test-slow: setup  ## the slow tier: Hydra multiruns in subprocesses, the wheel installed into a fresh venv (about 6 minutes)
@@ -65,7 +65,7 @@ e2e: setup  ## the honest end-to-end pipelines on tiny models: base -> data -> S
 	$(PYTEST) -m e2e -s
 
 # The four-model pipeline on the real SmolLM2 (tests/test_e2e_real.py); POSTTRAIN_E2E_REAL_DIR=DIR keeps its folders.
-e2e-real: setup  ## the four-model pipeline on a REAL model: SmolLM2 self-instruct data -> SFT -> SFT->DPO and DPO-only (content negatives, leakage check) -> four-model eval and gate (23 min 21 s in a clean clone on 2 cores)
+e2e-real: setup  ## the four-model pipeline on a REAL model: SmolLM2 self-instruct data -> SFT -> SFT->DPO and DPO-only (the default content negatives, leakage check) -> four-model eval and gate (20 min 35 s in a clean clone on 2 cores)
 	$(PYTEST) -m e2e_real -s
 
 test-fast: test  ## the same as `make test` (kept for old habits)
