@@ -119,9 +119,10 @@ class TrainStageConfig(StageConfig):
     critic_keep_fraction: float = 0.8  # keep the best fraction of candidates by critic score
     synthetic_templates: list[str] = field(default_factory=lambda: ["name", "city"])  # + "name_city" (harder)
     # share of prompts that state a constraint (a banned word) the reply keeps; the reply that breaks it
-    # is kept as the constraint_violation negative (synthetic: a paraphrase; generated: the unconstrained reply)
+    # is kept as the constraint_violation negative (synthetic: a paraphrase; generated: the model's other answer
+    # to the same plain question, the word banned after the fact: paired samples, data.py step 4)
     constraint_fraction: float = 0.3
-    # the temperature of the second reply a stated constraint is made from (generated data; data.py, step 4)
+    # the temperature of that second, sampled answer (generated data)
     constraint_temperature: float = 0.7
     # --- optimisation and checkpoints ---
     lora_target_modules: str = "all-linear"

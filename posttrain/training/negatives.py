@@ -21,8 +21,8 @@ length distribution, final punctuation and register:
   taken as it is. A violation from an older design, the reply to the prompt without the
   constraint where the chosen reply was asked *with* it, is cut after whole sentences to the chosen
   reply's length, still using the word: SmolLM2's uncut ones were 2.6 times longer than its
-  constrained replies, and a length rule separated them at 0.84). Without such a reply, a banned word read from the prompt is put in
-  place of a word of the chosen reply. Prompts without a stated constraint get no negative of
+  constrained replies, and a length rule separated them at 0.84). Without such a reply, a banned
+  word read from the prompt is put in place of a word of the chosen reply. Prompts without a stated constraint get no negative of
   this type (it never invents one).
 - ``corrupted_facts``: one fact changed into a plausible wrong one of the same kind: a first
   name for a first name, a city for a city, a weekday for a weekday, a number for a number of
@@ -213,9 +213,9 @@ def constraint_violation(user: str, chosen: str, violation: str | None, constrai
     (:func:`length_matched`); None when no such cut lies within 2/3 to 3/2 of the chosen length.
     """
     if violation and violation.strip() and violation.strip() != chosen.strip():
-        word = str(constraint["value"]) if constraint and constraint.get("kind") == "banned_word" else None
         if constraint and constraint.get("method") == "paired_samples":  # two answers to one question: as is
             return Negative(violation.strip(), {"constraint": constraint, "source": "data_generator"})
+        word = str(constraint["value"]) if constraint and constraint.get("kind") == "banned_word" else None
         cut = length_matched(violation.strip(), chosen.strip(), word)
         if cut is None:
             return None
